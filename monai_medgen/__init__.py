@@ -1,0 +1,30 @@
+"""monai_medgen: diffusion models for medical imaging as a MONAI plugin.
+
+Variational Diffusion Models (continuous time, learned noise schedule, exact bits/dim) and
+conditional DDPMs for 2D images and 3D volumes, built on one schedule / sampler core.
+"""
+
+from monai_medgen.inferers import VDMInferer, VDMOutput
+from monai_medgen.networks import FourierFeatures, ScoreUNet
+from monai_medgen.schedules import (
+    DiscreteSchedule,
+    FixedLinearSchedule,
+    LearnedLinearSchedule,
+    MonotoneNetSchedule,
+    Schedule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DiscreteSchedule",
+    "FixedLinearSchedule",
+    "FourierFeatures",
+    "LearnedLinearSchedule",
+    "MonotoneNetSchedule",
+    "Schedule",
+    "ScoreUNet",
+    "VDMInferer",
+    "VDMOutput",
+    "__version__",
+]
