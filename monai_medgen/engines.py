@@ -124,11 +124,20 @@ def vdm_optimizer(
 
 def attach_ema(engine, network: nn.Module, momentum: float = 1e-3, warmup: int | None = 100):
     """Keep an exponential moving average of ``network``'s weights on a MONAI / ignite engine with
-    ignite's ``EMAHandler``; returns the handler (``handler.ema_model`` is the averaged copy)."""
+    ignite's ``EMAHandler``; returns the handler (``handler.ema_model`` is the averaged copy).
+
+    Args:
+        momentum: weight of the new parameters at each update (ignite's convention), in (0, 1].
+        warmup: iterations over which the momentum decays from ``min(1, 10 * momentum)``; None: no warm-up.
+    """
+    if not 0.0 < momentum <= 1.0:
+        raise ValueError(f"momentum must be in (0, 1], got {momentum}.")
     from ignite.engine import Events
     from ignite.handlers import EMAHandler
 
-    handler = EMAHandler(network, momentum=momentum, momentum_warmup=None if warmup is None else momentum * 10, warmup_iters=warmup)
+    # during warm-up the average follows the fresh weights faster (up to 10x the final momentum)
+    start = None if warmup is None else min(1.0, momentum * 10)
+    handler = EMAHandler(network, momentum=momentum, momentum_warmup=start, warmup_iters=warmup)
     handler.attach(engine, name="ema_momentum", event=Events.ITERATION_COMPLETED)
     return handler
 

@@ -6,7 +6,7 @@ walks a list of times; each pair of neighbours is one step:
 
 - ``"ancestral"``: the VDM / DDPM posterior step ``z_s ~ q(z_s | z_t, x = x_hat)`` for any pair
   ``s < t``, so fewer steps than training stay exact (MONAI's ``DDPMScheduler.step`` always jumps to
-  ``t - 1``, REFERENCE section 3).  It is DDIM with ``eta = 1``.
+  ``t - 1``, REFERENCE section 3).  Same distribution as DDIM with ``eta = 1``.
 - ``"ddim"``: DDIM with variance ``eta^2 * sigma_s^2 * c``; ``eta = 0`` is deterministic.
 - ``"dpm++"``: DPM-Solver++(2M), second-order multistep in log-SNR with data prediction.
 
@@ -58,12 +58,26 @@ def renoise(z_t: torch.Tensor, g_t: torch.Tensor, g_s: torch.Tensor, noise: torc
     return _bc(ratio, z_t) * z_t + _bc(var.clamp_min(0).sqrt(), z_t) * noise
 
 
-def _gaussian_step(z_t, eps, g_t, g_s, eta, noise):
-    """DDIM family step from t to a cleaner s; eta = 1 is the ancestral (posterior) step.
+def _ancestral_step(z_t, eps, g_t, g_s, noise, large_variance: bool = False):
+    """Ancestral step of VDM / DDPM from t to any cleaner s (REFERENCE section 1).
 
-    With ``c = -expm1(g_s - g_t) = 1 - SNR_t / SNR_s`` the posterior variance is ``sigma_s^2 c``;
-    eta scales its standard deviation.
+    ``c = -expm1(g_s - g_t)``; mean ``(alpha_s / alpha_t)(z_t - sigma_t c eps)``; variance ``sigma_s^2 c``
+    (the true posterior, DDPM's beta_tilde) or ``sigma_t^2 c`` (``large_variance``: DDPM's sigma^2 = beta,
+    Med-cDiff's choice).
     """
+    c = -torch.expm1(g_s - g_t)
+    ratio = torch.exp(0.5 * (log_alpha2(g_s) - log_alpha2(g_t)))
+    sigma_t = torch.exp(0.5 * log_sigma2(g_t))
+    z_s = _bc(ratio, z_t) * (z_t - _bc(sigma_t * c, z_t) * eps)
+    if noise is not None:
+        var = torch.exp(log_sigma2(g_t if large_variance else g_s)) * c
+        z_s = z_s + _bc(var.sqrt(), z_t) * noise
+    return z_s
+
+
+def _ddim_step(z_t, eps, g_t, g_s, eta, noise):
+    """DDIM step from t to a cleaner s with standard deviation ``eta * sqrt(sigma_s^2 c)``; eta = 1 has the
+    ancestral step's distribution, eta = 0 is deterministic."""
     c = -torch.expm1(g_s - g_t)
     sigma_s2 = torch.exp(log_sigma2(g_s))
     var = (eta**2) * sigma_s2 * c
@@ -112,6 +126,7 @@ def sample_loop(
     generator: torch.Generator | None = None,
     constraint: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     clip_x0: tuple[float, float] | None = None,
+    variance: str = "small",
     intermediate_steps: int | Iterable[int] | None = None,
     verbose: bool = True,
     desc: str = "sampling",
@@ -128,11 +143,14 @@ def sample_loop(
         generator: torch generator for every noise draw (same seed, same sample).
         constraint: ``z = constraint(z, t, gamma)`` after every step (e.g. RePaint's known region).
         clip_x0: clamp the predicted clean image to this range at every step (None: no clamp).
+        variance: ancestral step variance, ``"small"`` (posterior, ``sigma_s^2 c``) or ``"large"``
+            (``sigma_t^2 c``, DDPM's sigma^2 = beta as in Med-cDiff).
         intermediate_steps: keep z every that many step indices (int) or at these indices.
         verbose: tqdm progress bar.
 
     Returns:
-        ``SamplerOutput(sample, intermediates, nfe)``: the sample is the prediction of x at t = 0.
+        ``SamplerOutput(sample, intermediates, nfe)``: the sample is the network's prediction of x at the
+        last step (``z_0 / alpha_0`` when a ``constraint`` shapes the final latent).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -143,6 +161,8 @@ def sample_loop(
         raise ValueError("sampler='dpm++' needs decreasing times; use 'ancestral' or 'ddim' for RePaint jumps.")
     if eta is None:
         eta = 1.0 if sampler == "ancestral" else 0.0
+    if variance not in ("small", "large"):
+        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}.")
     if sampler == "ancestral" and eta != 1.0:
         raise ValueError(f"eta is fixed to 1 for sampler='ancestral', got {eta}; use sampler='ddim'.")
     if not isinstance(intermediate_steps, (int, type(None))):
@@ -153,7 +173,7 @@ def sample_loop(
     batch = z.shape[0]
     n_steps = times.numel() - 1
     intermediates, nfe = [], 0
-    x0_prev, h_prev = None, None
+    x0_prev, h_prev, x_last = None, None, None
 
     def noise_like(x):
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -172,10 +192,11 @@ def sample_loop(
         t_s = times[i + 1]
         if g_s > g_t:  # going back up: re-noise (RePaint), no network call
             z = renoise(z, g_t, g_s, noise_like(z))
-            x0_prev = None
+            x0_prev, x_last = None, None
         elif sampler == "dpm++":
             eps = model(z, g_t)
             x0 = predict_x0(z, eps, g_t)
+            x_last = x0
             h = 0.5 * (g_t - g_s)  # lambda_s - lambda_t, lambda = -gamma / 2
             ratio = torch.exp(0.5 * (log_sigma2(g_s) - log_sigma2(g_t)))
             alpha_s = torch.exp(0.5 * log_alpha2(g_s))
@@ -189,12 +210,18 @@ def sample_loop(
             x0_prev, h_prev = x0, h
         else:
             eps = model(z, g_t)
+            x_last = predict_x0(z, eps, g_t)
             final = float(t_s) == 0.0
             noise = None if (final or eta == 0) else noise_like(z)
-            z = _gaussian_step(z, eps, g_t, g_s, eta, noise)
+            if sampler == "ancestral":
+                z = _ancestral_step(z, eps, g_t, g_s, noise, large_variance=variance == "large")
+            else:
+                z = _ddim_step(z, eps, g_t, g_s, eta, noise)
         if constraint is not None:
             z = constraint(z, t_s, g_s)
         if _want(i + 1, intermediate_steps, n_steps):
             intermediates.append(z.detach().cpu())
-    x = z * torch.exp(-0.5 * log_alpha2(gammas[-1]))
+    # the clean image: the last prediction of x when the chain ends on a network call (as MONAI's DDPM
+    # does, alpha = 1 at step 0), z_0 / alpha_0 when it ends on a re-noising or constraint step
+    x = x_last if x_last is not None and constraint is None else z * torch.exp(-0.5 * log_alpha2(gammas[-1]))
     return SamplerOutput(x, intermediates, nfe)

@@ -234,6 +234,14 @@ class DiscreteSchedule(Schedule):
         g0, g1 = self.gammas[k0], self.gammas[k0 + 1]
         return g0 + (g1 - g0) * frac
 
+    def nearest_timestep(self, gamma: torch.Tensor) -> torch.Tensor:
+        """MONAI timestep index (0..T-1) whose training noise level is nearest to ``gamma`` (any shape)."""
+        table = self.gammas[1:]
+        gamma = torch.as_tensor(gamma).to(table).contiguous()
+        upper = torch.searchsorted(table, gamma).clamp(1, table.numel() - 1)
+        lower_nearer = (gamma - table[upper - 1]) <= (table[upper] - gamma)
+        return (upper - lower_nearer.long()).long()
+
     def timestep(self, t: torch.Tensor) -> torch.Tensor:
         """MONAI integer timestep index (0..T-1) of time t: step k / T is index k - 1."""
         return (torch.as_tensor(t) * self.num_train_steps).round().long().clamp(1, self.num_train_steps) - 1

@@ -173,7 +173,7 @@ def main():
             json.dump(res, f)
         return
 
-    from monai_medgen.demo import png_bits_per_dim
+    from monai_medgen.metrics import png_bits_per_dim
 
     _, test = _data(args.eval_slices)
     sub = test[_subset(len(test), args.monai_slices)]

@@ -202,3 +202,9 @@ def test_grid_skip_recovers_noise_below_the_grid_spacing():
     z = torch.full((2, 1, 2, 2), 0.3)
     out = skip(z, g, torch.ones(2, 1, 2, 2))
     assert torch.allclose(out[0], skip.features(z, g)[0], atol=0.05) and torch.allclose(out[1], torch.ones(1, 2, 2), atol=1e-3)
+
+
+def test_sample_3d_at_32_cubed():
+    net = small_net(3).eval()
+    x = VDMInferer().sample(net, (1, 1, 32, 32, 32), num_steps=3, sampler="dpm++", verbose=False)
+    assert x.shape == (1, 1, 32, 32, 32) and torch.isfinite(x).all()

@@ -28,13 +28,6 @@ class TimestepAdapter(nn.Module):
             raise ValueError(f"schedule must be a DiscreteSchedule, got {type(schedule).__name__}.")
         self.network, self.schedule = network, schedule
 
-    def timesteps(self, gamma: torch.Tensor) -> torch.Tensor:
-        """MONAI timestep index (0..T-1) whose gamma is closest to ``gamma``."""
-        g = self.schedule.gammas[1:].to(gamma.device)
-        idx = torch.searchsorted(g, gamma.float().contiguous()).clamp(1, len(g) - 1)
-        closer_left = (gamma - g[idx - 1]).abs() <= (g[idx] - gamma).abs()
-        return torch.where(closer_left, idx - 1, idx).long()
-
     def forward(self, z: torch.Tensor, gamma: torch.Tensor, **kwargs) -> torch.Tensor:
         gamma = torch.as_tensor(gamma, device=z.device).reshape(-1).expand(z.shape[0])
-        return self.network(z, timesteps=self.timesteps(gamma), **kwargs)
+        return self.network(z, timesteps=self.schedule.nearest_timestep(gamma), **kwargs)

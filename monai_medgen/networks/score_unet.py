@@ -165,7 +165,7 @@ class ScoreUNet(nn.Module):
     ) -> torch.Tensor:
         if z.ndim != self.spatial_dims + 2 or z.shape[1] != self.in_channels:
             raise ValueError(
-                f"z must have shape (B, {self.in_channels}, {'*spatial ' * 0}{self.spatial_dims} spatial dims), "
+                f"z must have shape (B, {self.in_channels}, *spatial) with {self.spatial_dims} spatial dims, "
                 f"got {tuple(z.shape)}."
             )
         gamma = torch.as_tensor(gamma, device=z.device, dtype=torch.float32).reshape(-1).expand(z.shape[0])
