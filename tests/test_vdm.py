@@ -208,3 +208,17 @@ def test_sample_3d_at_32_cubed():
     net = small_net(3).eval()
     x = VDMInferer().sample(net, (1, 1, 32, 32, 32), num_steps=3, sampler="dpm++", verbose=False)
     assert x.shape == (1, 1, 32, 32, 32) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("gamma_0", [-14.0, -11.0, -9.0, -6.0, -3.0])
+def test_windowed_reconstruction_equals_full_softmax(gamma_0):
+    k = torch.randint(0, 256, (2, 1, 8, 8))
+    k[0, 0, 0, :3] = torch.tensor([0, 255, 128])  # edges of the range
+    noise = torch.randn(2, 1, 8, 8) * 2
+    g0 = torch.tensor(gamma_0)
+    x = from_levels(k)
+    z = x + math.exp(gamma_0 / 2) * noise
+    v = from_levels(torch.arange(256))
+    logits = -0.5 * ((z.unsqueeze(-1) - v) / math.exp(gamma_0 / 2)) ** 2
+    full = -torch.gather(torch.log_softmax(logits, -1), -1, k.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
+    assert torch.allclose(reconstruction_nll(k, g0, noise), full, rtol=1e-4, atol=1e-4)

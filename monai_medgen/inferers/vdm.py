@@ -89,13 +89,26 @@ def reconstruction_nll(
     """``-log p(x | z_0)`` for data on ``vocab_size`` levels, one-sample estimate (B,).
 
     ``z_0 / alpha_0 = x + exp(gamma_0 / 2) eps``; logits over levels ``v_k`` are
-    ``-0.5 ((z0 - v_k) exp(-gamma_0 / 2))^2``.
+    ``-0.5 ((z0 - v_k) exp(-gamma_0 / 2))^2``.  Only levels within ``10 sigma_0`` of every ``z0`` of the
+    batch can carry weight (the rest contribute below ``exp(-50)`` of the normaliser), so the softmax runs
+    over that window of levels around the true one: the same value, without a 256-wide tensor per voxel
+    when ``sigma_0`` is small.
     """
+    sigma = torch.exp(0.5 * gamma_0)
     x = from_levels(x_levels, vocab_size)
-    z0 = x + torch.exp(0.5 * gamma_0) * noise
-    values = from_levels(torch.arange(vocab_size, device=x.device), vocab_size)
-    logits = -0.5 * ((z0.unsqueeze(-1) - values) * torch.exp(-0.5 * gamma_0)) ** 2
-    nll = -torch.gather(torch.log_softmax(logits, -1), -1, x_levels.unsqueeze(-1)).squeeze(-1)
+    z0 = x + sigma * noise
+    spacing = 2.0 / vocab_size
+    reach = float(sigma.detach()) * (float(noise.detach().abs().max()) + 10.0)
+    half = int(math.ceil(reach / spacing)) + 1
+    if 2 * half + 1 >= vocab_size:
+        levels = torch.arange(vocab_size, device=x.device).expand(*x.shape, vocab_size)
+        target = x_levels.unsqueeze(-1)
+    else:
+        start = (x_levels - half).clamp(0, vocab_size - 1 - 2 * half)
+        levels = start.unsqueeze(-1) + torch.arange(2 * half + 1, device=x.device)
+        target = (x_levels - start).unsqueeze(-1)
+    logits = -0.5 * ((z0.unsqueeze(-1) - from_levels(levels, vocab_size)) / sigma) ** 2
+    nll = -torch.gather(torch.log_softmax(logits, -1), -1, target).squeeze(-1)
     return _sum_dims(nll)
 
 
