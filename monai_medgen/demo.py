@@ -30,9 +30,10 @@ __all__ = ["small_vdm", "evaluate_bpd", "main"]
 
 
 def small_vdm(spatial_dims: int = 2, channels=(16, 32, 64), num_classes: int | None = None):
-    """The demo's CPU-sized network and inferer (learned linear schedule)."""
+    """The demo's CPU-sized network (Fourier features, grid skip for 8-bit data) and inferer (learned linear schedule)."""
     net = ScoreUNet(
-        spatial_dims, 1, channels=channels, num_res_blocks=1, norm_num_groups=8, num_head_channels=16, num_classes=num_classes
+        spatial_dims, 1, channels=channels, num_res_blocks=1, norm_num_groups=8, num_head_channels=16,
+        num_classes=num_classes, grid_levels=256,
     )
     return net, VDMInferer(LearnedLinearSchedule())
 
@@ -83,7 +84,8 @@ def main(argv=None) -> dict:
     net, inferer.schedule = net.to(args.device), inferer.schedule.to(args.device)
     trainer, ema = build_vdm_trainer(
         train, net, inferer, batch_size=args.batch_size, max_seconds=args.minutes * 60, crop_size=crop,
-        lr=2e-3, warmup_steps=100, total_steps=max(200, int(args.minutes * 60 / 0.3)), device=args.device, seed=args.seed,
+        lr=2e-3, warmup_steps=100, total_steps=max(200, int(args.minutes * 60 / 0.8)), device=args.device, seed=args.seed,
+        ema_momentum=1e-2,
     )
     t0 = time.time()
     trainer.run()

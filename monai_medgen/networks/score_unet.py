@@ -8,6 +8,7 @@ reserved *null* class for classifier-free guidance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -87,7 +88,8 @@ class ScoreUNet(nn.Module):
         out_channels: channels of eps (default C).
         cond_channels: channels of an image condition concatenated to z (restoration); 0 for none.
         channels, num_res_blocks, attention_levels, num_head_channels, norm_num_groups: passed to
-            ``DiffusionModelUNet``.
+            ``DiffusionModelUNet`` (defaults: no attention but MONAI's middle block, heads of up to 32
+            channels, the largest group count <= 32 dividing every level).
         num_classes: number of real classes; one extra embedding (index ``num_classes``) is the null
             class used when a label is dropped (classifier-free guidance).  None: unconditional.
         fourier_exponents: exponents n of the Fourier features of z (empty: none).
@@ -110,8 +112,8 @@ class ScoreUNet(nn.Module):
         channels: Sequence[int] = (32, 64, 64),
         num_res_blocks: Sequence[int] | int = 1,
         attention_levels: Sequence[bool] | None = None,
-        num_head_channels: int | Sequence[int] = 32,
-        norm_num_groups: int = 16,
+        num_head_channels: int | Sequence[int] | None = None,
+        norm_num_groups: int | None = None,
         num_classes: int | None = None,
         fourier_exponents: Sequence[int] = (6, 7),
         residual: bool = True,
@@ -138,6 +140,10 @@ class ScoreUNet(nn.Module):
         self.grid_skip = GridSkip(grid_levels) if grid_levels else None
         if attention_levels is None:
             attention_levels = [False] * len(channels)
+        if norm_num_groups is None:  # the largest group count (<= 32) that divides every level's channels
+            norm_num_groups = min(32, math.gcd(*(int(c) for c in channels)))
+        if num_head_channels is None:  # the bottleneck attention as heads of up to 32 channels
+            num_head_channels = math.gcd(32, int(channels[-1]))
         self.unet = DiffusionModelUNet(
             spatial_dims=spatial_dims,
             in_channels=in_channels * self.fourier.multiplier + self.cond_channels,

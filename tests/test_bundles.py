@@ -1,0 +1,421 @@
+"""The MONAI bundles under ``bundles/``: metadata against the offline schema, and train / resume / inference /
+evaluation / user data through ``python -m monai.bundle run`` in a fresh process, from a working directory
+other than the bundle, with every output in a temporary folder.
+
+MONAI's command line needs ``fire``; where it is missing, the same arguments go to ``monai.bundle.scripts``
+in a fresh interpreter, parsed the way fire parses them (Python literals, else strings).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+VDM2D = BUNDLES / "vdm_brain_mri_2d"
+COLIN27 = Path("/usr/share/mricron/templates/ch2bet.nii.gz")
+
+# two training iterations on 16x16 crops of 32x32 slices, validation and a 4-step sample grid after the epoch
+TINY_TRAIN = {
+    "max_epochs": 1,
+    "epoch_length": 2,
+    "image_size": 32,
+    "crop_size": 16,
+    "batch_size": 2,
+    "num_val_slices": 2,
+    "val_batch_size": 2,
+    "val_interval": 1,
+    "num_time_samples": 2,
+    "sample_interval": 1,
+    "num_grid_samples": 2,
+    "grid_sample_steps": 4,
+    "log_every": 1,
+    "device": "cpu",
+}
+
+_FIRE_FREE = """
+import ast
+import sys
+
+from monai.bundle import scripts
+command, rest = sys.argv[1], sys.argv[2:]
+kwargs = {}
+for key, value in zip(rest[::2], rest[1::2]):
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    kwargs[key.lstrip("-")] = value
+getattr(scripts, command)(**kwargs)
+"""
+
+needs_colin27 = pytest.mark.skipif(not COLIN27.is_file(), reason="Colin27 (apt-get install mricron-data) not installed")
+needs_demo = pytest.mark.skipif(
+    importlib.util.find_spec("nilearn") is None, reason="nilearn (MNI152 demo data) not installed"
+)
+needs_tensorboard = pytest.mark.skipif(
+    importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed"
+)
+
+
+def bundle_cli(
+    command: str, cwd: Path, timeout: float = 300, launcher: tuple[str, ...] = (), **args
+) -> subprocess.CompletedProcess:
+    """``python [launcher] -m monai.bundle <command> --key value ...`` in a fresh process run from ``cwd``
+    (``launcher``: e.g. ``torch.distributed.run`` options)."""
+    argv = [command]
+    for key, value in args.items():
+        argv += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    if importlib.util.find_spec("fire") is not None:
+        entry = ["-m", "monai.bundle"]
+    else:
+        script = Path(cwd) / "_monai_bundle_cli.py"
+        script.write_text(_FIRE_FREE)
+        entry = [str(script)]
+    cmd = [sys.executable, *launcher, *entry, *argv]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(cmd, cwd=str(cwd), env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd[:6])} {' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def run_bundle(
+    config: str, cwd: Path, bundle_root: Path, bundle: Path = VDM2D, **overrides
+) -> subprocess.CompletedProcess:
+    """Run ``bundle/configs/<config>`` by absolute path with outputs under ``bundle_root``."""
+    return bundle_cli(
+        "run", cwd, config_file=str(bundle / "configs" / config), bundle_root=str(bundle_root), **overrides
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run (two iterations) of vdm_brain_mri_2d; returns (bundle_root, stdout+stderr)."""
+    if (
+        importlib.util.find_spec("nilearn") is None
+        or not COLIN27.is_file()
+        or importlib.util.find_spec("tensorboard") is None
+    ):
+        pytest.skip("needs nilearn, mricron-data and tensorboard")
+    work, root = tmp_path_factory.mktemp("cwd"), tmp_path_factory.mktemp("vdm2d")
+    proc = run_bundle("train.yaml", work, root, **TINY_TRAIN)
+    return root, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+# ---------------------------------------------------------------------------------------------
+def test_schema_is_draft7_and_packaged():
+    import jsonschema
+
+    from monai_medgen.bundle import schema_path
+
+    path = Path(schema_path())
+    assert path.is_file() and path.parent.parent == REPO / "monai_medgen" / "bundle"
+    schema = json.loads(path.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    assert {
+        "version",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
+    } <= set(schema["required"])
+    assert "bundle/schema/*.json" in (REPO / "setup.cfg").read_text()
+
+
+@pytest.mark.parametrize(
+    "meta", sorted(glob.glob(str(BUNDLES / "*" / "configs" / "metadata.json"))), ids=lambda p: Path(p).parts[-3]
+)
+def test_verify_metadata_offline(meta, tmp_path):
+    """Every bundle's metadata passes ``python -m monai.bundle verify_metadata`` against the repository's
+    schema (no download: the schema file already exists at --filepath)."""
+    from monai_medgen.bundle import schema_path
+
+    proc = bundle_cli("verify_metadata", tmp_path, meta_file=meta, filepath=schema_path(), timeout=120)
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.filterwarnings("ignore:No hash value provided")
+def test_schema_rejects_incomplete_metadata(tmp_path):
+    from monai.bundle import verify_metadata
+
+    from monai_medgen.bundle import schema_path
+
+    meta = json.loads((VDM2D / "configs" / "metadata.json").read_text())
+    bad = dict(meta)
+    del bad["task"]
+    (tmp_path / "no_task.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="task"):
+        verify_metadata(meta_file=str(tmp_path / "no_task.json"), filepath=schema_path())
+    bad = json.loads(json.dumps(meta))
+    bad["network_data_format"]["outputs"]["pred"]["value_range"] = [0]
+    (tmp_path / "bad_range.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError):
+        verify_metadata(meta_file=str(tmp_path / "bad_range.json"), filepath=schema_path())
+
+
+def test_bundle_layout():
+    for name in (
+        "configs/metadata.json",
+        "configs/train.yaml",
+        "configs/inference.yaml",
+        "configs/evaluate.yaml",
+        "configs/logging.conf",
+        "configs/train_multigpu.yaml",
+        "docs/README.md",
+        "LICENSE",
+    ):
+        assert (VDM2D / name).is_file(), name
+    for cfg in glob.glob(str(VDM2D / "configs" / "*.yaml")):
+        text = Path(cfg).read_text()
+        assert "import scripts" not in text, f"{cfg} imports bundle-local scripts (fails outside the bundle dir)"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers the configs call (in process)
+# ---------------------------------------------------------------------------------------------
+def test_model_file_roundtrip_and_checkpoint_choice(tmp_path):
+    from ignite.handlers import EMAHandler
+
+    from monai_medgen.bundle import latest_checkpoint, load_model, save_model
+    from monai_medgen.networks import ScoreUNet
+    from monai_medgen.schedules import LearnedLinearSchedule
+
+    def small():
+        return ScoreUNet(2, 1, channels=(8, 8), num_res_blocks=1, norm_num_groups=4, num_head_channels=8)
+
+    net, sched = small(), LearnedLinearSchedule()
+    ema = EMAHandler(net, momentum=0.5)
+    with torch.no_grad():
+        next(iter(ema.ema_model.parameters())).add_(1.0)
+        sched.b.fill_(-11.0)
+    path = save_model(tmp_path / "models" / "model.pt", net, sched, ema=ema, iteration=7)
+    net2, sched2 = small(), LearnedLinearSchedule()
+    info = load_model(path, net2, sched2)
+    assert info == {"iteration": 7}
+    assert float(sched2.b.detach()) == -11.0
+    for a, b in zip(ema.ema_model.state_dict().values(), net2.state_dict().values()):
+        assert torch.equal(a, b)  # the averaged weights are the ones stored
+    with pytest.raises(FileNotFoundError, match="train the bundle first"):
+        load_model(tmp_path / "missing.pt", net2)
+
+    assert latest_checkpoint(tmp_path / "none") == ""
+    (tmp_path / "ck").mkdir()
+    for i, name in enumerate(["checkpoint_epoch=1.pt", "checkpoint_final_iteration=2.pt"]):
+        (tmp_path / "ck" / name).write_bytes(b"x")
+        os.utime(tmp_path / "ck" / name, (1000 + i, 1000 + i))
+    assert latest_checkpoint(tmp_path / "ck").endswith("checkpoint_final_iteration=2.pt")
+
+
+def test_output_mean_counts_examples():
+    from monai_medgen.bundle import OutputMean
+
+    m = OutputMean("bpd")
+    m.update(m._pick({"pred": {"bpd": torch.tensor([1.0, 2.0, 3.0])}}))
+    m.update(m._pick({"pred": {"bpd": torch.tensor([6.0])}}))
+    assert m.compute() == pytest.approx(3.0)
+    with pytest.raises(TypeError, match="decollate=False"):
+        m._pick([{"pred": {"bpd": 1.0}}])
+
+
+def test_synthetic_nifti_keeps_geometry(tmp_path):
+    import nibabel as nib
+
+    from monai_medgen.bundle import SYNTHETIC_DESCRIPTION, is_synthetic, save_synthetic_nifti
+
+    affine = np.array([[0.0, -1.5, 0, 90], [1.5, 0, 0, -120], [0, 0, 2.0, 10], [0, 0, 0, 1]])
+    x = torch.rand(2, 1, 12, 10)
+    paths = save_synthetic_nifti(x, tmp_path, affine=affine, prefix="gen")
+    assert [Path(p).name for p in paths] == ["gen_000_synthetic.nii.gz", "gen_001_synthetic.nii.gz"]
+    img = nib.load(paths[1])
+    assert img.shape == (12, 10)
+    np.testing.assert_allclose(img.affine, affine, atol=1e-6)
+    np.testing.assert_allclose(img.get_fdata(), x[1, 0].numpy(), atol=1e-6)
+    assert img.header["descrip"].item().decode() == SYNTHETIC_DESCRIPTION and is_synthetic(paths[1])
+    with pytest.raises(ValueError, match="SYNTHETIC"):
+        save_synthetic_nifti(x, tmp_path, description="a real scan")
+
+
+# ---------------------------------------------------------------------------------------------
+# the bundle through `python -m monai.bundle run`
+# ---------------------------------------------------------------------------------------------
+@needs_demo
+@needs_colin27
+@needs_tensorboard
+def test_train_two_iterations(trained):
+    root, log = trained
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 2 and {"network", "schedule"} <= set(state)
+    ckpts = sorted(p.name for p in (root / "runs" / "checkpoints").glob("*.pt"))
+    assert "checkpoint_final_iteration=2.pt" in ckpts
+    full = torch.load(
+        root / "runs" / "checkpoints" / "checkpoint_final_iteration=2.pt", map_location="cpu", weights_only=True
+    )
+    assert {"network", "schedule", "ema", "optimizer", "lr_scheduler", "trainer"} <= set(full)
+    assert (root / "runs" / "samples" / "samples_epoch_1.png").is_file()
+    assert (root / "runs" / "samples" / "samples_epoch_1.gif").is_file()
+    assert list((root / "runs" / "tensorboard").glob("events.out.tfevents.*"))
+    assert "val_bpd" in log and "train_bpd" in log
+    assert "from the mni152 demo brain" in log and "from the colin27 demo brain" in log
+
+
+@needs_demo
+@needs_colin27
+@needs_tensorboard
+def test_resume_continues_iterations(trained, tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(trained[0], root)
+    proc = run_bundle(
+        "train.yaml", tmp_path, root, **{**TINY_TRAIN, "max_epochs": 2, "val_interval": 0, "sample_interval": 0}
+    )
+    assert "Restored all variables" in proc.stdout + proc.stderr
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 4 and state["epoch"] == 2
+    full = torch.load(
+        root / "runs" / "checkpoints" / "checkpoint_final_iteration=4.pt", map_location="cpu", weights_only=True
+    )
+    assert full["trainer"]["iteration"] == 4 and full["lr_scheduler"]["last_epoch"] == 4
+
+
+@needs_demo
+@needs_colin27
+@needs_tensorboard
+def test_train_multigpu_override(tmp_path):
+    """train.yaml + train_multigpu.yaml under torch.distributed.run: two processes, DistributedDataParallel
+    (gloo on the CPU), rank 0 writes checkpoints and the model."""
+    root = tmp_path / "bundle"
+    configs = [str(VDM2D / "configs" / "train.yaml"), str(VDM2D / "configs" / "train_multigpu.yaml")]
+    tiny = {k: v for k, v in TINY_TRAIN.items() if k != "device"}
+    proc = bundle_cli(
+        "run",
+        tmp_path,
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"),
+        config_file=repr(configs),
+        bundle_root=str(root),
+        logging_file=str(VDM2D / "configs" / "logging.conf"),
+        **{**tiny, "num_val_slices": 3},
+    )
+    assert "val_bpd" in proc.stdout + proc.stderr
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 2
+    assert (root / "runs" / "checkpoints" / "checkpoint_final_iteration=2.pt").is_file()
+
+
+@needs_demo
+@needs_colin27
+@needs_tensorboard
+def test_inference_writes_synthetic_nifti(trained, tmp_path):
+    import nibabel as nib
+
+    root = trained[0]
+    out = tmp_path / "samples"
+    run_bundle(
+        "inference.yaml",
+        tmp_path,
+        root,
+        output_dir=str(out),
+        num_samples=3,
+        batch_size=2,
+        image_size=32,
+        num_steps=4,
+        device="cpu",
+    )
+    files = sorted(out.glob("*.nii.gz"))
+    assert [f.name for f in files] == [f"sample_{i:03d}_synthetic.nii.gz" for i in range(3)]
+    assert (out / "samples.png").is_file() and (out / "sampling.gif").is_file()
+    img = nib.load(files[0])
+    assert img.shape == (32, 32)
+    np.testing.assert_allclose(img.affine, np.diag([181 / 32] * 3 + [1]), atol=1e-5)
+    assert img.header["descrip"].item().decode().startswith("SYNTHETIC")
+    data = img.get_fdata()
+    assert 0.0 <= data.min() and data.max() <= 1.0
+
+    # the geometry of a reference volume (its middle slice) and its in-plane size, here 30 x 36 (not a multiple of 4)
+    affine = np.array([[0.0, -2.0, 0, 80], [2.0, 0, 0, -100], [0, 0, 3.0, -50], [0, 0, 0, 1]])
+    ref = tmp_path / "reference.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.rand(30, 36, 5).astype(np.float32), affine), str(ref))
+    out2 = tmp_path / "referenced"
+    run_bundle(
+        "inference.yaml", tmp_path, root, output_dir=str(out2), num_samples=1, num_steps=2, reference_image=str(ref)
+    )
+    img = nib.load(out2 / "sample_000_synthetic.nii.gz")
+    expected = affine.copy()
+    expected[:3, 3] += affine[:3, 2] * 2
+    assert img.shape == (30, 36)
+    np.testing.assert_allclose(img.affine, expected, atol=1e-5)
+    assert img.header["descrip"].item().decode().startswith("SYNTHETIC")
+
+
+@needs_demo
+@needs_colin27
+@needs_tensorboard
+def test_evaluate_prints_bits_per_dim_table(trained, tmp_path):
+    root = trained[0]
+    result = tmp_path / "evaluation.json"
+    proc = run_bundle(
+        "evaluate.yaml", tmp_path, root, output_file=str(result), image_size=32, num_slices=2, num_time_samples=2
+    )
+    assert "| lossless PNG of the same 8-bit images |" in proc.stdout
+    res = json.loads(result.read_text())
+    assert np.isfinite(res["bpd"]) and res["bpd"] > 0 and res["num_images"] == 2 and res["iterations"] == 2
+    assert res["bpd"] == pytest.approx(res["diffusion"] + res["prior"] + res["reconstruction"], rel=1e-4)
+    assert 0 < res["png_bpd"] < 8
+
+
+@pytest.fixture
+def nifti_folder(tmp_path):
+    """Two small real brains (Colin27 downsampled 4x, shifted by one voxel) as NIfTI files."""
+    import nibabel as nib
+
+    if not COLIN27.is_file():
+        pytest.skip("Colin27 (apt-get install mricron-data) not installed")
+    img = nib.load(str(COLIN27))
+    vol = np.asarray(img.get_fdata(), dtype=np.float32)
+    folder = tmp_path / "my_data"
+    folder.mkdir()
+    for i in range(2):
+        small = vol[i::4, i::4, i::4]
+        affine = img.affine.copy()
+        affine[:3, :3] *= 4
+        affine[:3, 3] += img.affine[:3, :3] @ np.full(3, i)
+        nib.save(nib.Nifti1Image(small, affine), str(folder / f"brain_{i}.nii.gz"))
+    return folder
+
+
+@needs_tensorboard
+def test_dataset_dir_replaces_demo_data(nifti_folder, tmp_path):
+    root = tmp_path / "bundle"
+    proc = run_bundle(
+        "train.yaml",
+        tmp_path,
+        root,
+        dataset_dir=str(nifti_folder),
+        val_dataset_dir=str(nifti_folder),
+        **{**TINY_TRAIN, "num_val_slices": 1, "sample_interval": 0},
+    )
+    log = proc.stdout + proc.stderr
+    assert f"from {nifti_folder}" in log and "demo brain" not in log
+    assert "val_bpd" in log
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state["iteration"] == 2
