@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from monai_medgen import io
 from monai_medgen.data import demo_slices, demo_volumes
 from monai_medgen.engines import build_vdm_trainer
 from monai_medgen.handlers import save_gif, save_grid_png
@@ -102,7 +103,7 @@ def main(argv=None) -> dict:
     )
     grid = save_grid_png(samples, os.path.join(args.output_dir, "samples.png"))
     save_gif(frames, os.path.join(args.output_dir, "sampling.gif"))
-    torch.save(
+    io.atomic_torch_save(
         {"network": model.state_dict(), "schedule": inferer.schedule.state_dict(), "iterations": trainer.state.iteration},
         os.path.join(args.output_dir, "model.pt"),
     )

@@ -11,40 +11,10 @@ from __future__ import annotations
 
 import os
 
-from monai_medgen.bundle.workflow import (
-    SYNTHETIC_AUX_FILE,
-    SYNTHETIC_DESCRIPTION,
-    AllReduceGradients,
-    BitsPerDimInferer,
-    OutputMean,
-    generate,
-    is_synthetic,
-    latest_checkpoint,
-    load_model,
-    prepare_items,
-    report_bits_per_dim,
-    sample_fn,
-    save_model,
-    save_synthetic_nifti,
-)
+from monai_medgen.bundle import workflow
+from monai_medgen.bundle.workflow import *  # noqa: F403  (the names the bundle configs call)
 
-__all__ = [
-    "SYNTHETIC_AUX_FILE",
-    "SYNTHETIC_DESCRIPTION",
-    "AllReduceGradients",
-    "BitsPerDimInferer",
-    "OutputMean",
-    "generate",
-    "is_synthetic",
-    "latest_checkpoint",
-    "load_model",
-    "prepare_items",
-    "report_bits_per_dim",
-    "sample_fn",
-    "save_model",
-    "save_synthetic_nifti",
-    "schema_path",
-]
+__all__ = [*workflow.__all__, "schema_path"]
 
 SCHEMA_FILE = "meta_schema_monai_medgen.json"
 
