@@ -200,7 +200,7 @@ def main():
 
     threads = "1 thread each, side by side" if args.parallel else f"{torch.get_num_threads()} threads, one after the other"
     print(f"\nTraining budget: {args.minutes:g} min wall-clock per model ({threads}), batch {args.batch_size} of "
-          f"{args.crop}x{args.crop} crops from {128} MNI152 slices; held-out: {args.eval_slices} Colin27 axial slices, 128x128.\n")
+          f"{args.crop}x{args.crop} crops of 128x128 MNI152 axial slices; held-out: {args.eval_slices} Colin27 axial slices, 128x128.\n")
     n, k = len(test), len(sub)
     print(f"| model | bits/dim, {n} slices (our bound) | bits/dim, {k}-slice subset (MONAI get_likelihood + prior for the DDPM) | iterations | train min | MONAI eval min | note |")
     print("|---|---|---|---|---|---|---|")
