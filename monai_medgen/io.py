@@ -159,6 +159,14 @@ def _check_output(output: str | os.PathLike, inputs: Sequence, overwrite: bool, 
     return out
 
 
+def _write_text_durably(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` and flush it to disk before the caller renames it into place."""
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     """``torch.save`` that never leaves a partial file: written to a temporary file in the same folder,
     flushed to disk (``fsync``) and renamed onto ``path``; its SHA-256 is written to ``path + ".sha256"``
@@ -179,10 +187,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
             f.flush()
             os.fsync(f.fileno())
         checksum = sha256_of(tmp)
-        with open(tmp_sum, "w") as f:
-            f.write(f"{checksum}  {target.name}\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_text_durably(tmp_sum, f"{checksum}  {target.name}\n")
         os.replace(tmp, target)
         os.replace(tmp_sum, str(target) + ".sha256")
     _fsync_dir(target.parent)
@@ -559,10 +564,7 @@ def write_image(
         else:
             _write_sitk(data, affine, tmp, provenance, description)
         _fsync_file(tmp)
-        with open(tmp_json, "w") as f:
-            f.write(provenance.to_json())
-            f.flush()
-            os.fsync(f.fileno())
+        _write_text_durably(tmp_json, provenance.to_json())
         os.replace(tmp, out)
         os.replace(tmp_json, str(out) + ".json")
     _fsync_dir(out.parent)
