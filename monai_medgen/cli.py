@@ -1,0 +1,568 @@
+"""The ``monai-medgen`` command line: restore, generate and score medical images with the bundles in ``bundles/``.
+
+::
+
+    monai-medgen restore --bundle bundles/cddpm_denoising_2d --input scan.nii.gz --output scan_denoised.nii.gz
+    monai-medgen restore --bundle bundles/cddpm_inpainting_2d --input scan.nrrd --mask hole.nrrd --output out.nrrd
+    monai-medgen restore --bundle bundles/cddpm_denoising_2d --input dicom_series/ --output derived_series/
+    monai-medgen restore --bundle bundles/cddpm_super_resolution_3d --input thick.nii.gz --output fine.nii.gz \\
+        --factor 1,1,4
+    monai-medgen generate --bundle bundles/vdm_brain_mri_2d --num 8 --output-dir samples/
+    monai-medgen score --bundle bundles/vdm_brain_mri_2d --input a.nii.gz b.mha --threshold 5
+
+Every output is a new file (never an input) in the input's world space, marked synthetic in its header with a
+JSON provenance sidecar (model, bundle version, task, sampler, steps, seed, SHA-256 of the inputs).  A DICOM
+series input restored to a folder gives a new derived DICOM series (new UIDs, ImageType DERIVED\\SECONDARY,
+a DerivationDescription naming the model and "synthetic").
+
+User errors (missing weights, unreadable or truncated inputs, NaN voxels, bad masks, unknown class labels,
+an output equal to an input, ...) print one line ``monai-medgen <command>: error: <message>`` on stderr and
+exit with status 2.  Also runnable as ``python -m monai_medgen.cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+PROG = "monai-medgen"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+SAMPLERS = ("ancestral", "ddim", "dpm++")
+TRAIN_HINT = "python -m monai.bundle run --config_file {d}/configs/train.yaml --bundle_root {d}"
+
+
+class CLIError(ValueError):
+    """A user error whose message already names the command-line argument."""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _image_suffix(path: str | os.PathLike) -> str:
+    name = Path(path).name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), "")
+
+
+def _strip_suffix(name: str) -> str:
+    suffix = _image_suffix(name)
+    return name[: -len(suffix)] if suffix else name
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CLIError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}: {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
+    return str(dev)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _factor(text: str) -> float | list[float]:
+    """``4`` -> 4.0; ``1,1,4`` -> [1.0, 1.0, 4.0] (one value per axis, 3D models)."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) and v >= 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected a number >= 1 (e.g. 4) or one per axis separated by commas (e.g. 1,1,4), got {text!r}"
+        )
+    return values[0] if len(values) == 1 else values
+
+
+class Bundle:
+    """A bundle folder's parsed ``configs/inference.yaml`` and ``metadata.json``, with its checks."""
+
+    def __init__(self, folder: str, device: str, command: str):
+        from monai.bundle import ConfigParser
+
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise CLIError(f"--bundle {folder} is not a folder: expected a MONAI bundle folder such as bundles/vdm_brain_mri_2d.")
+        config = root / "configs" / "inference.yaml"
+        if not config.is_file():
+            raise CLIError(f"--bundle {folder} has no configs/inference.yaml: expected a MONAI bundle folder.")
+        self.weights = root / "models" / "model.pt"
+        if not self.weights.is_file():
+            raise CLIError(
+                f"--bundle {folder} has no weights at {os.path.join(folder, 'models', 'model.pt')}: train it first with "
+                + TRAIN_HINT.format(d=folder)
+            )
+        self.root, self.name = root, root.resolve().name
+        self.parser = ConfigParser()
+        try:
+            self.parser.read_config(str(config))
+        except Exception as e:  # yaml errors
+            raise CLIError(f"--bundle {folder}: could not parse {config}: {type(e).__name__}: {e}") from e
+        self.parser["bundle_root"] = str(root)
+        self.parser["device"] = device
+        self.device = device
+        self.version = ""
+        meta = root / "configs" / "metadata.json"
+        if meta.is_file():
+            try:
+                self.version = str(json.loads(meta.read_text()).get("version", ""))
+            except (ValueError, AttributeError):
+                self.version = ""
+        self.command = command
+
+    def get(self, key: str, default=None):
+        return self.parser.get_parsed_content(key) if key in self.parser else default
+
+    def require(self, key: str, kind: str):
+        if key not in self.parser:
+            raise CLIError(f"--bundle {self.root} is not a {kind} bundle (its inference.yaml has no {key!r}).")
+        return self.parser.get_parsed_content(key)
+
+
+def _load_weights(bundle: Bundle, network, schedule=None) -> None:
+    from monai_medgen.bundle import load_model
+
+    try:
+        load_model(str(bundle.weights), network, schedule, map_location=bundle.device)
+    except RuntimeError as e:  # state dict of another architecture
+        raise CLIError(
+            f"--bundle {bundle.root}: the weights {bundle.weights} do not fit the network of configs/inference.yaml "
+            f"({str(e).splitlines()[0]})."
+        ) from e
+    except (ValueError, FileNotFoundError) as e:
+        raise CLIError(f"--bundle {bundle.root}: {e}") from e
+
+
+def _read(path: str, arg: str, spatial_dims=None):
+    """``io.read_image`` with one channel, errors prefixed with the argument."""
+    from monai_medgen import io
+
+    try:
+        img = io.read_image(path, spatial_dims=spatial_dims, channels=1)
+    except ValueError as e:
+        message = _one_line(e)
+        if "cannot find a suitable reader" in message:  # MONAI lists every reader's traceback: say it plainly
+            message = (
+                f"could not read {str(path)!r}: it is not a readable NIfTI, NRRD or MHA file or DICOM series folder "
+                "(damaged, truncated or another format)."
+            )
+        raise CLIError(f"{arg}: {message}") from e
+    if img.ndim not in (3, 4):
+        raise CLIError(f"{arg} {path} must be a 2D image or a 3D volume with one channel, got shape {tuple(img.shape)}.")
+    return img
+
+
+# ---------------------------------------------------------------------------------------------
+# restore
+# ---------------------------------------------------------------------------------------------
+def _restore(args) -> int:
+    import torch
+
+    from monai_medgen import io
+    from monai_medgen.restoration import TASKS, _check_image, _check_mask, restore_file, restore_image
+
+    device = _check_device(args.device)
+    bundle = Bundle(args.bundle, device, "restore")
+    task = str(bundle.require("task", "restoration (cddpm_*)"))
+    if task not in TASKS:
+        raise CLIError(f"--bundle {args.bundle}: its task {task!r} is not one of {TASKS}.")
+    network = bundle.get("network")
+    inferer = bundle.get("inferer")
+    _load_weights(bundle, network)
+    spatial_dims = int(getattr(getattr(network, "module", network), "spatial_dims", 2))
+
+    # factor: only for super-resolution; the bundle's default otherwise
+    if args.factor is None:
+        factor = bundle.get("factor", 4.0) if task == "sr" else 1.0
+    else:
+        factor = args.factor
+        if task != "sr" and any(float(f) != 1 for f in (factor if isinstance(factor, list) else [factor])):
+            raise CLIError(f"--factor applies to super-resolution bundles only, this bundle's task is {task!r}.")
+    if isinstance(factor, (list, tuple)):
+        factor = [float(f) for f in factor]
+        if spatial_dims == 2 and len(set(factor[:2])) == 1 and all(f == 1 for f in factor[2:]):
+            factor = factor[0]  # 2D models: in-plane factor
+        elif spatial_dims == 2 or len(factor) != 3:
+            raise CLIError(
+                f"--factor must be one number (in-plane) for a 2D model, or 3 numbers (e.g. 1,1,4) for a 3D model; "
+                f"got {','.join(f'{f:g}' for f in factor)} for a {spatial_dims}D model."
+            )
+    else:
+        factor = float(factor)
+    if args.samples > 1 and not args.uncertainty:
+        print(f"{PROG} restore: note: --samples {args.samples} without --uncertainty: only the mean is written.",
+              file=sys.stderr)
+    if args.uncertainty and args.samples < 2:
+        raise CLIError(f"--uncertainty needs --samples N with N >= 2 (the standard deviation of N samples), got {args.samples}.")
+
+    # inputs
+    if not os.path.exists(args.input):
+        raise CLIError(f"--input {args.input}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder).")
+    dicom_input = os.path.isdir(args.input)
+    image = _read(args.input, "--input")
+    if image.ndim == 4 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if spatial_dims == 3 and image.ndim != 4:
+        raise CLIError(f"--input {args.input} must be a 3D volume for this 3D bundle, got shape {tuple(image.shape)}.")
+    try:
+        _check_image(image, name=f"--input {args.input}")
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    if args.mask and task != "inpaint":
+        raise CLIError(f"--mask is for inpainting bundles only, this bundle's task is {task!r}.")
+    if task == "inpaint":
+        if not args.mask:
+            raise CLIError("--mask is required for an inpainting bundle: a 0/1 image on the input's grid, 1 = missing.")
+        mask = _read(args.mask, "--mask")
+        if mask.ndim == 4 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+        try:
+            _check_mask(mask, image, name=f"--mask {args.mask}")
+        except ValueError as e:
+            raise CLIError(str(e)) from e
+
+    # outputs
+    output = args.output
+    if os.path.isdir(output) and not dicom_input:  # a folder: <input name>_<task>_synthetic in the input's format
+        suffix = _image_suffix(args.input) or ".nii.gz"
+        output = os.path.join(output, f"{_strip_suffix(Path(args.input).name)}_{task}_synthetic{suffix}")
+    dicom_output = dicom_input and not _image_suffix(output)
+    if not dicom_output and not _image_suffix(output):
+        raise CLIError(
+            f"--output {output} must end with .nii.gz, .nii, .nrrd or .mha (a folder only for a DICOM series input)."
+        )
+    inputs = [p for p in (args.input, args.mask) if p]
+    targets = [("--output", output)] + ([("--uncertainty", args.uncertainty)] if args.uncertainty else [])
+    for arg, target in targets:
+        resolved = Path(target).expanduser().resolve()
+        for src_arg, src in (("--input", args.input), ("--mask", args.mask)):
+            if src and Path(src).expanduser().resolve() == resolved:
+                raise CLIError(f"{arg} {target} is the {src_arg} file: refusing to overwrite an input; choose another path.")
+            if src and os.path.isdir(src) and Path(src).expanduser().resolve() in resolved.parents:
+                raise CLIError(f"{arg} {target} lies inside the {src_arg} DICOM series folder; choose another path.")
+        if os.path.isdir(target) and os.listdir(target) and not io.is_synthetic(target):
+            raise CLIError(
+                f"{arg} {target} is an existing folder that is not a derived series written by monai-medgen; "
+                "refusing to replace it (even with --overwrite): choose a new folder."
+            )
+        if os.path.exists(target) and not args.overwrite:
+            empty_dir = os.path.isdir(target) and not os.listdir(target)
+            if not empty_dir:
+                raise CLIError(f"{arg} {target} already exists; pass --overwrite to replace it.")
+    if args.uncertainty and dicom_output != (dicom_input and not _image_suffix(args.uncertainty)):
+        raise CLIError("--uncertainty must be of the same kind as --output (both image files, or both DICOM series folders).")
+
+    common = dict(
+        factor=factor, sampler=args.sampler or bundle.get("sampler", "dpm++"),
+        num_steps=args.steps or int(bundle.get("num_steps", 20)), num_samples=args.samples, seed=args.seed,
+        device=device,
+    )
+    if spatial_dims == 3:
+        common.update(patch_size=bundle.get("patch_size", (64, 64, 64)), overlap=float(bundle.get("overlap", 0.25)),
+                      sw_batch_size=int(bundle.get("sw_batch_size", 1)))
+    print(
+        f"{PROG} restore: {bundle.name} ({task}) {args.input} -> {output} [{common['sampler']}, {common['num_steps']} "
+        f"steps, {args.samples} sample(s), seed {args.seed}, {device}]",
+        file=sys.stderr,
+    )
+    if not dicom_output:
+        result = restore_file(
+            network, inferer, task, args.input, output, mask_path=args.mask, uncertainty_path=args.uncertainty,
+            model_name=bundle.name, bundle_version=bundle.version, overwrite=args.overwrite, verbose=True, **common,
+        )
+        print(result["output"])
+        if result.get("uncertainty"):
+            print(result["uncertainty"])
+        return 0
+
+    # a DICOM series in, a derived DICOM series out (on the input's grid)
+    if task == "sr" and any(float(f) != 1 for f in (factor if isinstance(factor, list) else [factor])):
+        raise CLIError(
+            f"--output {output}: a derived DICOM series keeps the input series' grid, but --factor {args.factor or factor} "
+            "makes a finer one; write NIfTI instead (e.g. --output restored.nii.gz)."
+        )
+    mask = _read(args.mask, "--mask") if args.mask else None
+    if mask is not None and mask.ndim == 4 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    restored, std = restore_image(network, inferer, task, image, mask=mask, verbose=True, **common)
+    import dataclasses
+
+    import numpy as np
+
+    provenance = io.Provenance(
+        model=bundle.name, bundle_version=bundle.version,
+        task={"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint"}[task], sampler=common["sampler"],
+        steps=int(common["num_steps"]), seed=int(args.seed), input_checksum=io.sha256_of(inputs),
+        extra={"num_samples": int(args.samples), "factor": factor if np.isscalar(factor) else list(factor)},
+    )
+
+    def as_series(t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t.as_tensor() if hasattr(t, "as_tensor") else t)
+        return t[..., None] if t.ndim == 3 else t  # a one-slice series
+
+    out = io.write_dicom_series(as_series(restored), args.input, output, provenance=provenance, overwrite=True)
+    print(out)
+    if args.uncertainty and std is not None:
+        unc_prov = dataclasses.replace(provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"})
+        print(io.write_dicom_series(as_series(std), args.input, args.uncertainty, provenance=unc_prov, overwrite=True))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------
+def _load_vdm(args, command: str):
+    device = _check_device(args.device)
+    bundle = Bundle(args.bundle, device, command)
+    if "schedule" not in bundle.parser or "task" in bundle.parser:
+        raise CLIError(
+            f"--bundle {args.bundle} is not a VDM bundle (no 'schedule' in its inference.yaml); "
+            f"{command} needs one such as bundles/vdm_brain_mri_2d."
+        )
+    network = bundle.get("network")
+    schedule = bundle.get("schedule")
+    inferer = bundle.get("inferer")
+    _load_weights(bundle, network, schedule)
+    network.eval()
+    return bundle, network, inferer
+
+
+def _generate(args) -> int:
+    bundle, network, inferer = _load_vdm(args, "generate")
+    from monai_medgen.bundle import generate
+
+    num_classes = getattr(getattr(network, "module", network), "num_classes", None)
+    if args.class_label is not None:
+        if num_classes is None:
+            raise CLIError(
+                f"--class {args.class_label}: this bundle's model is unconditional (built with num_classes null), "
+                "so it takes no class label; omit --class (or train a class-conditional model with num_classes set)."
+            )
+        if not 0 <= args.class_label < int(num_classes):
+            raise CLIError(
+                f"--class {args.class_label} is not a class of this model: expected an integer in "
+                f"[0, {int(num_classes) - 1}] (num_classes {int(num_classes)})."
+            )
+    if args.guidance < 0:
+        raise CLIError(f"--guidance must be >= 0, got {args.guidance}.")
+    if args.guidance > 0 and args.class_label is None:
+        raise CLIError("--guidance > 0 needs --class (the class to guide towards).")
+    if args.reference is not None:
+        _read(args.reference, "--reference")  # a clear error for a missing or unreadable reference
+    sampler = args.sampler or bundle.get("sampler", "ancestral")
+    steps = args.steps or int(bundle.get("num_steps", 256))
+    print(f"{PROG} generate: {bundle.name}: {args.num} image(s), {sampler} {steps} steps, seed {args.seed}",
+          file=sys.stderr)
+    result = generate(
+        network, inferer, args.output_dir, num_samples=args.num, num_steps=steps, seed=args.seed,
+        class_label=args.class_label, guidance_scale=args.guidance, sampler=sampler,
+        image_size=bundle.get("image_size", 128), spacing=bundle.get("spacing", 1.0),
+        batch_size=min(args.num, int(bundle.get("batch_size", 16))), device=bundle.device,
+        reference_image=args.reference,
+    )
+    for path in result["nifti"]:
+        print(path)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# score
+# ---------------------------------------------------------------------------------------------
+def _slices_of(path: str, size: int, num_slices: int | None):
+    """The input's [0, 1] slices (N, 1, size, size) with the training preprocessing
+    (:func:`monai_medgen.data.user_slices`: per-volume scaling, brain box, square padding, area resize)."""
+    import numpy as np
+
+    from monai_medgen.data import _pad_to_square, resize_volume, scale_intensity, volume_slices
+
+    img = _read(path, "--input")
+    vol = np.asarray(img[0], dtype=np.float32)
+    if vol.ndim == 3 and vol.shape[-1] == 1:
+        vol = vol[..., 0]
+    try:
+        vol = scale_intensity(np.clip(vol, 0, None))
+    except ValueError as e:
+        raise CLIError(f"--input {path} has no positive voxels: expected a magnitude image (e.g. MRI).") from e
+    if vol.ndim == 2:
+        slices = resize_volume(_pad_to_square(vol, (0, 1))[None], (size, size))
+    else:
+        slices, _ = volume_slices(vol, size, "axial", num_slices)
+    return slices[:, None].astype(np.float32)
+
+
+def _score(args) -> int:
+    import numpy as np
+    import torch
+
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise CLIError(f"--threshold must be a finite number of bits/dim, got {args.threshold}.")
+    for path in args.input:
+        if not os.path.exists(path):
+            raise CLIError(f"--input {path}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder).")
+    bundle, network, inferer = _load_vdm(args, "score")
+    if getattr(getattr(network, "module", network), "num_classes", None) is not None:
+        print(f"{PROG} score: note: class-conditional model, scoring with the null class.", file=sys.stderr)
+    size = int(bundle.get("image_size", 128))
+    rows = []
+    for path in args.input:
+        slices = torch.as_tensor(_slices_of(path, size, args.num_slices)) * 2 - 1
+        g = torch.Generator(device=bundle.device).manual_seed(int(args.seed))
+        values = []
+        for start in range(0, slices.shape[0], 16):
+            x = slices[start : start + 16].to(bundle.device)
+            out = inferer.bits_per_dim(x, network, num_time_samples=args.time_samples, generator=g)
+            values.append(out["bpd"].float().cpu())
+        per_slice = torch.cat(values).numpy()
+        bpd = float(np.mean(per_slice))
+        flagged = args.threshold is not None and bpd > args.threshold
+        rows.append({"input": path, "bpd": bpd, "num_slices": int(per_slice.size),
+                     "per_slice": [float(v) for v in per_slice], "out_of_distribution": bool(flagged)})
+        print(f"{PROG} score: {path}: {bpd:.3f} bits/dim ({per_slice.size} slice(s))", file=sys.stderr)
+    lines = ["| input | bits/dim | flag |", "|---|---|---|"]
+    lines += [f"| {r['input']} | {r['bpd']:.3f} | {'OUT OF DISTRIBUTION' if r['out_of_distribution'] else ''} |"
+              for r in rows]
+    print("\n".join(lines))
+    if args.threshold is not None:
+        n = sum(r["out_of_distribution"] for r in rows)
+        print(f"\n{n} of {len(rows)} input(s) flagged out of distribution (bits/dim > {args.threshold:g}).")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"bundle": bundle.name, "bundle_version": bundle.version, "threshold": args.threshold,
+                       "num_time_samples": args.time_samples, "seed": args.seed, "results": rows}, f, indent=2)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# parser and entry point
+# ---------------------------------------------------------------------------------------------
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only when there is one and the help text does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Restore, generate and score medical images with the monai_medgen bundles (bundles/). Every "
+        "output is marked synthetic, keeps the input's geometry and has a JSON provenance sidecar. "
+        "See '%(prog)s <command> --help'.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    fmt = _HelpFormatter
+
+    r = sub.add_parser(
+        "restore", formatter_class=fmt, help="denoise, inpaint or super-resolve an image with a cddpm_* bundle",
+        description="Restore a NIfTI, NRRD or MHA file or a DICOM series folder with a trained conditional DDPM "
+        "bundle (cddpm_denoising_2d, cddpm_inpainting_2d, cddpm_super_resolution_2d/3d). The output keeps the "
+        "input's world space, is marked synthetic in its header and gets a JSON provenance sidecar; a DICOM "
+        "series restored to a folder becomes a new derived series.",
+    )
+    r.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder (configs/inference.yaml, models/model.pt)")
+    r.add_argument("--input", required=True, metavar="IN", help="NIfTI/NRRD/MHA file or DICOM series folder")
+    r.add_argument("--output", required=True, metavar="OUT",
+                   help="output file (.nii.gz, .nii, .nrrd, .mha); for a DICOM series input a new folder gives a "
+                   "derived DICOM series; an existing folder (non-DICOM input) gets <input>_<task>_synthetic")
+    r.add_argument("--mask", metavar="M", help="inpainting: 0/1 image on the input's grid, 1 = missing")
+    r.add_argument("--samples", type=_positive_int, default=1, metavar="N",
+                   help="samples to average; with N >= 2 and --uncertainty the per-voxel std is written")
+    r.add_argument("--uncertainty", metavar="U", help="output for the standard deviation map (needs --samples >= 2)")
+    r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (same seed, same result)")
+    r.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the bundle's)")
+    r.add_argument("--steps", type=_positive_int, default=None, metavar="K", help="sampling steps (default: the bundle's)")
+    r.add_argument("--factor", type=_factor, default=None, metavar="F",
+                   help="super-resolution: how many times finer the output grid is; one number (in-plane for 2D "
+                   "models, every axis for 3D models) or one per axis, e.g. 1,1,4 (3D models: 4 mm slices to 1 mm); "
+                   "1 if the input is already on the fine grid (default: the bundle's)")
+    r.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
+    r.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    r.set_defaults(func=_restore)
+
+    g = sub.add_parser(
+        "generate", formatter_class=fmt, help="generate synthetic images with a VDM bundle",
+        description="Generate 2D images with a trained VDM bundle (e.g. bundles/vdm_brain_mri_2d): one NIfTI per "
+        "sample marked synthetic with a provenance sidecar, a PNG grid and a sampling GIF in --output-dir.",
+    )
+    g.add_argument("--bundle", required=True, metavar="DIR", help="VDM bundle folder")
+    g.add_argument("--class", dest="class_label", type=int, default=None, metavar="C",
+                   help="class label of a class-conditional model (0..num_classes-1)")
+    g.add_argument("--guidance", type=float, default=0.0, metavar="W", help="classifier-free guidance scale (needs --class)")
+    g.add_argument("--num", type=_positive_int, default=8, metavar="N", help="number of images")
+    g.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the samples")
+    g.add_argument("--reference", metavar="IMG", default=None,
+                   help="NIfTI/NRRD/MHA file or DICOM series whose in-plane size and geometry the samples take")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
+    g.add_argument("--steps", type=_positive_int, default=None, metavar="K", help="sampling steps (default: the bundle's)")
+    g.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the bundle's)")
+    g.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
+    g.set_defaults(func=_generate)
+
+    s = sub.add_parser(
+        "score", formatter_class=fmt, help="bits/dim of images under a VDM bundle (quality assurance / OOD)",
+        description="Bits/dim of each input under a trained VDM bundle (the variational bound, lower = more "
+        "typical of the training data), as a quality-assurance / out-of-distribution score. 2D images are scored "
+        "whole, volumes by their axial brain slices with the training preprocessing (mean over slices). Prints a "
+        "markdown table; inputs above --threshold are flagged OUT OF DISTRIBUTION (exit status 0 either way).",
+    )
+    s.add_argument("--bundle", required=True, metavar="DIR", help="VDM bundle folder")
+    s.add_argument("--input", required=True, nargs="+", metavar="IN", help="NIfTI/NRRD/MHA files or DICOM series folders")
+    s.add_argument("--threshold", type=float, default=None, metavar="T", help="flag inputs above T bits/dim")
+    s.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    s.add_argument("--num-slices", type=_positive_int, default=16, metavar="N",
+                   help="evenly spaced axial brain slices per volume")
+    s.add_argument("--time-samples", type=_positive_int, default=16, metavar="K",
+                   help="stratified diffusion times per slice (more: less variance)")
+    s.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the estimate")
+    s.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
+    s.set_defaults(func=_score)
+    return parser
+
+
+def _one_line(message) -> str:
+    """The message on one line, without the tracebacks that some readers embed in their errors."""
+    text = str(message).split("Traceback (most recent call last)")[0]
+    return " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``monai-medgen`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status (2: user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{PROG} {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
