@@ -27,6 +27,8 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from monai_medgen.bundle.workflow import _size_multiple
+
 __all__ = [
     "TASKS",
     "RestorationInferer",
@@ -672,12 +674,6 @@ def _restore_volume(
     meta = {k: v for k, v in img.meta.items() if k != "affine"}
     out_std = None if std is None else MetaTensor(std[crop].float().cpu() * 0.5 * hi, affine=img.affine, meta=meta)
     return MetaTensor(mean, affine=img.affine, meta=meta), out_std
-
-
-def _size_multiple(network) -> int:
-    unet = getattr(getattr(network, "module", network), "unet", None)
-    levels = len(getattr(unet, "block_out_channels", (0, 0, 0)))
-    return 2 ** max(0, levels - 1)
 
 
 def restore_file(
