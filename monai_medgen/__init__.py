@@ -4,7 +4,7 @@ Variational Diffusion Models (continuous time, learned noise schedule, exact bit
 conditional DDPMs for 2D images and 3D volumes, built on one schedule / sampler core.
 """
 
-from monai_medgen.inferers import VDMInferer, VDMOutput
+from monai_medgen.inferers import LatentVDMInferer, VDMInferer, VDMOutput
 from monai_medgen.networks import FourierFeatures, ScoreUNet
 from monai_medgen.schedules import (
     DiscreteSchedule,
@@ -20,6 +20,7 @@ __all__ = [
     "DiscreteSchedule",
     "FixedLinearSchedule",
     "FourierFeatures",
+    "LatentVDMInferer",
     "LearnedLinearSchedule",
     "MonotoneNetSchedule",
     "Schedule",

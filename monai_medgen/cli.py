@@ -35,10 +35,22 @@ PROG = "monai-medgen"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SAMPLERS = ("ancestral", "ddim", "dpm++")
 TRAIN_HINT = "python -m monai.bundle run --config_file {d}/configs/train.yaml --bundle_root {d}"
+# largest output a restore runs: a 2D bundle's U-Net attends over the whole slice at its bottleneck (memory grows
+# with the square of the slice's pixel count; 512 x 512 takes several GB per slice), and every model keeps a few
+# copies of the whole output volume
+MAX_SLICE_PIXELS = 512 * 512
+MAX_VOXELS = 512**3
 
 
 class CLIError(ValueError):
     """A user error whose message already names the command-line argument."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other error of the command line (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help').\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,11 +158,19 @@ def _load_weights(bundle: Bundle, network, schedule=None) -> None:
     try:
         load_model(str(bundle.weights), network, schedule, map_location=bundle.device)
     except RuntimeError as e:  # state dict of another architecture
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
         raise CLIError(
             f"--bundle {bundle.root}: the weights {bundle.weights} do not fit the network of configs/inference.yaml "
-            f"({str(e).splitlines()[0]})."
+            f"({detail[:300]})."
         ) from e
     except (ValueError, FileNotFoundError) as e:
+        if "truncated or corrupted" in str(e):
+            why = "their SHA-256 does not match model.pt.sha256" if "does not match" in str(e) else "unreadable"
+            raise CLIError(
+                f"--bundle {bundle.root}: its weights {bundle.weights} are truncated or corrupted ({why}); copy "
+                "models/model.pt (and model.pt.sha256) again, or retrain: " + TRAIN_HINT.format(d=bundle.root)
+            ) from e
         raise CLIError(f"--bundle {bundle.root}: {e}") from e
 
 
@@ -171,6 +191,36 @@ def _read(path: str, arg: str, spatial_dims=None):
     if img.ndim not in (3, 4):
         raise CLIError(f"{arg} {path} must be a 2D image or a 3D volume with one channel, got shape {tuple(img.shape)}.")
     return img
+
+
+def _format_factor(factor) -> str:
+    return ",".join(f"{float(f):g}" for f in (factor if isinstance(factor, (list, tuple)) else [factor]))
+
+
+def _check_output_size(image, factor, spatial_dims: int, args) -> None:
+    """Refuse an output grid the model cannot restore in reasonable memory (see ``MAX_SLICE_PIXELS``, ``MAX_VOXELS``),
+    naming --factor when super-resolution makes it so large, else --input."""
+    shape = tuple(int(n) for n in image.shape[1:])
+    if isinstance(factor, (list, tuple)):
+        factors = [float(f) for f in factor]
+    else:
+        factors = [float(factor)] * (2 if spatial_dims == 2 else len(shape))
+    factors += [1.0] * (len(shape) - len(factors))
+    out = tuple(round(n * f) for n, f in zip(shape, factors))
+    too_wide = spatial_dims == 2 and out[0] * out[1] > MAX_SLICE_PIXELS
+    too_many = math.prod(out) > MAX_VOXELS
+    if not (too_wide or too_many):
+        return
+    limit = (f"this 2D bundle restores slices of at most {MAX_SLICE_PIXELS} pixels (512 x 512), as its attention "
+             "memory grows with the square of a slice's size" if too_wide else
+             f"restoring takes at most {MAX_VOXELS} voxels (512^3) in all")
+    grid = "x".join(str(n) for n in out)
+    if out != shape:
+        raise CLIError(
+            f"--factor {_format_factor(factor)} is too large for --input {args.input}: its {'x'.join(map(str, shape))} "
+            f"grid would become {grid}, and {limit}; use a smaller --factor or crop the input."
+        )
+    raise CLIError(f"--input {args.input} is too large ({grid} voxels): {limit}; crop or resample it first.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +292,8 @@ def _restore(args) -> int:
         except ValueError as e:
             raise CLIError(str(e)) from e
 
+    _check_output_size(image, factor, spatial_dims, args)
+
     # outputs
     output = args.output
     if os.path.isdir(output) and not dicom_input:  # a folder: <input name>_<task>_synthetic in the input's format
@@ -276,7 +328,8 @@ def _restore(args) -> int:
     common = dict(
         factor=factor, sampler=args.sampler or bundle.get("sampler", "dpm++"),
         num_steps=args.steps or int(bundle.get("num_steps", 20)), num_samples=args.samples, seed=args.seed,
-        device=device,
+        device=device, channels_last=bool(getattr(args, "channels_last", False)),
+        autocast=getattr(args, "autocast", None), compile=getattr(args, "compile", None) or False,
     )
     if spatial_dims == 3:
         common.update(patch_size=bundle.get("patch_size", (64, 64, 64)), overlap=float(bundle.get("overlap", 0.25)),
@@ -348,6 +401,34 @@ def _load_vdm(args, command: str):
     return bundle, network, inferer
 
 
+def _check_output_dir(args) -> None:
+    """generate writes sample_NNN_synthetic.nii.gz (+ .json), samples.png and sampling.gif into --output-dir:
+    existing ones are replaced only with --overwrite, and an image not marked synthetic never."""
+    from monai_medgen import io
+
+    folder = Path(args.output_dir).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"--output-dir {args.output_dir} is a file; expected a folder (new or existing) for the samples.")
+    if not folder.is_dir():
+        return
+    names = [f"sample_{i:03d}_synthetic.nii.gz{ext}" for i in range(args.num) for ext in ("", ".json")]
+    existing = [n for n in (*names, "samples.png", "sampling.gif") if (folder / n).exists()]
+    if not existing:
+        return
+    if not args.overwrite:
+        more = f" and {len(existing) - 1} more file(s)" if len(existing) > 1 else ""
+        raise CLIError(
+            f"--output-dir {args.output_dir} already holds {existing[0]}{more} of earlier samples; pass --overwrite "
+            "to replace them, or choose another folder."
+        )
+    foreign = [n for n in existing if n.endswith(".nii.gz") and not io.is_synthetic(folder / n)]
+    if foreign:
+        raise CLIError(
+            f"--output-dir {args.output_dir}: {foreign[0]} is not a synthetic image written by monai-medgen; refusing "
+            "to replace it (even with --overwrite): choose another folder."
+        )
+
+
 def _generate(args) -> int:
     bundle, network, inferer = _load_vdm(args, "generate")
     from monai_medgen.bundle import generate
@@ -370,6 +451,7 @@ def _generate(args) -> int:
         raise CLIError("--guidance > 0 needs --class (the class to guide towards).")
     if args.reference is not None:
         _read(args.reference, "--reference")  # a clear error for a missing or unreadable reference
+    _check_output_dir(args)
     sampler = args.sampler or bundle.get("sampler", "ancestral")
     steps = args.steps or int(bundle.get("num_steps", 256))
     print(f"{PROG} generate: {bundle.name}: {args.num} image(s), {sampler} {steps} steps, seed {args.seed}",
@@ -411,6 +493,26 @@ def _slices_of(path: str, size: int, num_slices: int | None):
     return slices[:, None].astype(np.float32)
 
 
+def _check_json_output(args) -> None:
+    """--json never replaces an input, a folder, or a file other than an earlier report of ``score``."""
+    target = Path(args.json).expanduser().resolve()
+    for path in args.input:
+        src = Path(path).expanduser().resolve()
+        if src == target or src in target.parents:
+            raise CLIError(f"--json {args.json} is (inside) the --input {path}: refusing to overwrite an input; "
+                           "choose another path.")
+    if target.is_dir():
+        raise CLIError(f"--json {args.json} is a folder; expected a file name for the JSON report.")
+    if target.exists():
+        try:
+            report = json.loads(target.read_text())
+        except (ValueError, UnicodeDecodeError):
+            report = None
+        if not (isinstance(report, dict) and {"bundle", "results"} <= set(report)):
+            raise CLIError(f"--json {args.json} already exists and is not an earlier report of 'monai-medgen score'; "
+                           "refusing to replace it: choose another path.")
+
+
 def _score(args) -> int:
     import numpy as np
     import torch
@@ -420,13 +522,16 @@ def _score(args) -> int:
     for path in args.input:
         if not os.path.exists(path):
             raise CLIError(f"--input {path}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder).")
+    if args.json:
+        _check_json_output(args)
     bundle, network, inferer = _load_vdm(args, "score")
     if getattr(getattr(network, "module", network), "num_classes", None) is not None:
         print(f"{PROG} score: note: class-conditional model, scoring with the null class.", file=sys.stderr)
     size = int(bundle.get("image_size", 128))
+    # every input read and checked before any is scored: a bad one fails the command at once
+    inputs = [(path, torch.as_tensor(_slices_of(path, size, args.num_slices)) * 2 - 1) for path in args.input]
     rows = []
-    for path in args.input:
-        slices = torch.as_tensor(_slices_of(path, size, args.num_slices)) * 2 - 1
+    for path, slices in inputs:
         g = torch.Generator(device=bundle.device).manual_seed(int(args.seed))
         values = []
         for start in range(0, slices.shape[0], 16):
@@ -447,10 +552,19 @@ def _score(args) -> int:
         n = sum(r["out_of_distribution"] for r in rows)
         print(f"\n{n} of {len(rows)} input(s) flagged out of distribution (bits/dim > {args.threshold:g}).")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"bundle": bundle.name, "bundle_version": bundle.version, "threshold": args.threshold,
-                       "num_time_samples": args.time_samples, "seed": args.seed, "results": rows}, f, indent=2)
+        import tempfile
+
+        folder = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(args.json)}.", suffix=".tmp")
+        try:  # written beside the target and renamed: an interrupted run leaves the previous report whole
+            with os.fdopen(fd, "w") as f:
+                json.dump({"bundle": bundle.name, "bundle_version": bundle.version, "threshold": args.threshold,
+                           "num_time_samples": args.time_samples, "seed": args.seed, "results": rows}, f, indent=2)
+            os.replace(tmp, args.json)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return 0
 
 
@@ -468,7 +582,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog=PROG,
         description="Restore, generate and score medical images with the monai_medgen bundles (bundles/). Every "
         "output is marked synthetic, keeps the input's geometry and has a JSON provenance sidecar. "
@@ -502,6 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "1 if the input is already on the fine grid (default: the bundle's)")
     r.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    r.add_argument("--channels-last", action="store_true",
+                   help="speed option: channels_last memory format for the network and its inputs (same results)")
+    r.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+                   help="speed option: run the network in bf16 (CPUs, recent GPUs) or fp16 (GPUs) under autocast; "
+                   "results differ at that precision")
+    r.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="speed option: torch.compile the network (default backend inductor; compiling takes a while)")
     r.set_defaults(func=_restore)
 
     g = sub.add_parser(
@@ -521,6 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=_positive_int, default=None, metavar="K", help="sampling steps (default: the bundle's)")
     g.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the bundle's)")
     g.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace earlier samples in --output-dir (never files that are not marked synthetic)")
     g.set_defaults(func=_generate)
 
     s = sub.add_parser(

@@ -188,6 +188,10 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
             os.fsync(f.fileno())
         checksum = sha256_of(tmp)
         _write_text_durably(tmp_sum, f"{checksum}  {target.name}\n")
+        # a kill between the two renames must not pair a new file with the old checksum (a false "corrupted"):
+        # drop the old checksum first; in the gap the file is verified by loading it
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(str(target) + ".sha256")
         os.replace(tmp, target)
         os.replace(tmp_sum, str(target) + ".sha256")
     _fsync_dir(target.parent)

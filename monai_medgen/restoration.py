@@ -330,12 +330,14 @@ def restore_slices(
     seed: int = 0,
     device=None,
     batch_size: int | None = None,
+    **speed,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample the conditional DDPM for each test slice: ``(mean, std)`` in [0, 1] units, (N, 1, H, W).
 
-    Slice ``i`` starts from seed ``seed + i`` (so results do not depend on the batch size); with
-    ``num_samples`` > 1 the mean and per-pixel standard deviation of that many samples, else the sample and zeros.
-    ``batch_size`` slices share one sampling loop (default: all at once).
+    Slice ``i`` draws its starting noise from seed ``seed + i`` and its sampler noise from its own generator, so
+    results do not depend on the batch size; with ``num_samples`` > 1 the mean and per-pixel standard deviation of
+    that many samples, else the sample and zeros.  ``batch_size`` slices share one sampling loop (default: all at
+    once).  ``speed``: the sampler's speed options (``channels_last``, ``autocast``, ``compile``).
     """
     device = torch.device(device) if device is not None else next(network.parameters()).device
     n = len(test.truth)
@@ -345,13 +347,13 @@ def restore_slices(
         idx = slice(start, min(n, start + step))
         gens = [torch.Generator(device="cpu").manual_seed(int(seed) + i) for i in range(idx.start, idx.stop)]
         noise = torch.cat([torch.randn((1, *test.truth.shape[1:]), generator=g) for g in gens]).to(device)
-        gen = torch.Generator(device=device).manual_seed(int(seed) + idx.start + SAMPLER_SEED_OFFSET)
+        gen = [torch.Generator(device=device).manual_seed(int(seed) + i + SAMPLER_SEED_OFFSET) for i in range(idx.start, idx.stop)]
         inpaint = {}
         if test.mask is not None:
             inpaint = {"mask": test.mask[idx].to(device), "known": test.known()[idx].to(device)}
         out = inferer.sample(
             noise, network, sampler=sampler, num_steps=int(num_steps), condition=test.cond[idx].to(device),
-            num_samples=int(num_samples), generator=gen, verbose=False, **inpaint,
+            num_samples=int(num_samples), generator=gen, verbose=False, **inpaint, **speed,
         )
         mean, std = out if num_samples > 1 else (out, torch.zeros_like(out))
         means.append(mean.float().cpu() * 0.5 + 0.5)
@@ -497,9 +499,11 @@ def _check_mask(mask, image: MetaTensor, name: str = "mask") -> torch.Tensor:
     if tuple(m.shape[1:]) != tuple(image.shape[1:]) or m.shape[0] != 1:
         raise ValueError(f"{name} must have the image's shape {tuple(image.shape)}, got {tuple(m.shape)}.")
     if isinstance(mask, MetaTensor) and not np.allclose(np.asarray(mask.affine), np.asarray(image.affine), atol=1e-3):
+        m_aff, i_aff = np.asarray(mask.affine, dtype=np.float64), np.asarray(image.affine, dtype=np.float64)
         raise ValueError(
-            f"{name} must lie on the image's voxel grid: its affine\n{np.asarray(mask.affine)}\ndiffers from the "
-            f"image's\n{np.asarray(image.affine)}."
+            f"{name} must lie on the image's voxel grid, but its affine differs from the image's by up to "
+            f"{np.abs(m_aff - i_aff).max():.3g} mm (first voxel at {np.round(m_aff[:-1, -1], 2).tolist()} mm, the "
+            f"image's at {np.round(i_aff[:-1, -1], 2).tolist()} mm); resample the mask onto the image's grid."
         )
     m = (m > 0).float()
     if not bool(m.any()):
@@ -536,6 +540,9 @@ def restore_image(
     patch_size: Sequence[int] | None = (64, 64, 64),
     overlap: float = 0.25,
     sw_batch_size: int = 1,
+    channels_last: bool = False,
+    autocast: str | None = None,
+    compile: bool | str = False,
 ) -> tuple[MetaTensor, MetaTensor | None]:
     """Restore a 2D image or a volume with a conditional DDPM: a 2D model goes slice by slice along the third
     axis, a 3D model (``network.spatial_dims == 3``) takes the whole volume through overlapping patches.
@@ -554,10 +561,14 @@ def restore_image(
         sampler, num_steps: the sampler (``"ancestral"``, ``"ddim"``, ``"dpm++"``) and its network evaluations.
         num_samples: samples per slice; with more than 1 the mean is returned with the per-voxel standard
             deviation as an uncertainty map.
-        seed: the same seed gives the same result.
+        seed: the same seed gives the same result; slice ``k`` of a volume (2D model) has its own seeds
+            (``seed + k``), so the result does not depend on ``batch_size``.
         batch_size: slices sampled together (2D model).
         patch_size, overlap, sw_batch_size: 3D model: the network runs over overlapping patches of this size,
             blended at every sampling step (None: the whole volume at once); memory is bounded by the patch.
+        channels_last, autocast, compile: speed options of the network call (off by default; see
+            :func:`monai_medgen.samplers.accelerated`): ``channels_last`` memory format, ``"bf16"`` / ``"fp16"``
+            autocast, ``torch.compile`` (True or a backend name).
 
     Returns:
         ``(restored, std)``: ``MetaTensor`` on the output grid (the input's, or the finer one for
@@ -567,10 +578,11 @@ def restore_image(
     img = _check_image(image)
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    speed = {"channels_last": channels_last, "autocast": autocast, "compile": compile}
     if int(getattr(getattr(network, "module", network), "spatial_dims", 2)) == 3:
         return _restore_volume(
             network, inferer, task, img, mask, factor, sampler, num_steps, num_samples, seed, device, verbose,
-            patch_size, overlap, sw_batch_size,
+            patch_size, overlap, sw_batch_size, speed,
         )
     if task != "sr" and factor != 1:
         raise ValueError(f"factor applies to super-resolution only (task 'sr'), got factor={factor} for {task!r}.")
@@ -589,6 +601,9 @@ def restore_image(
     h, w = slices.shape[-2:]
     ph, pw = -(-h // mult) * mult - h, -(-w // mult) * mult - w
     pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    # the U-Net's bottleneck attention costs (pixels per slice)^2 per slice: at most as many slices at once as keep it
+    # to that of 8 slices of 256 x 256 (a 512 x 512 slice goes alone); results do not depend on the batch size
+    batch_size = max(1, min(int(batch_size), int(8 * (256 * 256 / ((h + ph) * (w + pw))) ** 2)))
     means, stds = [], []
     network.eval()
     for start in range(0, slices.shape[0], int(batch_size)):
@@ -601,12 +616,12 @@ def restore_image(
             extra = {"mask": m.to(dev), "known": known.to(dev)}
         else:
             cond = s
-        g = torch.Generator(device="cpu").manual_seed(int(seed) + start)
-        noise = torch.randn(s.shape, generator=g).to(dev)
-        gen = torch.Generator(device=dev).manual_seed(int(seed) + start + SAMPLER_SEED_OFFSET)
+        ks = range(start, start + s.shape[0])  # slice k: its own starting and sampler noise
+        noise = torch.cat([torch.randn((1, *s.shape[1:]), generator=torch.Generator().manual_seed(int(seed) + k)) for k in ks])
+        gen = [torch.Generator(device=dev).manual_seed(int(seed) + k + SAMPLER_SEED_OFFSET) for k in ks]
         out = inferer.sample(
-            noise, network, sampler=sampler, num_steps=int(num_steps), condition=cond.to(dev),
-            num_samples=int(num_samples), generator=gen, verbose=verbose, **extra,
+            noise.to(dev), network, sampler=sampler, num_steps=int(num_steps), condition=cond.to(dev),
+            num_samples=int(num_samples), generator=gen, verbose=verbose, **extra, **speed,
         )
         mean, std = out if int(num_samples) > 1 else (out, None)
         crop = (..., slice(pad[2], pad[2] + h), slice(pad[0], pad[0] + w))
@@ -627,7 +642,7 @@ def restore_image(
 
 def _restore_volume(
     network, inferer, task, img, mask, factor, sampler, num_steps, num_samples, seed, device, verbose, patch_size,
-    overlap, sw_batch_size,
+    overlap, sw_batch_size, speed=None,
 ) -> tuple[MetaTensor, MetaTensor | None]:
     """:func:`restore_image` for a 3D network: the whole volume, the network over overlapping patches."""
     if img.ndim != 4:
@@ -664,7 +679,7 @@ def _restore_volume(
     out = inferer.sample(
         noise, network, sampler=sampler, num_steps=int(num_steps), condition=cond.to(dev), num_samples=int(num_samples),
         generator=gen, verbose=verbose, patch_size=patch, overlap=float(overlap), sw_batch_size=int(sw_batch_size),
-        **kwargs,
+        **kwargs, **(speed or {}),
     )
     mean, std = out if int(num_samples) > 1 else (out, None)
     crop = (0, slice(None)) + tuple(slice(left, left + n) for left, n in zip(lefts, shape))
@@ -697,6 +712,9 @@ def restore_file(
     patch_size: Sequence[int] | None = (64, 64, 64),
     overlap: float = 0.25,
     sw_batch_size: int = 1,
+    channels_last: bool = False,
+    autocast: str | None = None,
+    compile: bool | str = False,
 ) -> dict:
     """Read ``input_path`` (NIfTI, NRRD, MHA or a DICOM series folder), restore it with :func:`restore_image` and
     write the result to ``output_path`` (format from its suffix) in the input's world space, marked synthetic
@@ -704,7 +722,8 @@ def restore_file(
     ``num_samples`` > 1 and ``uncertainty_path`` the standard deviation map is written too.
 
     Nothing the user gave is overwritten: an output equal to an input is refused, and existing outputs are
-    replaced only with ``overwrite``.  Returns ``{"output", "uncertainty", "seconds"}``.
+    replaced only with ``overwrite``.  ``channels_last``, ``autocast``, ``compile``: speed options as in
+    :func:`restore_image`.  Returns ``{"output", "uncertainty", "seconds"}``.
     """
     import time
 
@@ -728,7 +747,7 @@ def restore_file(
     restored, std = restore_image(
         network, inferer, task, image, mask=mask, factor=factor, sampler=sampler, num_steps=num_steps,
         num_samples=num_samples, seed=seed, device=device, verbose=verbose, patch_size=patch_size, overlap=overlap,
-        sw_batch_size=sw_batch_size,
+        sw_batch_size=sw_batch_size, channels_last=channels_last, autocast=autocast, compile=compile,
     )
     provenance = io.Provenance(
         model=model_name or type(getattr(network, "module", network)).__name__, bundle_version=bundle_version,

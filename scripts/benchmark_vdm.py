@@ -47,8 +47,7 @@ def _data(eval_slices: int):
 
 
 def run_vdm(args) -> dict:
-    from monai_medgen.demo import evaluate_bpd
-    from monai_medgen.engines import build_vdm_trainer
+    from monai_medgen.engines import build_vdm_trainer, evaluate_bpd
     from monai_medgen.inferers import VDMInferer
     from monai_medgen.networks import ScoreUNet
     from monai_medgen.schedules import LearnedLinearSchedule
@@ -85,8 +84,7 @@ def run_ddpm(args) -> dict:
     from monai.networks.schedulers import DDPMScheduler
     from monai.utils import set_determinism
 
-    from monai_medgen.demo import evaluate_bpd
-    from monai_medgen.engines import TimeLimit, attach_ema, slice_training_transforms, vdm_optimizer
+    from monai_medgen.engines import TimeLimit, attach_ema, evaluate_bpd, slice_training_transforms, vdm_optimizer
     from monai_medgen.inferers import VDMInferer
     from monai_medgen.inferers.vdm import from_levels, prior_kl, to_levels
     from monai_medgen.networks import TimestepAdapter

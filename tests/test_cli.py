@@ -6,6 +6,7 @@ and error handling only, no claim about quality); the VDM bundle is a copy of ``
 its trained weights.
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -86,22 +87,13 @@ def block():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, block):
     """The block as NIfTI, NRRD and MHA (same world geometry), a 2D slice, an inpainting mask and bad files."""
-    import SimpleITK as sitk
-
     vol, affine = block
     folder = tmp_path_factory.mktemp("inputs")
     paths = {"nifti": folder / "colin.nii.gz"}
     nib.save(nib.Nifti1Image(vol, affine), str(paths["nifti"]))
-    lps = affine.copy()
-    lps[:2] *= -1
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    im = sitk.GetImageFromArray(np.ascontiguousarray(vol.transpose(2, 1, 0)))
-    im.SetSpacing(spacing.tolist())
-    im.SetOrigin(lps[:3, 3].tolist())
-    im.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
     for ext in ("nrrd", "mha"):
         paths[ext] = folder / f"colin.{ext}"
-        sitk.WriteImage(im, str(paths[ext]))
+        BAD_INPUTS._write_sitk(vol, affine, paths[ext])
     paths["slice2d"] = folder / "colin_slice.nii.gz"
     nib.save(nib.Nifti1Image(vol[:, :, 1], affine), str(paths["slice2d"]))
     mask = np.zeros(vol.shape, dtype=np.uint8)
@@ -123,42 +115,6 @@ def files(tmp_path_factory, block):
     paths["junk"] = folder / "junk.nii.gz"
     paths["junk"].write_bytes(b"not an image at all")
     return {k: str(v) for k, v in paths.items()}
-
-
-def _make_series(folder: Path, volume: np.ndarray, affine: np.ndarray) -> None:
-    """An MR DICOM series, one uint16 file per slice, with the volume's geometry (RAS affine -> LPS)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-    from pydicom.valuerep import format_number_as_ds
-
-    folder.mkdir(parents=True)
-    lps = affine.copy()
-    lps[:2] *= -1
-    col_spacing, row_spacing, thickness = np.linalg.norm(lps[:3, :3], axis=0)
-    row_dir, col_dir = lps[:3, 0] / col_spacing, lps[:3, 1] / row_spacing  # volume axis 0 = along a row
-    study, series = generate_uid(), generate_uid()
-    stored = np.rint(volume / volume.max() * 4000).astype(np.uint16)  # (columns, rows, slices)
-    for k in range(stored.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = uid = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.Modality, ds.PatientID, ds.PatientName = "MR", "COLIN27", "Colin^27"
-        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "T1", 2, k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
-        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
-        ds.PixelSpacing = [format_number_as_ds(float(row_spacing)), format_number_as_ds(float(col_spacing))]
-        ds.SliceThickness = format_number_as_ds(float(thickness))
-        ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in lps[:3, 3] + k * lps[:3, 2]]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
-        ds.save_as(str(folder / f"IM_{k + 1:04d}.dcm"), enforce_file_format=True)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -225,7 +181,7 @@ def test_restore_dicom_series_to_derived_series(bundles, block, tmp_path):
 
     vol, affine = block
     src = tmp_path / "series"
-    _make_series(src, vol, affine)
+    BAD_INPUTS.write_series(src, vol, affine)
     before = io.sha256_of(src)
     out = tmp_path / "derived"
     rc = cli.main(["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", str(src), "--output", str(out),
@@ -246,7 +202,16 @@ def test_restore_dicom_series_to_derived_series(bundles, block, tmp_path):
         assert "DERIVED" in list(d.ImageType) and "SECONDARY" in list(d.ImageType)
         assert "synthetic" in d.DerivationDescription.lower() and "cddpm_denoising_2d" in d.DerivationDescription
         assert d.StudyInstanceUID == old[0].StudyInstanceUID
+    # origin, spacing and direction as stored in the headers: every slice where an input slice was
+    def geometry(d):
+        return (tuple(float(v) for v in d.ImagePositionPatient), tuple(float(v) for v in d.ImageOrientationPatient),
+                tuple(float(v) for v in d.PixelSpacing), float(d.SliceThickness))
+
+    assert sorted(map(geometry, new)) == sorted(map(geometry, old))
+    assert {d.SourceImageSequence[0].ReferencedSOPInstanceUID for d in new} == {d.SOPInstanceUID for d in old}
     assert io.is_synthetic(out) and io.read_provenance(out).input_checksum == before
+    prov = io.read_provenance(out)
+    assert prov.model == "cddpm_denoising_2d" and prov.task == "denoise" and prov.steps == 2 and prov.synthetic
     # the same series to NIfTI keeps the geometry too
     nii = tmp_path / "restored.nii.gz"
     assert cli.main(["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", str(src), "--output",
@@ -374,6 +339,52 @@ def test_errors_exit_2_with_one_line(case, bundles, files, tmp_path):
     assert any(": error: " in line and fragment in line for line in errors), res.stderr
     assert not (tmp_path / "o.nii.gz").exists()
     assert Path(files["nifti"]).read_bytes() == before
+
+
+def _load_bad_inputs():
+    spec = importlib.util.spec_from_file_location("bad_inputs", REPO / "scripts" / "bad_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BAD_INPUTS = _load_bad_inputs()  # scripts/bad_inputs.py: every bad input of issue 6 and what the user must see
+
+
+@pytest.fixture(scope="module")
+def bad_input_files(tmp_path_factory):
+    """The damaged inputs and bundles of scripts/bad_inputs.py (real Colin27 data), built once."""
+    work = tmp_path_factory.mktemp("bad_inputs")
+    return work, BAD_INPUTS.build(work)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"/") for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", [c[0] for c in BAD_INPUTS.CASES])
+def test_every_bad_input_one_line_exit_2_nothing_written(case, bad_input_files, capsys):
+    """Each case of the bad-input table through ``main`` (the console script's entry point): exit status 2, one
+    ``monai-medgen <command>: error:`` line naming the argument and what was expected, and no file written,
+    changed or removed anywhere in the work folder (inputs, bundles, outputs)."""
+    import torch
+
+    template, fragment = next((t, f) for c, t, f in BAD_INPUTS.CASES if c == case)
+    if "--device cuda" in template and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    work, names = bad_input_files
+    argv = BAD_INPUTS.argv_for(template, names)
+    before = _tree(work)
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:  # argparse's own checks
+        rc = e.code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert rc == 2, err
+    assert len(errors) == 1 and errors[0].startswith(f"monai-medgen {argv[0]}: error: ") and fragment in errors[0], err
+    assert "Traceback" not in err
+    assert _tree(work) == before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from monai_medgen.data import demo_slices
-from monai_medgen.demo import evaluate_bpd
-from monai_medgen.engines import DiffusionPrepareBatch, InfererLoss, build_vdm_trainer, warmup_cosine
+from monai_medgen.engines import DiffusionPrepareBatch, InfererLoss, build_vdm_trainer, evaluate_bpd, warmup_cosine
 from monai_medgen.inferers import VDMInferer
 from monai_medgen.metrics import png_bits_per_dim
 from monai_medgen.networks import ScoreUNet

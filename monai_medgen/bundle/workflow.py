@@ -272,11 +272,12 @@ def report_bits_per_dim(
     **info,
 ) -> dict:
     """Print the held-out bits/dim table of an evaluator's metrics next to lossless PNG of the same 8-bit
-    images (2D items only) and write it as JSON.
+    images (volumes: PNG of each of their axial slices) and write it as JSON.
 
     Args:
         metrics: ``evaluator.state.metrics`` with ``{prefix}bpd`` and the three terms.
-        items: the evaluated ``[{"image": (1, H, W) in [0, 1]}]`` for the PNG baseline (None: no baseline).
+        items: the evaluated ``[{"image": (1, H, W) or (1, H, W, D) in [0, 1]}]`` for the PNG baseline
+            (None: no baseline).
         output_file: JSON file to write (None: print only).
         description: what was evaluated, for the table header.
         model: the model's row label.
@@ -297,8 +298,10 @@ def report_bits_per_dim(
     if res["bpd"] is None:
         raise KeyError(f"metrics hold no {prefix}bpd entry (got {sorted(metrics)}).")
     png = None
-    if items and np.asarray(items[0]["image"]).squeeze().ndim == 2:
-        png = png_bits_per_dim([it["image"] for it in items])
+    if items:
+        images = [np.asarray(it["image"]).squeeze() for it in items]
+        # volumes: PNG of each axial slice (last axis), so both figures count bits over the same voxels
+        png = png_bits_per_dim([s for im in images for s in (np.moveaxis(im, -1, 0) if im.ndim == 3 else [im])])
     res.update(png_bpd=png, num_images=len(items) if items else None, **info)
     lines = [f"| {description} | bits/dim |", "|---|---|", f"| {model} | {res['bpd']:.3f} |"]
     if png is not None:
@@ -360,6 +363,7 @@ def sample_fn(
     class_labels=None,
     guidance_scale: float = 0.0,
     device=None,
+    sampler: str = "ancestral",
 ) -> Callable:
     """A no-argument sampler for :class:`monai_medgen.handlers.SampleGridHandler`: the same seed on every
     call, so grids from successive epochs show the same noise denoised by a better model.  Returns
@@ -372,8 +376,8 @@ def sample_fn(
         if labels is not None:
             labels = torch.as_tensor(labels, dtype=torch.long, device=dev).reshape(-1)
         return draw_samples(
-            inferer, network, shape, num_steps, g, dev, class_labels=labels, guidance_scale=guidance_scale,
-            save_intermediates=num_frames > 0, intermediate_steps=max(1, int(num_steps) // max(1, num_frames)),
+            inferer, network, shape, num_steps, g, dev, sampler=sampler, class_labels=labels,
+            guidance_scale=guidance_scale, save_intermediates=num_frames > 0, intermediate_steps=max(1, int(num_steps) // max(1, num_frames)),
         )
 
     return draw
@@ -406,16 +410,20 @@ def save_synthetic_nifti(
     return paths
 
 
-def _reference_geometry(path: str | os.PathLike) -> tuple[tuple[int, int], np.ndarray]:
-    """In-plane size and 4x4 affine of an image read with :func:`monai_medgen.io.read_image` (NIfTI, NRRD,
-    MHA, DICOM series).  For a volume the geometry is that of its middle slice along the third axis."""
+def _reference_geometry(path: str | os.PathLike, spatial_dims: int = 2) -> tuple[tuple[int, ...], np.ndarray]:
+    """Size and 4x4 affine of an image read with :func:`monai_medgen.io.read_image` (NIfTI, NRRD, MHA, DICOM
+    series).  For 2D samples (``spatial_dims`` 2) the in-plane size, and for a volume the geometry of its
+    middle slice along the third axis; for 3D samples the reference must be a volume."""
     from monai.data.utils import to_affine_nd
 
     img = io.read_image(path)
     spatial = tuple(int(s) for s in img.shape[1:])
-    if len(spatial) not in (2, 3):
-        raise ValueError(f"reference_image must be a 2D image or a 3D volume, got spatial shape {spatial}.")
+    if len(spatial) not in (2, 3) or (spatial_dims == 3 and len(spatial) != 3):
+        expected = "a 3D volume" if spatial_dims == 3 else "a 2D image or a 3D volume"
+        raise ValueError(f"reference_image must be {expected}, got spatial shape {spatial}.")
     affine = to_affine_nd(3, np.asarray(img.affine, dtype=np.float64))
+    if spatial_dims == 3:
+        return spatial, affine
     if len(spatial) == 3 and spatial[2] > 1:
         affine = affine.copy()
         affine[:3, 3] += affine[:3, 2] * (spatial[2] // 2)
@@ -446,14 +454,15 @@ def generate(
     device=None,
     prefix: str = "sample",
 ) -> dict:
-    """Generate 2D images and write them as a PNG grid, a sampling GIF and one NIfTI per sample.
+    """Generate 2D images or 3D volumes (as the network's ``spatial_dims``) and write them as a PNG grid
+    (volumes: three orthogonal middle slices), a sampling GIF and one NIfTI per sample.
 
     The NIfTI files hold intensities in [0, 1] (the training scale), are marked synthetic in their header
     (:data:`SYNTHETIC_DESCRIPTION`), have a provenance sidecar (``.nii.gz.json``: model, sampler, steps, seed,
     SHA-256 of the reference, class label, guidance scale) and carry the geometry of ``reference_image``
     when one is given (a NIfTI, NRRD or MHA file or DICOM series read with :func:`monai_medgen.io.read_image`:
-    samples take its in-plane size and affine; for a volume, the affine of its middle slice), otherwise
-    ``image_size`` pixels of ``spacing`` mm.
+    2D samples take its in-plane size and affine (for a volume, the affine of its middle slice), 3D samples its
+    size and affine), otherwise ``image_size`` pixels of ``spacing`` mm.
 
     Args:
         network, inferer: the trained model (:class:`ScoreUNet`, :class:`VDMInferer`).
@@ -472,16 +481,19 @@ def generate(
     if int(num_samples) < 1 or int(batch_size) < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}.")
     dev = _device_of(network, device)
+    dims = int(getattr(_unwrap(network), "spatial_dims", 2))
     has_reference = reference_image is not None and str(reference_image).strip() not in ("", "None")
     if has_reference:
-        (h, w), affine = _reference_geometry(reference_image)
+        size, affine = _reference_geometry(reference_image, spatial_dims=dims)
     else:
-        h, w = (int(image_size),) * 2 if np.isscalar(image_size) else tuple(int(s) for s in image_size)
+        size = (int(image_size),) * dims if np.isscalar(image_size) else tuple(int(s) for s in image_size)
+        if len(size) != dims:
+            raise ValueError(f"image_size must be an int or {dims} ints for a {dims}D network, got {image_size}.")
         sp = [float(s) for s in np.atleast_1d(spacing)]
         affine = np.diag([*(sp * 3 if len(sp) == 1 else sp + sp[-1:])[:3], 1.0])
     m = _size_multiple(network)
-    ph, pw = -(-h // m) * m, -(-w // m) * m  # sample on a grid the U-Net can halve, crop back after
-    top, left = (ph - h) // 2, (pw - w) // 2
+    padded = [-(-s // m) * m for s in size]  # sample on a grid the U-Net can halve, crop back after
+    crop = (Ellipsis, *(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded, size)))
     labels = None if class_label is None else torch.full((1,), int(class_label), dtype=torch.long)
     g = torch.Generator(device=dev).manual_seed(int(seed))
     samples, frames = [], None
@@ -489,20 +501,20 @@ def generate(
     for start in range(0, int(num_samples), int(batch_size)):
         b = min(int(batch_size), int(num_samples) - start)
         out = draw_samples(
-            inferer, network, (b, 1, ph, pw), num_steps, g, dev, sampler=sampler,
+            inferer, network, (b, 1, *padded), num_steps, g, dev, sampler=sampler,
             class_labels=None if labels is None else labels.to(dev).expand(b), guidance_scale=guidance_scale,
             save_intermediates=gif and frames is None, intermediate_steps=max(1, int(num_steps) // 20), verbose=True,
         )
         if isinstance(out, tuple):
             out, frames = out
-        samples.append(out[..., top : top + h, left : left + w].cpu())
+        samples.append(out[crop].cpu())
     x = torch.cat(samples)
     os.makedirs(str(output_dir), exist_ok=True)
     grid = save_grid_png(x, os.path.join(str(output_dir), "samples.png"))
     gif_path = None
     if frames:
         first = x[: frames[0].shape[0]]
-        frames = [f[..., top : top + h, left : left + w] for f in frames]
+        frames = [f[crop] for f in frames]
         gif_path = save_gif(list(frames) + [first], os.path.join(str(output_dir), "sampling.gif"))
     provenance = io.Provenance(
         model=type(_unwrap(network)).__name__,

@@ -29,14 +29,17 @@ from monai.inferers import Inferer, sliding_window_inference
 from monai_medgen.engines import DiffusionPrepareBatch
 from monai_medgen.inferers.vdm import guided_eps_fn
 from monai_medgen.networks.score_unet import ScoreUNet
-from monai_medgen.samplers import SAMPLERS, repaint_times, sample_loop
+from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, repaint_times, sample_loop
 from monai_medgen.schedules import DiscreteSchedule, Schedule, alpha_sigma, log_alpha2, time_grid
 
 __all__ = ["ConditionalDiffusionInferer", "ConditionalPrepareBatch", "NETWORK_INPUTS", "PREDICTION_TYPES"]
 
 NETWORK_INPUTS = ("gamma", "timesteps")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-DEFAULT_NUM_STEPS = {"ddim": 50, "dpm++": 20}  # ancestral: T
+# default network evaluations per sampler (ancestral: T).  DPM-Solver++'s 20 is chosen from the measured quality
+# curve of the SR bundle (scripts/benchmark.py --sections nfe, docs/benchmarks/benchmark.md): the fewest steps within
+# 0.1 dB PSNR and 0.01 SSIM of its best settings; it is within 0.2 dB of the 2000-step ancestral chain (100x fewer).
+DEFAULT_NUM_STEPS = {"ddim": 50, "dpm++": 20}
 
 
 def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -140,7 +143,10 @@ class ConditionalDiffusionInferer(Inferer):
     def gamma(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Log-SNR gamma (B,) of MONAI integer timesteps (B,) in [0, T - 1] (``alphas_cumprod[timesteps]``)."""
         timesteps = torch.as_tensor(timesteps).long().reshape(-1)
-        if bool(((timesteps < 0) | (timesteps >= self.num_train_timesteps)).any()):
+        outside = (timesteps < 0) | (timesteps >= self.num_train_timesteps)
+        if timesteps.device.type != "cpu":  # checked on the device: no wait for it at every training step
+            torch._assert_async(~outside.any(), f"timesteps must lie in [0, {self.num_train_timesteps - 1}].")
+        elif bool(outside.any()):
             raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps - 1}], got {timesteps.tolist()}.")
         gammas = self.schedule.gammas
         return gammas[timesteps.to(gammas.device) + 1]
@@ -159,21 +165,30 @@ class ConditionalDiffusionInferer(Inferer):
     # -----------------------------------------------------------------------------------------
     def _predict(self, network, z, gamma, timesteps, condition, class_labels) -> torch.Tensor:
         """Raw network output (eps or v) for noisy z (B, C, *spatial) at gamma / timesteps (B,)."""
+        return self._predict_as(self._mode(network), network, z, gamma, timesteps, condition, class_labels)
+
+    @staticmethod
+    def _predict_as(mode, network, z, gamma, timesteps, condition, class_labels) -> torch.Tensor:
         kwargs = {} if class_labels is None else {"class_labels": class_labels}
-        if self._mode(network) == "gamma":
+        if mode == "gamma":
             if condition is not None:
                 kwargs["condition"] = condition
             return network(z, gamma, **kwargs)
         h = z if condition is None else torch.cat([z, condition.to(z.dtype)], dim=1)
         return network(h, timesteps, **kwargs)
 
-    def eps_model(self, network: Callable) -> Callable:
-        """``eps(z, gamma, class_labels=None, condition=None)`` of the network for the samplers (v converted)."""
+    def eps_model(self, network: Callable, network_fn: Callable | None = None) -> Callable:
+        """``eps(z, gamma, class_labels=None, condition=None)`` of the network for the samplers (v converted).
+
+        ``network_fn``: what to call instead of ``network`` (e.g. :func:`monai_medgen.samplers.accelerated`
+        of it); ``network`` still decides the input convention (``network_input``)."""
+        mode = self._mode(network)
+        call = network if network_fn is None else network_fn
 
         def eps(z, gamma, class_labels=None, condition=None):
             gamma = gamma.reshape(-1).expand(z.shape[0])
-            timesteps = self.timesteps_of(gamma).to(z.device) if self._mode(network) == "timesteps" else None
-            out = self._predict(network, z, gamma.to(z.device), timesteps, condition, class_labels)
+            timesteps = self.timesteps_of(gamma).to(z.device) if mode == "timesteps" else None
+            out = self._predict_as(mode, call, z, gamma.to(z.device), timesteps, condition, class_labels)
             if self.prediction_type == "v_prediction":
                 alpha, sigma = alpha_sigma(gamma.to(z.device))
                 out = _bc(alpha, z) * out + _bc(sigma, z) * z
@@ -287,11 +302,14 @@ class ConditionalDiffusionInferer(Inferer):
         patch_size: Sequence[int] | None = None,
         overlap: float = 0.25,
         sw_batch_size: int = 1,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         verbose: bool = True,
         save_intermediates: bool = False,
         intermediate_steps: int | Sequence[int] = 100,
         clip: tuple[float, float] | None = (-1.0, 1.0),
+        channels_last: bool = False,
+        autocast: str | None = None,
+        compile: bool | str = False,
     ):
         """Sample (restore, inpaint, generate) starting from ``input_noise``.
 
@@ -324,12 +342,17 @@ class ConditionalDiffusionInferer(Inferer):
                 the image equals the whole-image path.  Sampler noise is drawn for the whole image.
             overlap: patch overlap fraction in [0, 1).
             sw_batch_size: patches per network call.
-            generator: torch generator for every random draw (same seed, same sample).
+            generator: torch generator for every random draw (same seed, same sample); or a list of B
+                generators, one per input: each input's result is then the same whether it is sampled alone or
+                batched with others (batched sampling of several inputs).
             verbose: tqdm progress bar.
             save_intermediates: also return the noisy images every ``intermediate_steps`` step indices (or at
                 the listed indices), for a sampling animation.
             clip: clamp the predicted clean image to this range at every step and the output at the end
                 (None: no clamp).
+            channels_last, autocast, compile: speed options of the network call, all off by default
+                (:func:`monai_medgen.samplers.accelerated`): ``channels_last`` / ``channels_last_3d`` memory
+                format, ``"bf16"`` / ``"fp16"`` autocast, ``torch.compile`` (True or a backend name).
 
         Returns:
             ``sample`` (B, C, *spatial); with ``num_samples > 1`` ``(mean, std)``; with ``save_intermediates``
@@ -356,6 +379,12 @@ class ConditionalDiffusionInferer(Inferer):
             raise ValueError(f"samples_per_batch must be a positive integer or None, got {samples_per_batch!r}.")
         if clip is not None and not (len(clip) == 2 and clip[0] < clip[1]):
             raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            generator = list(generator)
+            if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError(
+                    f"generator must be a torch.Generator or a list of {batch} of them (one per input), got {len(generator)} items."
+                )
 
         condition = _batch_like(condition, "condition", batch, spatial)
         if condition is not None:
@@ -400,7 +429,9 @@ class ConditionalDiffusionInferer(Inferer):
             raise ValueError("guidance_scale > 0 needs null_class (set it on the inferer or use a ScoreUNet).")
         self.schedule.to(device)
         times = self._times(num_steps, repaint, device)
-        eps_model = self.eps_model(network)
+        eps_model = self.eps_model(
+            network, accelerated(network, channels_last=channels_last, autocast=autocast, compile=compile)
+        )
         per_batch = num_samples if samples_per_batch is None else min(samples_per_batch, num_samples)
         impose_known = mask is not None and (condition is None or repaint is not None)
 
@@ -410,7 +441,7 @@ class ConditionalDiffusionInferer(Inferer):
             noises = [
                 input_noise
                 if s == 0
-                else torch.randn(input_noise.shape, generator=generator, device=device, dtype=input_noise.dtype)
+                else batched_randn(input_noise.shape, generator, device=device, dtype=input_noise.dtype)
                 for s in range(start, start + n)
             ]
             z = torch.cat(noises, 0)
@@ -433,7 +464,7 @@ class ConditionalDiffusionInferer(Inferer):
                     alpha, sigma = alpha_sigma(gamma_s)
                     noisy_known = _bc(alpha, z_s) * known_n
                     if float(t_s) > 0:
-                        noise = torch.randn(z_s.shape, generator=generator, device=z_s.device, dtype=z_s.dtype)
+                        noise = batched_randn(z_s.shape, generator, device=z_s.device, dtype=z_s.dtype)
                         noisy_known = noisy_known + _bc(sigma, z_s) * noise
                     return torch.where(mask_n, z_s, noisy_known)
 

@@ -18,7 +18,7 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
-from monai_medgen.samplers import SAMPLERS, sample_loop
+from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, sample_loop
 from monai_medgen.schedules import FixedLinearSchedule, Schedule, gamma_and_slope, log_alpha2, log_sigma2, time_grid
 
 __all__ = [
@@ -65,21 +65,23 @@ def _sum_dims(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def diffusion_loss_continuous(eps: torch.Tensor, eps_hat: torch.Tensor, gamma_slope: torch.Tensor) -> torch.Tensor:
     """Continuous-time diffusion term ``0.5 gamma'(t) ||eps - eps_hat||^2`` (B,)."""
-    return 0.5 * gamma_slope * _sum_dims((eps - eps_hat) ** 2)
+    diff = eps - eps_hat
+    return 0.5 * gamma_slope * _sum_dims(diff * diff)
 
 
 def diffusion_loss_discrete(
     eps: torch.Tensor, eps_hat: torch.Tensor, gamma_t: torch.Tensor, gamma_s: torch.Tensor, num_steps: int
 ) -> torch.Tensor:
     """T-step diffusion term ``0.5 T expm1(gamma_t - gamma_s) ||eps - eps_hat||^2`` (B,), s = t - 1/T."""
-    return 0.5 * num_steps * torch.expm1(gamma_t - gamma_s) * _sum_dims((eps - eps_hat) ** 2)
+    diff = eps - eps_hat
+    return 0.5 * num_steps * torch.expm1(gamma_t - gamma_s) * _sum_dims(diff * diff)
 
 
 def prior_kl(x: torch.Tensor, gamma_1: torch.Tensor) -> torch.Tensor:
     """``KL(q(z_1 | x) || N(0, I))`` summed over dims (B,)."""
     sigma2 = torch.exp(log_sigma2(gamma_1))
     alpha2 = torch.exp(log_alpha2(gamma_1))
-    kl = 0.5 * (alpha2 * x**2 + sigma2 - log_sigma2(gamma_1) - 1.0)
+    kl = 0.5 * (alpha2 * (x * x) + sigma2 - log_sigma2(gamma_1) - 1.0)
     return _sum_dims(kl)
 
 
@@ -89,26 +91,31 @@ def reconstruction_nll(
     """``-log p(x | z_0)`` for data on ``vocab_size`` levels, one-sample estimate (B,).
 
     ``z_0 / alpha_0 = x + exp(gamma_0 / 2) eps``; logits over levels ``v_k`` are
-    ``-0.5 ((z0 - v_k) exp(-gamma_0 / 2))^2``.  Only levels within ``10 sigma_0`` of every ``z0`` of the
-    batch can carry weight (the rest contribute below ``exp(-50)`` of the normaliser), so the softmax runs
-    over that window of levels around the true one: the same value, without a 256-wide tensor per voxel
-    when ``sigma_0`` is small.
+    ``-0.5 ((z0 - v_k) exp(-gamma_0 / 2))^2``.  Only levels within ``10 sigma_0`` of ``z0`` can carry weight
+    (the others contribute below ``exp(-50)`` of the normaliser), so the softmax runs over that window of levels
+    around the level nearest to ``z0``: the same value, without a 256-wide tensor per voxel when ``sigma_0`` is
+    small.
+
+    The levels are evenly spaced, so ``(z0 - v_k) / sigma = eps + (k_x - k) spacing / sigma`` for the true level
+    ``k_x``: the window's logits come from one broadcast of small tensors, and the true level's logit is
+    ``-eps^2 / 2`` (inside the window or, when farther than 10 sigma, negligible in it), so
+    ``-log p = logsumexp(logits) + eps^2 / 2`` (no softmax over the window is stored).
     """
     sigma = torch.exp(0.5 * gamma_0)
-    x = from_levels(x_levels, vocab_size)
-    z0 = x + sigma * noise
     spacing = 2.0 / vocab_size
-    reach = float(sigma.detach()) * (float(noise.detach().abs().max()) + 10.0)
-    half = int(math.ceil(reach / spacing)) + 1
-    if 2 * half + 1 >= vocab_size:
-        levels = torch.arange(vocab_size, device=x.device).expand(*x.shape, vocab_size)
-        target = x_levels.unsqueeze(-1)
-    else:
-        start = (x_levels - half).clamp(0, vocab_size - 1 - 2 * half)
-        levels = start.unsqueeze(-1) + torch.arange(2 * half + 1, device=x.device)
-        target = (x_levels - start).unsqueeze(-1)
-    logits = -0.5 * ((z0.unsqueeze(-1) - from_levels(levels, vocab_size)) / sigma) ** 2
-    nll = -torch.gather(torch.log_softmax(logits, -1), -1, target).squeeze(-1)
+    half = int(math.ceil(10.0 * float(sigma.detach()) / spacing)) + 1
+    width = min(2 * half + 1, vocab_size)
+    step = spacing / sigma  # one level in units of sigma
+    # nearest level to z0 = x + sigma eps, in level units: k_x + eps / step
+    nearest = torch.round(x_levels.to(noise.dtype) + noise.detach() / step.detach()).long()
+    start = (nearest - half).clamp(0, vocab_size - width)  # first level of each voxel's window
+    d = noise + (x_levels - start).to(noise.dtype) * step  # (z0 - v_start) / sigma
+    ks = torch.arange(width, device=noise.device, dtype=noise.dtype).reshape(-1, *([1] * d.ndim))
+    u = d.unsqueeze(0) - ks * step  # (z0 - v_k) / sigma, window first: the reduction runs over whole tensors
+    # logits below -80 (weights under 2e-35; the nearest level's is at least exp(-eps^2 / 2)) are floored there, which
+    # changes nothing at float precision and keeps exp() out of the slow denormal range
+    logits = (-0.5 * (u * u)).clamp_min(-80.0)
+    nll = torch.logsumexp(logits, 0) + 0.5 * (noise * noise)
     return _sum_dims(nll)
 
 
@@ -168,10 +175,12 @@ def guided_eps_fn(
     if null_class is None:
         raise ValueError("guidance_scale > 0 needs a class-conditional network with a null class (num_classes set).")
 
+    # the doubled labels and extra inputs are made once, not at every step
+    labels = torch.cat([class_labels, torch.full_like(class_labels, null_class)])
+    extra = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+
     def eps_fn(z, g):
         b = z.shape[0]
-        labels = torch.cat([class_labels, torch.full_like(class_labels, null_class)])
-        extra = {k: torch.cat([v, v]) if torch.is_tensor(v) else v for k, v in kwargs.items()}
         eps = network(torch.cat([z, z]), torch.cat([g, g]), class_labels=labels, **extra)
         eps_c, eps_u = eps[:b], eps[b:]
         return (1 + guidance_scale) * eps_c - guidance_scale * eps_u
@@ -330,7 +339,7 @@ class VDMInferer(Inferer):
         num_steps: int = 1000,
         class_labels: torch.Tensor | None = None,
         guidance_scale: float = 0.0,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         verbose: bool = True,
         save_intermediates: bool = False,
         intermediate_steps: int | list[int] = 100,
@@ -338,6 +347,9 @@ class VDMInferer(Inferer):
         eta: float | None = None,
         device: torch.device | str | None = None,
         quantize: bool = True,
+        channels_last: bool = False,
+        autocast: str | None = None,
+        compile: bool | str = False,
     ):
         """Draw samples with ``num_steps`` network evaluations from t = 1 to 0.
 
@@ -347,11 +359,15 @@ class VDMInferer(Inferer):
             num_steps: any number of steps (the chain is exact for any count).
             class_labels: (B,) long; with ``guidance_scale = w > 0`` classifier-free guidance
                 ``(1 + w) eps(c) - w eps(null)`` is used (network needs a null class).
-            generator: same seed, same sample.
+            generator: same seed, same sample; or one generator per sample (a list of B), so each sample is the
+                same whatever else is in the batch.
             save_intermediates: also return the noisy z every ``intermediate_steps`` step indices
                 (or at the listed indices) for a sampling animation.
             sampler: ``"ancestral"`` (default), ``"ddim"`` or ``"dpm++"``.
             quantize: snap the output onto the 256 data levels (in [-1, 1]).
+            channels_last, autocast, compile: speed options of the network call, all off by default
+                (:func:`monai_medgen.samplers.accelerated`): ``channels_last`` memory format, ``"bf16"`` /
+                ``"fp16"`` autocast, ``torch.compile`` (True or a backend name).
 
         Returns:
             samples (B, C, *spatial) in [-1, 1], or ``(samples, intermediates)`` with ``save_intermediates``.
@@ -373,8 +389,9 @@ class VDMInferer(Inferer):
                 class_labels = class_labels.expand(shape[0])
             if class_labels.numel() != shape[0]:
                 raise ValueError(f"class_labels must have {shape[0]} entries (one per sample), got {class_labels.numel()}.")
-        z = torch.randn(tuple(shape), generator=generator, device=device)
-        eps_fn = guided_eps_fn(network, class_labels, guidance_scale, getattr(network, "null_class", None))
+        z = batched_randn(tuple(shape), generator, device=device)
+        call = accelerated(network, channels_last=channels_last, autocast=autocast, compile=compile)
+        eps_fn = guided_eps_fn(call, class_labels, guidance_scale, getattr(network, "null_class", None))
         out = sample_loop(
             eps_fn,
             z,
