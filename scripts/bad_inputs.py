@@ -125,11 +125,12 @@ CASES = [
 # ---------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------
-def _oblique_affine() -> np.ndarray:
+def oblique_affine(start=START) -> np.ndarray:
+    """Colin27's affine for a crop starting at voxel ``start``, rotated by 10 degrees about z (oblique)."""
     import nibabel as nib
 
     affine = nib.load(COLIN).affine.copy()
-    affine[:3, 3] = affine[:3, :3] @ np.asarray(START, dtype=np.float64) + affine[:3, 3]
+    affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
     a = np.deg2rad(10.0)
     rot = np.eye(4)
     rot[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
@@ -196,7 +197,7 @@ def make_inputs(folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True)
     vol = np.asarray(nib.load(COLIN).dataobj, dtype=np.float32)
     vol = np.ascontiguousarray(vol[tuple(slice(s, s + n) for s, n in zip(START, SHAPE))])
-    affine = _oblique_affine()
+    affine = oblique_affine()
     p = {"nifti": folder / "colin.nii.gz"}
 
     def save(name: str, array: np.ndarray, aff: np.ndarray = affine, filename: str | None = None) -> None:

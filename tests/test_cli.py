@@ -66,12 +66,7 @@ def _vdm(bundles) -> Path:
 
 def _oblique_affine(start) -> np.ndarray:
     """Colin27's affine for a crop starting at voxel ``start``, rotated by 10 degrees about z (oblique)."""
-    affine = nib.load(COLIN).affine.copy()
-    affine[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=np.float64) + affine[:3, 3]
-    a = np.deg2rad(10.0)
-    rot = np.eye(4)
-    rot[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
-    return rot @ affine
+    return BAD_INPUTS.oblique_affine(start)
 
 
 @pytest.fixture(scope="module")

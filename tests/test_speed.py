@@ -15,13 +15,7 @@ from monai_medgen.networks import ScoreUNet
 from monai_medgen.samplers import accelerated, batched_randn, sample_loop
 from monai_medgen.schedules import DiscreteSchedule, FixedLinearSchedule, time_grid
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def gen(seed: int) -> torch.Generator:
