@@ -15,21 +15,46 @@ JSON provenance sidecar (model, bundle version, task, sampler, steps, seed, SHA-
 series input restored to a folder gives a new derived DICOM series (new UIDs, ImageType DERIVED\\SECONDARY,
 a DerivationDescription naming the model and "synthetic").
 
+Nothing the user wrote is ever replaced: an output equal to an input is refused, and ``--overwrite`` replaces only
+earlier outputs of monai-medgen (files whose header is marked synthetic, provenance sidecars, derived series
+folders), never a scan or another file.  A DICOM folder holding several series is refused with the list of its
+series unless ``--series-uid`` picks one; an inconsistent geometry (mixed orientations, duplicate slice positions,
+missing PixelSpacing, a NaN or zero-determinant affine) is refused before any sampling, as is every number out of
+range.  Outputs get the permissions the umask gives; temporary files are removed on failure, Ctrl-C or SIGTERM, and
+those a killed run left are removed by the next run writing into that folder.
+
 User errors (missing weights, unreadable or truncated inputs, NaN voxels, bad masks, unknown class labels,
-an output equal to an input, ...) print one line ``monai-medgen <command>: error: <message>`` on stderr and
-exit with status 2.  Also runnable as ``python -m monai_medgen.cli``.
+an output equal to an input, a read-only or full output folder, ...) print one line
+``monai-medgen <command>: error: <message>`` on stderr and exit with status 2.  Also runnable as
+``python -m monai_medgen.cli``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 from pathlib import Path
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = [
+    "CLIError",
+    "build_parser",
+    "check_common_numbers",
+    "check_compile_backend",
+    "check_device",
+    "check_guidance",
+    "check_number",
+    "check_output_size",
+    "check_output_target",
+    "check_reference_size",
+    "check_uncertainty_target",
+    "describe_os_error",
+    "main",
+    "read_input",
+]
 
 PROG = "monai-medgen"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -40,6 +65,18 @@ TRAIN_HINT = "python -m monai.bundle run --config_file {d}/configs/train.yaml --
 # copies of the whole output volume
 MAX_SLICE_PIXELS = 512 * 512
 MAX_VOXELS = 512**3
+# a model needs some neighbourhood: each axis it convolves over has at least this many voxels (1x1x1 is no image)
+MIN_AXIS_VOXELS = 8
+# generate: the samples take a --reference's size; a 3D model holds a few copies of the whole sample volume
+MAX_GENERATE_VOXELS = 256**3
+# limits on the numbers of the command line (beyond them a run is a mistake or days of compute)
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 10_000
+MAX_SAMPLES = 100
+MAX_GENERATE = 10_000
+MAX_GUIDANCE = 100.0
+MAX_SCORE_SLICES = 4096
+MAX_TIME_SAMPLES = 4096
 
 
 class CLIError(ValueError):
@@ -72,16 +109,115 @@ def _strip_suffix(name: str) -> str:
     return name[: -len(suffix)] if suffix else name
 
 
-def _check_device(device: str) -> str:
+# ---------------------------------------------------------------------------------------------
+# validation of options (each a small public function, reusable by other front-ends)
+# ---------------------------------------------------------------------------------------------
+def check_device(device: str) -> str:
+    """The canonical name of a device to compute on: ``cpu``, ``cuda`` / ``cuda:N`` (when CUDA is available) or
+    ``mps`` (when available).  Other torch device types (``meta``, ``xpu`` ...) are refused: ``meta`` holds no
+    data, so a run would fail only after loading everything."""
     import torch
 
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise CLIError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}: {e}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CLIError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}: {_one_line(e)}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                           f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}).")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise CLIError(f"--device {device}: MPS is not available on this machine; use --device cpu.")
+    elif dev.type != "cpu":
+        raise CLIError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r} (a {dev.type!r} device cannot "
+                       "run the model).")
     return str(dev)
+
+
+def check_compile_backend(backend: str | None) -> str | None:
+    """``--compile``'s backend, checked against ``torch._dynamo.list_backends()`` before anything runs."""
+    if backend is None or backend is False:
+        return None
+    import torch
+
+    try:
+        known = sorted(set(torch._dynamo.list_backends(exclude_tags=())))
+    except Exception as e:  # torch without dynamo (some platforms)
+        raise CLIError(f"--compile {backend}: torch.compile is not available here ({_one_line(e)}); omit --compile.") from e
+    if backend not in known:
+        common = [b for b in ("inductor", "eager", "aot_eager", "cudagraphs") if b in known]
+        raise CLIError(f"--compile {backend}: not a torch.compile backend; expected e.g. {', '.join(common)} (all "
+                       f"{len(known)}: torch._dynamo.list_backends()), or --compile alone for inductor.")
+    return backend
+
+
+def check_number(option: str, value, minimum=None, maximum=None, integer: bool = False):
+    """``value`` after checking that it is a finite number (an integer with ``integer``) in [minimum, maximum];
+    the error names ``option``."""
+    def shown(v) -> str:
+        return str(int(v)) if integer else f"{v:g}"
+
+    bounds = ("" if minimum is None else f" >= {shown(minimum)}") + (
+        "" if maximum is None or minimum is None else " and") + ("" if maximum is None else f" <= {shown(maximum)}")
+    kind = "an integer" if integer else "a finite number"
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CLIError(f"{option} must be {kind}{bounds}, got {value!r}.") from None
+    if not math.isfinite(number) or (integer and number != int(number)):
+        raise CLIError(f"{option} must be {kind}{bounds}, got {value!r}.")
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        raise CLIError(f"{option} must be {kind}{bounds}, got {value!r}.")
+    return int(number) if integer else number
+
+
+def check_common_numbers(args) -> None:
+    """--seed, --steps (and --samples, --num) of any command: in range, before anything is loaded."""
+    check_number("--seed", args.seed, 0, MAX_SEED, integer=True)
+    if getattr(args, "steps", None) is not None:
+        check_number("--steps", args.steps, 1, MAX_STEPS, integer=True)
+    if getattr(args, "samples", None) is not None:
+        check_number("--samples", args.samples, 1, MAX_SAMPLES, integer=True)
+    if getattr(args, "num", None) is not None:
+        check_number("--num", args.num, 1, MAX_GENERATE, integer=True)
+
+
+def check_guidance(guidance, class_label) -> float:
+    """Classifier-free guidance: finite, in [0, MAX_GUIDANCE], and only with a class to guide towards."""
+    w = check_number("--guidance", guidance, 0, MAX_GUIDANCE)
+    if w > 0 and class_label is None:
+        raise CLIError("--guidance > 0 needs --class (the class to guide towards).")
+    return w
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error (read-only or full folder, no permission ...): the path (the folder,
+    for the tool's own temporary files), the system's reason and what to do."""
+    import errno
+
+    from monai_medgen import io
+
+    where = error.filename or ""
+    if where and io.is_temporary_name(where):
+        where = os.path.dirname(str(where)) or "."
+    reason = error.strerror or _one_line(error) or type(error).__name__
+    hints = {
+        errno.EROFS: "the folder is on a read-only file system; choose an output folder you can write to",
+        errno.EACCES: "no permission; choose a path you can read (inputs) or write (outputs)",
+        errno.EPERM: "not permitted; choose a path you can read (inputs) or write (outputs)",
+        errno.ENOSPC: "the disk is full; free some space or choose an output folder on another disk "
+        "(nothing was written)",
+        errno.EDQUOT: "your disk quota is used up; free some space or choose another output folder (nothing was written)",
+        errno.ENAMETOOLONG: "choose a shorter path",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder; expected a file",
+    }
+    hint = hints.get(error.errno, "")
+    return f"{where + ': ' if where else ''}{reason}{f' (errno {error.errno})' if error.errno else ''}" + (
+        f"; {hint}." if hint else ".")
 
 
 def _positive_int(text: str) -> int:
@@ -174,12 +310,22 @@ def _load_weights(bundle: Bundle, network, schedule=None) -> None:
         raise CLIError(f"--bundle {bundle.root}: {e}") from e
 
 
-def _read(path: str, arg: str, spatial_dims=None):
-    """``io.read_image`` with one channel, errors prefixed with the argument."""
+def read_input(path: str, arg: str, spatial_dims=None, series_uid: str | None = None, max_voxels: int | None = MAX_VOXELS,
+               series_option: str | None = None):
+    """``io.read_image`` with one channel, refused from the header alone when larger than ``max_voxels``; errors
+    prefixed with the argument.  A DICOM folder of several series is refused with the list of its series (UID,
+    description, number of slices) and, where the command has one, the option that picks one."""
     from monai_medgen import io
 
     try:
-        img = io.read_image(path, spatial_dims=spatial_dims, channels=1)
+        img = io.read_image(path, spatial_dims=spatial_dims, channels=1, series_uid=series_uid, max_voxels=max_voxels)
+    except io.MultipleSeriesError as e:
+        listing = "; ".join(f"{s.uid} {s.description!r} ({s.num_slices} slices)" if s.description else
+                            f"{s.uid} ({s.num_slices} slices)" for s in e.series)
+        how = (f"choose one with {series_option} UID" if series_option else
+               "give a folder holding one series (copy that series' files into a folder of its own)")
+        raise CLIError(f"{arg} {path} holds {len(e.series)} DICOM series, which are never merged into one volume; "
+                       f"{how}. Its series (SeriesInstanceUID, description, slices): {listing}.") from e
     except ValueError as e:
         message = _one_line(e)
         if "cannot find a suitable reader" in message:  # MONAI lists every reader's traceback: say it plainly
@@ -187,26 +333,47 @@ def _read(path: str, arg: str, spatial_dims=None):
                 f"could not read {str(path)!r}: it is not a readable NIfTI, NRRD or MHA file or DICOM series folder "
                 "(damaged, truncated or another format)."
             )
+        if "is too large" in message and max_voxels is not None:
+            message += " Crop or resample it first."
         raise CLIError(f"{arg}: {message}") from e
     if img.ndim not in (3, 4):
         raise CLIError(f"{arg} {path} must be a 2D image or a 3D volume with one channel, got shape {tuple(img.shape)}.")
     return img
 
 
+def _squeeze_slice(img):
+    """A 2D image stored as a one-slice volume is 2D."""
+    return img[..., 0] if img.ndim == 4 and img.shape[-1] == 1 else img
+
+
 def _format_factor(factor) -> str:
     return ",".join(f"{float(f):g}" for f in (factor if isinstance(factor, (list, tuple)) else [factor]))
 
 
-def _check_output_size(image, factor, spatial_dims: int, args) -> None:
-    """Refuse an output grid the model cannot restore in reasonable memory (see ``MAX_SLICE_PIXELS``, ``MAX_VOXELS``),
-    naming --factor when super-resolution makes it so large, else --input."""
+def _output_grid(image, factor, spatial_dims: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     shape = tuple(int(n) for n in image.shape[1:])
     if isinstance(factor, (list, tuple)):
         factors = [float(f) for f in factor]
     else:
         factors = [float(factor)] * (2 if spatial_dims == 2 else len(shape))
     factors += [1.0] * (len(shape) - len(factors))
-    out = tuple(round(n * f) for n, f in zip(shape, factors))
+    return shape, tuple(round(n * f) for n, f in zip(shape, factors))
+
+
+def check_output_size(image, factor, spatial_dims: int, input_path: str, input_shape=None) -> None:
+    """Refuse an output grid the model cannot restore in reasonable memory (see ``MAX_SLICE_PIXELS``,
+    ``MAX_VOXELS``), naming --factor when super-resolution makes it so large, else --input; and an input too
+    small to be an image for the model (fewer than ``MIN_AXIS_VOXELS`` along an axis it works over, e.g. 1x1x1).
+    ``input_shape``: the shape to show (as read, before a one-slice volume became 2D)."""
+    shape, out = _output_grid(image, factor, spatial_dims)
+    model_axes = range(2) if spatial_dims == 2 else range(len(shape))
+    if any(out[a] < MIN_AXIS_VOXELS or shape[a] < 2 for a in model_axes):
+        axes = "each in-plane axis (the first two)" if spatial_dims == 2 else "each axis"
+        raise CLIError(
+            f"--input {input_path} is too small to restore: {'x'.join(map(str, input_shape or shape))} voxels; a "
+            f"{spatial_dims}D model "
+            f"needs at least {MIN_AXIS_VOXELS} voxels along {axes} of the output grid (and 2 in the input)."
+        )
     too_wide = spatial_dims == 2 and out[0] * out[1] > MAX_SLICE_PIXELS
     too_many = math.prod(out) > MAX_VOXELS
     if not (too_wide or too_many):
@@ -217,32 +384,74 @@ def _check_output_size(image, factor, spatial_dims: int, args) -> None:
     grid = "x".join(str(n) for n in out)
     if out != shape:
         raise CLIError(
-            f"--factor {_format_factor(factor)} is too large for --input {args.input}: its {'x'.join(map(str, shape))} "
+            f"--factor {_format_factor(factor)} is too large for --input {input_path}: its {'x'.join(map(str, shape))} "
             f"grid would become {grid}, and {limit}; use a smaller --factor or crop the input."
         )
-    raise CLIError(f"--input {args.input} is too large ({grid} voxels): {limit}; crop or resample it first.")
+    raise CLIError(f"--input {input_path} is too large ({grid} voxels): {limit}; crop or resample it first.")
+
+
+def check_output_target(arg: str, target: str, inputs: dict, overwrite: bool, sidecar: bool = True) -> None:
+    """Refuse, before any computation, an output path that is (or lies inside) an input, that exists (without
+    --overwrite), that is a file or folder monai-medgen did not write (even with --overwrite: a user's scan,
+    a folder of other files, a JSON that is not a provenance sidecar), likewise for its ``.json`` sidecar, or
+    whose folder cannot be written to (raises ``OSError``: read-only file system, no permission).
+
+    Args:
+        arg: the option naming the output (``--output``, ``--uncertainty``).
+        target: the output file, or folder for a derived DICOM series.
+        inputs: option -> path of every input (``None`` entries are skipped).
+        overwrite: whether existing outputs written by monai-medgen may be replaced.
+        sidecar: whether ``target + ".json"`` is written too (image files).
+    """
+    from monai_medgen import io
+
+    resolved = Path(target).expanduser().resolve()
+    for src_arg, src in inputs.items():
+        if not src:
+            continue
+        src_resolved = Path(src).expanduser().resolve()
+        if src_resolved == resolved:
+            raise CLIError(f"{arg} {target} is the {src_arg} file: refusing to overwrite an input; choose another path.")
+        if os.path.isdir(src) and src_resolved in resolved.parents:
+            raise CLIError(f"{arg} {target} lies inside the {src_arg} DICOM series folder; choose another path.")
+        if resolved.is_dir() and resolved in src_resolved.parents:
+            raise CLIError(f"{arg} {target} holds the {src_arg} {src}: refusing to replace a folder with an input in it.")
+    paths = [(arg, resolved)] + ([(f"{arg}'s provenance sidecar", Path(str(resolved) + ".json"))] if sidecar else [])
+    for what, path in paths:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        why = io.replace_refusal(path)
+        if why is not None:
+            raise CLIError(f"{what} {path} already exists and {why}; refusing to replace it (even with --overwrite): "
+                           "choose another path.")
+        empty_dir = path.is_dir() and not any(path.iterdir())
+        if not overwrite and not empty_dir:
+            raise CLIError(f"{what} {path} already exists; pass --overwrite to replace it.")
+    try:
+        io.check_writable_folder(resolved.parent, what=arg)
+    except OSError as e:
+        raise CLIError(f"{arg} {target}: cannot write into its folder: {describe_os_error(e)}") from e
+
+
+def check_uncertainty_target(output: str, uncertainty: str | None, dicom_output: bool) -> None:
+    """--uncertainty: a path of its own (not --output, nor its sidecar) of the same kind as --output."""
+    if not uncertainty:
+        return
+    out, unc = Path(output).expanduser().resolve(), Path(uncertainty).expanduser().resolve()
+    if unc == out or unc == Path(str(out) + ".json") or out == Path(str(unc) + ".json"):
+        raise CLIError(f"--uncertainty {uncertainty} is the --output {output} (or its sidecar): the standard deviation "
+                       "map would replace the result; choose another path.")
+    if dicom_output == bool(_image_suffix(uncertainty)):
+        raise CLIError("--uncertainty must be of the same kind as --output (both image files ending with .nii.gz, "
+                       ".nii, .nrrd or .mha, or both DICOM series folders).")
 
 
 # ---------------------------------------------------------------------------------------------
 # restore
 # ---------------------------------------------------------------------------------------------
-def _restore(args) -> int:
-    import torch
-
-    from monai_medgen import io
-    from monai_medgen.restoration import TASKS, _check_image, _check_mask, restore_file, restore_image
-
-    device = _check_device(args.device)
-    bundle = Bundle(args.bundle, device, "restore")
-    task = str(bundle.require("task", "restoration (cddpm_*)"))
-    if task not in TASKS:
-        raise CLIError(f"--bundle {args.bundle}: its task {task!r} is not one of {TASKS}.")
-    network = bundle.get("network")
-    inferer = bundle.get("inferer")
-    _load_weights(bundle, network)
-    spatial_dims = int(getattr(getattr(network, "module", network), "spatial_dims", 2))
-
-    # factor: only for super-resolution; the bundle's default otherwise
+def _restore_factor(args, bundle, task: str, spatial_dims: int):
+    """--factor: only for super-resolution (the bundle's default otherwise 1); one in-plane value for a 2D model,
+    one or three for a 3D model."""
     if args.factor is None:
         factor = bundle.get("factor", 4.0) if task == "sr" else 1.0
     else:
@@ -252,27 +461,63 @@ def _restore(args) -> int:
     if isinstance(factor, (list, tuple)):
         factor = [float(f) for f in factor]
         if spatial_dims == 2 and len(set(factor[:2])) == 1 and all(f == 1 for f in factor[2:]):
-            factor = factor[0]  # 2D models: in-plane factor
-        elif spatial_dims == 2 or len(factor) != 3:
+            return factor[0]  # 2D models: in-plane factor
+        if spatial_dims == 2 or len(factor) != 3:
             raise CLIError(
                 f"--factor must be one number (in-plane) for a 2D model, or 3 numbers (e.g. 1,1,4) for a 3D model; "
                 f"got {','.join(f'{f:g}' for f in factor)} for a {spatial_dims}D model."
             )
-    else:
-        factor = float(factor)
+        return factor
+    return float(factor)
+
+
+def _restore_output_path(args, task: str, dicom_input: bool) -> str:
+    """--output, or <input>_<task>_synthetic in the input's format inside an existing folder (non-DICOM input)."""
+    output = args.output
+    if os.path.isdir(output) and not dicom_input:
+        suffix = _image_suffix(args.input) or ".nii.gz"
+        output = os.path.join(output, f"{_strip_suffix(Path(args.input).name)}_{task}_synthetic{suffix}")
+    if not dicom_input and not _image_suffix(output):
+        raise CLIError(
+            f"--output {output} must end with .nii.gz, .nii, .nrrd or .mha (a folder only for a DICOM series input)."
+        )
+    return output
+
+
+def _restore(args) -> int:
+    import torch
+
+    from monai_medgen import io
+    from monai_medgen.restoration import TASKS, _check_image, _check_mask, data_dims, restore_file, restore_image
+
+    # every option that needs no file first, then the bundle, the inputs and the outputs: all before sampling
+    check_common_numbers(args)
+    device = check_device(args.device)
+    compile_backend = check_compile_backend(getattr(args, "compile", None))
+    if args.series_uid is not None and not os.path.isdir(args.input):
+        raise CLIError(f"--series-uid applies to a DICOM folder --input; {args.input} is not a folder.")
     if args.samples > 1 and not args.uncertainty:
         print(f"{PROG} restore: note: --samples {args.samples} without --uncertainty: only the mean is written.",
               file=sys.stderr)
     if args.uncertainty and args.samples < 2:
         raise CLIError(f"--uncertainty needs --samples N with N >= 2 (the standard deviation of N samples), got {args.samples}.")
-
-    # inputs
     if not os.path.exists(args.input):
         raise CLIError(f"--input {args.input}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder).")
+    bundle = Bundle(args.bundle, device, "restore")
+    task = str(bundle.require("task", "restoration (cddpm_*)"))
+    if task not in TASKS:
+        raise CLIError(f"--bundle {args.bundle}: its task {task!r} is not one of {TASKS}.")
+    network = bundle.get("network")
+    inferer = bundle.get("inferer")
+    _load_weights(bundle, network)
+    spatial_dims = data_dims(network, inferer)  # a residual 2D model may restore volumes (thick slices)
+    factor = _restore_factor(args, bundle, task, spatial_dims)
+
+    # inputs: read once, geometry and values checked
     dicom_input = os.path.isdir(args.input)
-    image = _read(args.input, "--input")
-    if image.ndim == 4 and image.shape[-1] == 1:
-        image = image[..., 0]
+    image = read_input(args.input, "--input", series_uid=args.series_uid, series_option="--series-uid")
+    input_shape = tuple(int(n) for n in image.shape[1:])
+    image = _squeeze_slice(image)
     if spatial_dims == 3 and image.ndim != 4:
         raise CLIError(f"--input {args.input} must be a 3D volume for this 3D bundle, got shape {tuple(image.shape)}.")
     try:
@@ -281,55 +526,36 @@ def _restore(args) -> int:
         raise CLIError(str(e)) from e
     if args.mask and task != "inpaint":
         raise CLIError(f"--mask is for inpainting bundles only, this bundle's task is {task!r}.")
+    mask = None
     if task == "inpaint":
         if not args.mask:
             raise CLIError("--mask is required for an inpainting bundle: a 0/1 image on the input's grid, 1 = missing.")
-        mask = _read(args.mask, "--mask")
-        if mask.ndim == 4 and mask.shape[-1] == 1:
-            mask = mask[..., 0]
+        mask = _squeeze_slice(read_input(args.mask, "--mask"))
         try:
             _check_mask(mask, image, name=f"--mask {args.mask}")
         except ValueError as e:
             raise CLIError(str(e)) from e
+    check_output_size(image, factor, spatial_dims, args.input, input_shape)
 
-    _check_output_size(image, factor, spatial_dims, args)
-
-    # outputs
-    output = args.output
-    if os.path.isdir(output) and not dicom_input:  # a folder: <input name>_<task>_synthetic in the input's format
-        suffix = _image_suffix(args.input) or ".nii.gz"
-        output = os.path.join(output, f"{_strip_suffix(Path(args.input).name)}_{task}_synthetic{suffix}")
+    # outputs: never an input, never a file or folder monai-medgen did not write, in a folder that takes files
+    output = _restore_output_path(args, task, dicom_input)
     dicom_output = dicom_input and not _image_suffix(output)
-    if not dicom_output and not _image_suffix(output):
+    if task == "sr" and dicom_output and any(float(f) != 1 for f in (factor if isinstance(factor, list) else [factor])):
         raise CLIError(
-            f"--output {output} must end with .nii.gz, .nii, .nrrd or .mha (a folder only for a DICOM series input)."
+            f"--output {output}: a derived DICOM series keeps the input series' grid, but --factor {_format_factor(factor)} "
+            "makes a finer one; write NIfTI instead (e.g. --output restored.nii.gz)."
         )
-    inputs = [p for p in (args.input, args.mask) if p]
-    targets = [("--output", output)] + ([("--uncertainty", args.uncertainty)] if args.uncertainty else [])
-    for arg, target in targets:
-        resolved = Path(target).expanduser().resolve()
-        for src_arg, src in (("--input", args.input), ("--mask", args.mask)):
-            if src and Path(src).expanduser().resolve() == resolved:
-                raise CLIError(f"{arg} {target} is the {src_arg} file: refusing to overwrite an input; choose another path.")
-            if src and os.path.isdir(src) and Path(src).expanduser().resolve() in resolved.parents:
-                raise CLIError(f"{arg} {target} lies inside the {src_arg} DICOM series folder; choose another path.")
-        if os.path.isdir(target) and os.listdir(target) and not io.is_synthetic(target):
-            raise CLIError(
-                f"{arg} {target} is an existing folder that is not a derived series written by monai-medgen; "
-                "refusing to replace it (even with --overwrite): choose a new folder."
-            )
-        if os.path.exists(target) and not args.overwrite:
-            empty_dir = os.path.isdir(target) and not os.listdir(target)
-            if not empty_dir:
-                raise CLIError(f"{arg} {target} already exists; pass --overwrite to replace it.")
-    if args.uncertainty and dicom_output != (dicom_input and not _image_suffix(args.uncertainty)):
-        raise CLIError("--uncertainty must be of the same kind as --output (both image files, or both DICOM series folders).")
+    check_uncertainty_target(output, args.uncertainty, dicom_output)
+    sources = {"--input": args.input, "--mask": args.mask}
+    for arg, target in [("--output", output)] + ([("--uncertainty", args.uncertainty)] if args.uncertainty else []):
+        check_output_target(arg, target, sources, args.overwrite, sidecar=not dicom_output)
+        io.remove_stale_temporaries(Path(target).expanduser().resolve().parent)
 
     common = dict(
         factor=factor, sampler=args.sampler or bundle.get("sampler", "dpm++"),
         num_steps=args.steps or int(bundle.get("num_steps", 20)), num_samples=args.samples, seed=args.seed,
         device=device, channels_last=bool(getattr(args, "channels_last", False)),
-        autocast=getattr(args, "autocast", None), compile=getattr(args, "compile", None) or False,
+        autocast=getattr(args, "autocast", None), compile=compile_backend or False,
     )
     if spatial_dims == 3:
         common.update(patch_size=bundle.get("patch_size", (64, 64, 64)), overlap=float(bundle.get("overlap", 0.25)),
@@ -339,7 +565,7 @@ def _restore(args) -> int:
         f"steps, {args.samples} sample(s), seed {args.seed}, {device}]",
         file=sys.stderr,
     )
-    if not dicom_output:
+    if not dicom_input:
         result = restore_file(
             network, inferer, task, args.input, output, mask_path=args.mask, uncertainty_path=args.uncertainty,
             model_name=bundle.name, bundle_version=bundle.version, overwrite=args.overwrite, verbose=True, **common,
@@ -349,36 +575,34 @@ def _restore(args) -> int:
             print(result["uncertainty"])
         return 0
 
-    # a DICOM series in, a derived DICOM series out (on the input's grid)
-    if task == "sr" and any(float(f) != 1 for f in (factor if isinstance(factor, list) else [factor])):
-        raise CLIError(
-            f"--output {output}: a derived DICOM series keeps the input series' grid, but --factor {args.factor or factor} "
-            "makes a finer one; write NIfTI instead (e.g. --output restored.nii.gz)."
-        )
-    mask = _read(args.mask, "--mask") if args.mask else None
-    if mask is not None and mask.ndim == 4 and mask.shape[-1] == 1:
-        mask = mask[..., 0]
+    # a DICOM series in (the one chosen): restored from the volume read above, to a file or a derived series
     restored, std = restore_image(network, inferer, task, image, mask=mask, verbose=True, **common)
     import dataclasses
 
     import numpy as np
 
+    inputs = [p for p in (args.input, args.mask) if p]
     provenance = io.Provenance(
         model=bundle.name, bundle_version=bundle.version,
         task={"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint"}[task], sampler=common["sampler"],
         steps=int(common["num_steps"]), seed=int(args.seed), input_checksum=io.sha256_of(inputs),
-        extra={"num_samples": int(args.samples), "factor": factor if np.isscalar(factor) else list(factor)},
+        extra={"num_samples": int(args.samples), "factor": factor if np.isscalar(factor) else list(factor),
+               **({"series_uid": str(image.meta.get("SeriesInstanceUID", ""))} if dicom_input else {})},
     )
+    unc_prov = dataclasses.replace(provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"})
 
     def as_series(t: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t.as_tensor() if hasattr(t, "as_tensor") else t)
         return t[..., None] if t.ndim == 3 else t  # a one-slice series
 
-    out = io.write_dicom_series(as_series(restored), args.input, output, provenance=provenance, overwrite=True)
-    print(out)
-    if args.uncertainty and std is not None:
-        unc_prov = dataclasses.replace(provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"})
-        print(io.write_dicom_series(as_series(std), args.input, args.uncertainty, provenance=unc_prov, overwrite=True))
+    for result, target, prov in [(restored, output, provenance), (std, args.uncertainty, unc_prov)]:
+        if result is None or not target:
+            continue
+        if dicom_output:  # existing targets were checked above: empty, or a derived series written here
+            print(io.write_dicom_series(as_series(result), args.input, target, provenance=prov, overwrite=True,
+                                        series_uid=args.series_uid))
+        else:
+            print(io.write_image(result, target, provenance=prov, overwrite=args.overwrite, inputs=inputs))
     return 0
 
 
@@ -386,7 +610,7 @@ def _restore(args) -> int:
 # generate
 # ---------------------------------------------------------------------------------------------
 def _load_vdm(args, command: str):
-    device = _check_device(args.device)
+    device = check_device(args.device)
     bundle = Bundle(args.bundle, device, command)
     if "schedule" not in bundle.parser or "task" in bundle.parser:
         raise CLIError(
@@ -403,33 +627,70 @@ def _load_vdm(args, command: str):
 
 def _check_output_dir(args) -> None:
     """generate writes sample_NNN_synthetic.nii.gz (+ .json), samples.png and sampling.gif into --output-dir:
-    existing ones are replaced only with --overwrite, and an image not marked synthetic never."""
+    existing ones are replaced only with --overwrite, and never a file monai-medgen did not write (an image not
+    marked synthetic, a JSON that is not a provenance sidecar, a picture in a folder without earlier samples)."""
     from monai_medgen import io
 
     folder = Path(args.output_dir).expanduser()
     if folder.exists() and not folder.is_dir():
         raise CLIError(f"--output-dir {args.output_dir} is a file; expected a folder (new or existing) for the samples.")
-    if not folder.is_dir():
-        return
-    names = [f"sample_{i:03d}_synthetic.nii.gz{ext}" for i in range(args.num) for ext in ("", ".json")]
-    existing = [n for n in (*names, "samples.png", "sampling.gif") if (folder / n).exists()]
-    if not existing:
-        return
-    if not args.overwrite:
-        more = f" and {len(existing) - 1} more file(s)" if len(existing) > 1 else ""
-        raise CLIError(
-            f"--output-dir {args.output_dir} already holds {existing[0]}{more} of earlier samples; pass --overwrite "
-            "to replace them, or choose another folder."
-        )
-    foreign = [n for n in existing if n.endswith(".nii.gz") and not io.is_synthetic(folder / n)]
-    if foreign:
-        raise CLIError(
-            f"--output-dir {args.output_dir}: {foreign[0]} is not a synthetic image written by monai-medgen; refusing "
-            "to replace it (even with --overwrite): choose another folder."
-        )
+    if folder.is_dir():
+        names = [f"sample_{i:03d}_synthetic.nii.gz{ext}" for i in range(args.num) for ext in ("", ".json")]
+        existing = [n for n in (*names, "samples.png", "sampling.gif") if (folder / n).exists() or (folder / n).is_symlink()]
+        if existing and not args.overwrite:
+            more = f" and {len(existing) - 1} more file(s)" if len(existing) > 1 else ""
+            raise CLIError(
+                f"--output-dir {args.output_dir} already holds {existing[0]}{more} of earlier samples; pass --overwrite "
+                "to replace them, or choose another folder."
+            )
+        earlier = [n for n in existing if n.endswith(".nii.gz") and io.replace_refusal(folder / n) is None]
+        for name in existing:
+            if name.endswith((".png", ".gif")):
+                why = None if earlier and not (folder / name).is_symlink() else (
+                    "the folder holds no earlier synthetic sample it would belong to")
+            else:
+                why = io.replace_refusal(folder / name)
+            if why is not None:
+                raise CLIError(
+                    f"--output-dir {args.output_dir}: {name} already exists and {why}; refusing to replace it (even with "
+                    "--overwrite): choose another folder."
+                )
+    try:
+        io.check_writable_folder(folder, what="--output-dir")
+    except OSError as e:
+        raise CLIError(f"--output-dir {args.output_dir}: cannot write into it: {describe_os_error(e)}") from e
+
+
+def check_reference_size(path: str, spatial_dims: int) -> None:
+    """generate --reference: the samples take its size, so refuse (from its header) one too large to sample
+    (more than ``MAX_SLICE_PIXELS`` per 2D sample, ``MAX_GENERATE_VOXELS`` per 3D sample) or too small."""
+    from monai_medgen import io
+
+    try:
+        shape, _ = io.image_header(path)
+    except io.MultipleSeriesError as e:
+        read_input(path, "--reference")  # the same message, with the series listed
+        raise CLIError(str(e)) from e
+    except ValueError as e:
+        raise CLIError(f"--reference: {_one_line(e)}") from e
+    size = shape[:2] if spatial_dims == 2 else shape[:3]
+    grid = "x".join(map(str, size))
+    if len(size) < spatial_dims:
+        return  # read_input / generate name the dimensionality
+    if min(size) < MIN_AXIS_VOXELS:
+        raise CLIError(f"--reference {path} is too small: samples would be {grid} voxels; at least {MIN_AXIS_VOXELS} per "
+                       "axis are needed.")
+    limit = MAX_SLICE_PIXELS if spatial_dims == 2 else MAX_GENERATE_VOXELS
+    if math.prod(size) > limit:
+        what = f"{MAX_SLICE_PIXELS} pixels (512 x 512) per 2D sample" if spatial_dims == 2 else (
+            f"{MAX_GENERATE_VOXELS} voxels (256^3) per 3D sample")
+        raise CLIError(f"--reference {path} is too large: samples take its size ({grid}), and generate makes at most "
+                       f"{what}; give a smaller (cropped or resampled) reference.")
 
 
 def _generate(args) -> int:
+    check_common_numbers(args)
+    check_guidance(args.guidance, args.class_label)
     bundle, network, inferer = _load_vdm(args, "generate")
     from monai_medgen.bundle import generate
 
@@ -445,13 +706,14 @@ def _generate(args) -> int:
                 f"--class {args.class_label} is not a class of this model: expected an integer in "
                 f"[0, {int(num_classes) - 1}] (num_classes {int(num_classes)})."
             )
-    if args.guidance < 0:
-        raise CLIError(f"--guidance must be >= 0, got {args.guidance}.")
-    if args.guidance > 0 and args.class_label is None:
-        raise CLIError("--guidance > 0 needs --class (the class to guide towards).")
     if args.reference is not None:
-        _read(args.reference, "--reference")  # a clear error for a missing or unreadable reference
+        check_reference_size(args.reference, int(getattr(getattr(network, "module", network), "spatial_dims", 2)))
+        read_input(args.reference, "--reference")  # values and geometry checked (finite, one series, sane affine)
     _check_output_dir(args)
+    from monai_medgen import io
+
+    if os.path.isdir(args.output_dir):
+        io.remove_stale_temporaries(Path(args.output_dir).expanduser())
     sampler = args.sampler or bundle.get("sampler", "ancestral")
     steps = args.steps or int(bundle.get("num_steps", 256))
     print(f"{PROG} generate: {bundle.name}: {args.num} image(s), {sampler} {steps} steps, seed {args.seed}",
@@ -478,10 +740,13 @@ def _slices_of(path: str, size: int, num_slices: int | None):
 
     from monai_medgen.data import _pad_to_square, resize_volume, scale_intensity, volume_slices
 
-    img = _read(path, "--input")
+    img = read_input(path, "--input")
+    shown = "x".join(map(str, img.shape[1:]))
+    img = _squeeze_slice(img)
+    if min(img.shape[1:3]) < MIN_AXIS_VOXELS:
+        raise CLIError(f"--input {path} is too small to score: {shown} voxels; at least "
+                       f"{MIN_AXIS_VOXELS} along each in-plane axis are needed.")
     vol = np.asarray(img[0], dtype=np.float32)
-    if vol.ndim == 3 and vol.shape[-1] == 1:
-        vol = vol[..., 0]
     try:
         vol = scale_intensity(np.clip(vol, 0, None))
     except ValueError as e:
@@ -511,6 +776,12 @@ def _check_json_output(args) -> None:
         if not (isinstance(report, dict) and {"bundle", "results"} <= set(report)):
             raise CLIError(f"--json {args.json} already exists and is not an earlier report of 'monai-medgen score'; "
                            "refusing to replace it: choose another path.")
+    from monai_medgen import io
+
+    try:
+        io.check_writable_folder(target.parent, what="--json")
+    except OSError as e:
+        raise CLIError(f"--json {args.json}: cannot write into its folder: {describe_os_error(e)}") from e
 
 
 def _score(args) -> int:
@@ -519,6 +790,9 @@ def _score(args) -> int:
 
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise CLIError(f"--threshold must be a finite number of bits/dim, got {args.threshold}.")
+    check_common_numbers(args)
+    check_number("--num-slices", args.num_slices, 1, MAX_SCORE_SLICES, integer=True)
+    check_number("--time-samples", args.time_samples, 1, MAX_TIME_SAMPLES, integer=True)
     for path in args.input:
         if not os.path.exists(path):
             raise CLIError(f"--input {path}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder).")
@@ -552,19 +826,12 @@ def _score(args) -> int:
         n = sum(r["out_of_distribution"] for r in rows)
         print(f"\n{n} of {len(rows)} input(s) flagged out of distribution (bits/dim > {args.threshold:g}).")
     if args.json:
-        import tempfile
+        from monai_medgen import io
 
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(args.json)}.", suffix=".tmp")
-        try:  # written beside the target and renamed: an interrupted run leaves the previous report whole
-            with os.fdopen(fd, "w") as f:
-                json.dump({"bundle": bundle.name, "bundle_version": bundle.version, "threshold": args.threshold,
-                           "num_time_samples": args.time_samples, "seed": args.seed, "results": rows}, f, indent=2)
-            os.replace(tmp, args.json)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        report = {"bundle": bundle.name, "bundle_version": bundle.version, "threshold": args.threshold,
+                  "num_time_samples": args.time_samples, "seed": args.seed, "results": rows}
+        # written beside the target and renamed: an interrupted run leaves the previous report whole
+        io.write_text_atomically(args.json, json.dumps(report, indent=2))
     return 0
 
 
@@ -604,6 +871,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (.nii.gz, .nii, .nrrd, .mha); for a DICOM series input a new folder gives a "
                    "derived DICOM series; an existing folder (non-DICOM input) gets <input>_<task>_synthetic")
     r.add_argument("--mask", metavar="M", help="inpainting: 0/1 image on the input's grid, 1 = missing")
+    r.add_argument("--series-uid", default=None, metavar="UID",
+                   help="DICOM folder input holding several series: the SeriesInstanceUID of the one to restore (a "
+                   "folder of several series is refused with the list of its series otherwise)")
     r.add_argument("--samples", type=_positive_int, default=1, metavar="N",
                    help="samples to average; with N >= 2 and --uncertainty the per-voxel std is written")
     r.add_argument("--uncertainty", metavar="U", help="output for the standard deviation map (needs --samples >= 2)")
@@ -615,7 +885,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "models, every axis for 3D models) or one per axis, e.g. 1,1,4 (3D models: 4 mm slices to 1 mm); "
                    "1 if the input is already on the fine grid (default: the bundle's)")
     r.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
-    r.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace earlier outputs of monai-medgen (never an input, nor a file or folder not marked synthetic)")
     r.add_argument("--channels-last", action="store_true",
                    help="speed option: channels_last memory format for the network and its inputs (same results)")
     r.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
@@ -673,18 +944,53 @@ def _one_line(message) -> str:
     return " ".join(text.split())
 
 
+class _Terminated(BaseException):
+    """SIGTERM (e.g. ``kill``, a scheduler's time limit) while running: unwinds like Ctrl-C, so that temporary
+    files are removed on the way out (a SIGKILL cannot be caught: the next write into that folder removes them)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``monai-medgen`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status (2: user error)."""
+    """Run ``monai-medgen`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status (2: user error, including
+    operating-system errors such as a read-only or full output folder; 130 / 143: interrupted / terminated)."""
+    import signal
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = None
+    with contextlib.suppress(ValueError, OSError):  # only the main thread may set handlers
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
         print(f"{PROG} {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"{PROG} {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{PROG} {args.command}: error: out of memory; use a smaller input (crop it) or fewer --samples.",
+              file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():
+            raise
+        print(f"{PROG} {args.command}: error: out of memory on {getattr(args, 'device', 'the device')} "
+              f"({_one_line(e)[:200]}); use a smaller input (crop it), fewer --samples or --device cpu.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"{PROG} {args.command}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

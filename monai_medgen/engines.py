@@ -31,9 +31,21 @@ __all__ = [
     "build_vdm_trainer",
     "evaluate_bpd",
     "slice_training_transforms",
+    "unwrap_network",
     "vdm_optimizer",
     "warmup_cosine",
 ]
+
+
+def unwrap_network(network):
+    """The network inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper, else ``network`` itself.
+
+    Under ``torchrun`` a trainer's network is such a wrapper: call the wrapper (its forward synchronises the
+    gradients), but read the network's type and attributes (``spatial_dims``, ``null_class``, ...) from this.
+    """
+    while isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        network = network.module
+    return network
 
 
 class DiffusionPrepareBatch(PrepareBatch):
@@ -228,7 +240,9 @@ def build_vdm_trainer(
         loss_function=InfererLoss(),
         inferer=inferer,
         prepare_batch=DiffusionPrepareBatch(
-            label_key=label_key, label_dropout=label_dropout, null_class=getattr(network, "null_class", None)
+            label_key=label_key,
+            label_dropout=label_dropout,
+            null_class=getattr(unwrap_network(network), "null_class", None),
         ),
         train_handlers=handlers,
         amp=False,

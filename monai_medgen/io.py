@@ -1,15 +1,20 @@
 """Medical file input/output that keeps geometry to the voxel, marks every generated file as synthetic,
 and never leaves a half-written or overwritten file behind.
 
-- :func:`read_image`: NIfTI, NRRD, MHA files and DICOM series folders through MONAI's ``LoadImage``
-  (``NibabelReader``, ``PydicomReader``, and :class:`SimpleITKReader` below for NRRD/MHA, since MONAI's
-  ``ITKReader`` needs the ``itk`` package and its ``NrrdReader`` needs ``pynrrd``), with errors that name
-  the file for missing, unreadable or truncated input, non-finite voxels or the wrong dimensionality.
+- :func:`read_image`: NIfTI, NRRD, MHA files through MONAI's ``LoadImage`` (``NibabelReader``, and
+  :class:`SimpleITKReader` below for NRRD/MHA, since MONAI's ``ITKReader`` needs the ``itk`` package and its
+  ``NrrdReader`` needs ``pynrrd``) and one DICOM series of a folder (chosen by UID when it holds several:
+  :func:`list_dicom_series`, checked by :func:`dicom_series_geometry`), with errors that name the file for
+  missing, unreadable or truncated input, non-finite voxels, a NaN or degenerate affine (:func:`check_affine`),
+  an inconsistent DICOM geometry or the wrong dimensionality; :func:`image_header` gives shape and affine
+  without decoding, to refuse an input by size first.
 - :func:`write_image` / :func:`write_dicom_series`: outputs in the same world space as the input
   (affine, or origin/spacing/direction, copied exactly), marked synthetic in the header (NIfTI ``descrip``,
   NRRD/MHA metadata, DICOM ``ImageType`` ``DERIVED\\SECONDARY`` + ``DerivationDescription``) and by a JSON
   sidecar holding the full :class:`Provenance`; written to a temporary file in the target folder and
-  renamed, refusing to overwrite an input.
+  renamed (with the umask's permissions), refusing to overwrite an input or, even when asked to overwrite, any
+  existing file or folder that is not an output of this module (:func:`replace_refusal`).  Temporaries that a
+  killed run left behind are removed by the next write into that folder (:func:`remove_stale_temporaries`).
 - :func:`read_provenance`, :func:`is_synthetic`: read the marking back.
 - :func:`atomic_torch_save` / :func:`safe_torch_load`: checkpoints written atomically with a SHA-256
   beside them, verified on load.
@@ -23,10 +28,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -45,17 +54,31 @@ __all__ = [
     "PROVENANCE_SIDECAR",
     "SYNTHETIC_AUX_FILE",
     "SYNTHETIC_DESCRIPTION",
+    "DicomSeries",
+    "MultipleSeriesError",
     "Provenance",
     "SimpleITKReader",
     "atomic_torch_save",
+    "check_affine",
+    "check_writable_folder",
+    "dicom_series_geometry",
+    "image_header",
+    "is_derived_series_folder",
+    "is_provenance_sidecar",
     "is_synthetic",
+    "is_temporary_name",
+    "list_dicom_series",
     "read_image",
     "read_provenance",
+    "remove_stale_temporaries",
+    "replace_refusal",
     "safe_torch_load",
+    "select_dicom_series",
     "sha256_of",
     "synthetic_description",
     "write_dicom_series",
     "write_image",
+    "write_text_atomically",
 ]
 
 #: NIfTI ``descrip`` (at most 80 bytes) written when no provenance names the task and model.
@@ -122,17 +145,116 @@ def _suffix(path: str | os.PathLike) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
+# temporary files and folders are named ``.<target>.monai_medgen-tmp-<host>-<pid>-<random>.tmp<suffix>`` (``.old``
+# for a folder being replaced) beside their target: a run killed before renaming them leaves them behind, and the
+# next write into that folder removes those whose process (on this host) is gone
+_TEMP_TAG = "monai_medgen-tmp"
+_TEMP_RE = re.compile(r"^\..+\." + _TEMP_TAG + r"-(?P<host>[A-Za-z0-9_]*)-(?P<pid>\d+)-[A-Za-z0-9_]+\.(?:tmp|old)")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32]
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{_TEMP_TAG}-{_host()}-{os.getpid()}-"
+
+
+def is_temporary_name(name: str | os.PathLike) -> bool:
+    """Whether a file or folder name (or path) is that of a temporary this module writes before renaming it."""
+    return _TEMP_RE.match(os.path.basename(str(name))) is not None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary files and folders that an earlier, killed write left in ``folder``: entries named as
+    this module names its temporaries whose process, on this host, no longer runs.  Nothing else is touched.
+
+    Returns:
+        the removed paths.
+    """
+    removed = []
+    host = _host()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if not m or m.group("host") != host or _process_alive(int(m.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
+            removed.append(entry.path)
+    return removed
+
+
+def _umask() -> int:
+    """The process's umask (read without changing it where the system allows)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give ``path`` the permissions a plain ``open`` / ``mkdir`` would (``mkstemp`` / ``mkdtemp`` use 0600 / 0700,
+    which would keep an output from the other users and services the umask lets read it)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _make_temporary_dir(target: Path, suffix: str = ".tmp") -> Path:
+    remove_stale_temporaries(target.parent)
+    folder = Path(tempfile.mkdtemp(dir=str(target.parent), prefix=_temp_prefix(target), suffix=suffix))
+    _apply_umask(folder, directory=True)
+    return folder
+
+
 @contextlib.contextmanager
 def _temporary_file(target: Path, suffix: str) -> Iterator[str]:
-    """A fresh temporary path in ``target``'s folder (ending with ``suffix`` so writers pick the format);
-    removed unless the body has moved it away."""
-    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=f".{target.name}.", suffix=f".tmp{suffix}")
+    """A fresh temporary path in ``target``'s folder (ending with ``suffix`` so writers pick the format, with the
+    umask's permissions); removed unless the body has moved it away."""
+    remove_stale_temporaries(target.parent)
+    fd, tmp = tempfile.mkstemp(dir=str(target.parent), prefix=_temp_prefix(target), suffix=f".tmp{suffix}")
     os.close(fd)
     try:
+        _apply_umask(tmp)
         yield tmp
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str = "output") -> None:
+    """Raise ``OSError`` (e.g. read-only file system, no permission) now, rather than after a long computation,
+    when a file cannot be created in ``folder`` (or, if it does not exist yet, in its nearest existing parent).
+    A temporary file is created and removed; nothing else changes."""
+    p = Path(folder).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(p))
+    fd, tmp = tempfile.mkstemp(dir=str(p), prefix=_temp_prefix(p / "probe"), suffix=".tmp")
+    os.close(fd)
+    os.remove(tmp)
 
 
 def _fsync_file(path: str) -> None:
@@ -140,8 +262,35 @@ def _fsync_file(path: str) -> None:
         os.fsync(f.fileno())
 
 
-def _check_output(output: str | os.PathLike, inputs: Sequence, overwrite: bool, what: str = "output") -> Path:
-    """Resolved output path after refusing inputs and (unless ``overwrite``) existing files."""
+def replace_refusal(path: str | os.PathLike) -> str | None:
+    """Why ``path`` must not be replaced by an output, or ``None`` when it may be (it does not exist, is an empty
+    folder, or is an output of this module): a file whose header is not marked synthetic
+    (:func:`is_synthetic`), a ``.json`` that is not a provenance sidecar, a folder holding anything but one
+    derived series written by :func:`write_dicom_series` and its sidecar.  A user's scan or file is never an
+    output of this module, whatever ``overwrite`` says."""
+    p = Path(path).expanduser()
+    if not p.exists() and not p.is_symlink():
+        return None
+    if p.is_symlink():
+        return "it is a symbolic link (an output is never written through a link)"
+    if p.is_dir():
+        if not any(p.iterdir()):
+            return None
+        if is_derived_series_folder(p):
+            return None
+        return "it is an existing folder that is not a derived series written by monai_medgen"
+    if p.name.lower().endswith(".json"):
+        return None if is_provenance_sidecar(p) else "it is a JSON file that is not a monai_medgen provenance sidecar"
+    if is_synthetic(p):
+        return None
+    return "it is not marked synthetic (not an output of monai_medgen: a scan or a file of the user)"
+
+
+def _check_output(output: str | os.PathLike, inputs: Sequence, overwrite: bool, what: str = "output",
+                  sidecar: bool = False) -> Path:
+    """Resolved output path after refusing inputs, (unless ``overwrite``) existing files, and (always) existing
+    files that are not outputs of this module (:func:`replace_refusal`); with ``sidecar`` the same for
+    ``output + ".json"``."""
     out = Path(output).expanduser()
     resolved = out.resolve()
     for src in inputs:
@@ -152,8 +301,15 @@ def _check_output(output: str | os.PathLike, inputs: Sequence, overwrite: bool, 
                 f"{what} {str(output)!r} is the input file {str(src)!r}: refusing to overwrite an input; "
                 f"choose another {what} path."
             )
-    if out.exists() and not overwrite:
-        raise ValueError(f"{what} {str(output)!r} already exists; pass overwrite=True to replace it.")
+    for path, kind in [(out, what)] + ([(Path(str(out) + ".json"), f"{what} sidecar")] if sidecar else []):
+        if not (path.exists() or path.is_symlink()):
+            continue
+        why = replace_refusal(path)
+        if why is not None:
+            raise ValueError(f"{kind} {str(path)!r} already exists and {why}; refusing to replace it (even with "
+                             "overwrite): choose another path.")
+        if not overwrite:
+            raise ValueError(f"{kind} {str(path)!r} already exists; pass overwrite=True to replace it.")
     if not out.parent.is_dir():
         out.parent.mkdir(parents=True, exist_ok=True)
     return out
@@ -165,6 +321,18 @@ def _write_text_durably(path: str, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` to ``path`` through a temporary file in its folder (flushed to disk, the umask's
+    permissions) renamed into place: an interruption leaves the previous file whole.  Folders are created."""
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary_file(target, ".txt") as tmp:
+        _write_text_durably(tmp, text)
+        os.replace(tmp, target)
+    _fsync_dir(target.parent)
+    return str(target)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
@@ -387,40 +555,149 @@ def _reader_for(path: Path):
     return None  # MONAI picks one by suffix
 
 
+def check_affine(affine, spatial_dims: int | None = None, what: str = "image") -> np.ndarray:
+    """``affine`` as a float64 matrix after checking that it is a usable voxel-to-world geometry: square, finite,
+    and with its first ``spatial_dims`` columns (default: all) of full rank, i.e. non-zero voxel sizes and
+    independent axes (a zero-determinant or NaN affine places voxels nowhere, or everywhere).
+
+    Raises:
+        ValueError: naming ``what`` and the problem.
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 2:
+        raise ValueError(f"{what}: its affine must be a square (d+1)x(d+1) matrix, got shape {a.shape}.")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what}: its affine (voxel-to-world geometry) holds NaN or infinite values, so voxel "
+                         "positions are unknown; fix the header (e.g. sform/qform) first.")
+    nd = a.shape[0] - 1 if spatial_dims is None else min(int(spatial_dims), a.shape[0] - 1)
+    block = a[:-1, :nd]
+    singular = np.linalg.svd(block, compute_uv=False)
+    if singular.size == 0 or singular.min() <= 1e-6 * max(1.0, float(singular.max())):
+        sizes = np.linalg.norm(block, axis=0)
+        raise ValueError(f"{what}: its affine is degenerate (zero determinant: voxel sizes {np.round(sizes, 4).tolist()} "
+                         "mm or axes not independent), so it maps the voxels onto a plane or line; fix the header first.")
+    return a
+
+
+def image_header(path: str | os.PathLike, series_uid: str | None = None) -> tuple[tuple[int, ...], np.ndarray]:
+    """Spatial shape and voxel-to-world affine (RAS) of an image from its header alone, without decoding voxels:
+    to refuse an input by size or geometry before reading it.  For a DICOM folder the series is checked as in
+    :func:`dicom_series_geometry` (a folder of several series needs ``series_uid``).  Vector or time axes of
+    NIfTI / ITK files are included in the shape.
+
+    Raises:
+        ValueError: naming the path when it is missing or unreadable, or the DICOM series is inconsistent.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"could not read {str(path)!r}: no such file or folder.")
+    if p.is_dir():
+        import pydicom
+
+        series = select_dicom_series(p, series_uid)
+        headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in series.files]
+        try:
+            _, lps = dicom_series_geometry(headers, "the DICOM series")
+        except ValueError as e:
+            raise ValueError(f"could not read {str(path)!r}: {e}") from e
+        rows, cols = int(getattr(headers[0], "Rows", 0)), int(getattr(headers[0], "Columns", 0))
+        shape = (cols, rows, len(headers)) if len(headers) > 1 else (cols, rows)
+        return shape, _lps_ras(lps)
+    try:
+        if _suffix(p) in _NIFTI_SUFFIXES:
+            import nibabel as nib
+
+            img = nib.load(str(p))
+            return tuple(int(n) for n in img.shape), np.asarray(img.affine, dtype=np.float64)
+        if _suffix(p) in _SITK_SUFFIXES:
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+            nd = reader.GetDimension()
+            affine = np.eye(nd + 1)
+            direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(nd, nd)
+            affine[:nd, :nd] = direction * np.asarray(reader.GetSpacing(), dtype=np.float64)[None]
+            affine[:nd, nd] = reader.GetOrigin()
+            shape = tuple(int(n) for n in reader.GetSize())
+            if reader.GetNumberOfComponents() > 1:
+                shape += (int(reader.GetNumberOfComponents()),)
+            return shape, _lps_ras(affine)
+    except Exception as e:
+        raise ValueError(f"could not read {str(path)!r}: {type(e).__name__}: {e}") from e
+    img = read_image(p, dtype=None)
+    return tuple(int(n) for n in img.shape[1:]), np.asarray(img.affine, dtype=np.float64)
+
+
 def read_image(
     path: str | os.PathLike,
     spatial_dims: int | None = None,
     channels: int | None = None,
     dtype: np.dtype | type | None = np.float32,
+    series_uid: str | None = None,
+    max_voxels: int | None = None,
 ) -> MetaTensor:
-    """Read an image through MONAI's ``LoadImage`` as a channel-first ``MetaTensor`` with its RAS affine.
+    """Read an image as a channel-first ``MetaTensor`` with its RAS affine: files through MONAI's ``LoadImage``,
+    a DICOM folder through :func:`dicom_series_geometry` (one series, checked; see there why not MONAI's reader).
 
     Args:
         path: a NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``) or MetaImage (``.mha``, ``.mhd``)
-            file, or a folder holding one DICOM series; other suffixes go to MONAI's default readers.
+            file, or a folder of DICOM files; other suffixes go to MONAI's default readers.
         spatial_dims: expected number of spatial dimensions (2 or 3); ``None`` accepts any.
         channels: expected number of channels; ``None`` accepts any.
         dtype: data type of the array (``None`` keeps the file's).
+        series_uid: the SeriesInstanceUID to read from a DICOM folder holding several series (ignored for files).
+        max_voxels: refuse, from the header and before decoding anything, an image with more voxels than this.
 
     Returns:
         ``MetaTensor`` of shape (C, *spatial), with ``.affine`` ((d+1)x(d+1), RAS) and
         ``.meta["filename_or_obj"]``.
 
     Raises:
+        MultipleSeriesError: (a ``ValueError``) for a DICOM folder of several series without ``series_uid``.
         ValueError: naming the path, when it is missing, unreadable or truncated, holds NaN or infinite
-            voxels, or has another number of spatial dimensions or channels than expected.
+            voxels, has a NaN or degenerate affine or an inconsistent DICOM geometry (mixed orientations,
+            duplicate slice positions, no PixelSpacing, uneven spacing), more than ``max_voxels`` voxels, or
+            another number of spatial dimensions or channels than expected.
     """
     from monai.transforms import LoadImage
 
     p = Path(path).expanduser()
     if not p.exists():
         raise ValueError(f"could not read {str(path)!r}: no such file or folder.")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            img = LoadImage(image_only=True, ensure_channel_first=True, reader=_reader_for(p), dtype=dtype)(str(p))
-    except Exception as e:
-        raise ValueError(f"could not read {str(path)!r}: {type(e).__name__}: {e}") from e
+    header_error = None
+    if (max_voxels is not None and p.is_dir()) or _suffix(p) in (*_NIFTI_SUFFIXES, *_SITK_SUFFIXES):
+        try:
+            header_shape, header_affine = image_header(p, series_uid)
+        except MultipleSeriesError:
+            raise
+        except ValueError as e:  # a damaged file: the reader below says why in its own words
+            if p.is_dir():
+                raise
+            header_error, header_shape, header_affine = e, (), None
+        if max_voxels is not None and math.prod(header_shape) > int(max_voxels):
+            raise ValueError(f"{str(path)!r} is too large: {'x'.join(map(str, header_shape))} voxels, more than "
+                             f"{int(max_voxels)}.")
+        if header_affine is not None:  # MONAI's NibabelReader replaces a NaN affine by the identity: check the file's
+            check_affine(header_affine, min(3, max(1, len(header_shape))), what=repr(str(path)))
+    if p.is_dir():
+        try:
+            img = _read_dicom_folder(p, series_uid, dtype)
+        except MultipleSeriesError:
+            raise
+        except ValueError as e:
+            raise ValueError(f"could not read {str(path)!r}: {e}") from e
+        caught = []
+    else:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                img = LoadImage(image_only=True, ensure_channel_first=True, reader=_reader_for(p), dtype=dtype)(str(p))
+        except Exception as e:
+            raise ValueError(f"could not read {str(path)!r}: {type(e).__name__}: {e}") from e
+        if header_error is not None:
+            raise header_error
     for w in caught:
         text = str(w.message)
         if "ImageOrientationPatient" in text and "missing" in text:  # PydicomReader fell back to identity
@@ -428,9 +705,10 @@ def read_image(
                 f"could not read {str(path)!r}: its DICOM geometry (ImageOrientationPatient / "
                 "ImagePositionPatient) is missing or unreadable, so voxel positions are unknown."
             )
-        # the provenance sidecar of a derived series is no slice; the optional GPU decoder warns on every call
-        if PROVENANCE_SIDECAR not in text and "nvImageCodec" not in text:
+        # the optional GPU decoder warns on every call
+        if "nvImageCodec" not in text:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    check_affine(img.affine, min(len(img.shape) - 1, np.asarray(img.affine).shape[0] - 1), what=repr(str(path)))
     spatial = tuple(img.shape[1:])
     if spatial_dims is not None and len(spatial) != int(spatial_dims):
         # a 2D image stored as a volume with one slice is still 2D
@@ -549,28 +827,33 @@ def write_image(
         raise ValueError(f"description must start with 'SYNTHETIC' (it marks generated data), got {description!r}.")
     if description is not None and len(description.encode()) > 80:
         raise ValueError(f"description must fit the NIfTI descrip field (80 bytes), got {len(description.encode())}.")
-    out = _check_output(path, _inputs_of(image, reference, inputs), overwrite)
+    out = _check_output(path, _inputs_of(image, reference, inputs), overwrite, sidecar=True)
     data = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if data.ndim < 3:
         raise ValueError(f"image must be channel-first (C, *spatial) with 2 or 3 spatial dims, got shape {data.shape}.")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise ValueError(f"image holds NaN or infinite values; refusing to write output {str(path)!r}.")
-    geometry = _geometry_of(image, reference)
+    geometry = check_affine(_geometry_of(image, reference), min(data.ndim - 1, 3), what=f"output {str(path)!r}")
     # a slice keeps a 3D affine (its position in the volume): NIfTI stores it as is, NRRD/MHA as one slice
     affine = _as_affine(geometry, max(data.ndim - 1, geometry.shape[0] - 1))
     provenance = provenance if provenance is not None else Provenance()
     description = description or synthetic_description(provenance)
     suffix = _suffix(out) if _suffix(out) in (*_NIFTI_SUFFIXES, *_SITK_SUFFIXES) else _FORMATS[fmt]
 
-    with _temporary_file(out, suffix) as tmp, _temporary_file(out, ".json") as tmp_json:
-        if fmt == "nifti":
-            _write_nifti(data, affine, tmp, description)
-        else:
-            _write_sitk(data, affine, tmp, provenance, description)
-        _fsync_file(tmp)
-        _write_text_durably(tmp_json, provenance.to_json())
-        os.replace(tmp, out)
-        os.replace(tmp_json, str(out) + ".json")
+    try:
+        with _temporary_file(out, suffix) as tmp, _temporary_file(out, ".json") as tmp_json:
+            if fmt == "nifti":
+                _write_nifti(data, affine, tmp, description)
+            else:
+                _write_sitk(data, affine, tmp, provenance, description)
+            _fsync_file(tmp)
+            _write_text_durably(tmp_json, provenance.to_json())
+            os.replace(tmp, out)
+            os.replace(tmp_json, str(out) + ".json")
+    except OSError as e:  # (a full disk, say): name the output, as some writers do not
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(out)) from e
     _fsync_dir(out.parent)
     return str(out)
 
@@ -619,31 +902,261 @@ def _write_sitk(data: np.ndarray, affine: np.ndarray, filename: str, provenance:
     im.SetDirection([float(d) for d in direction.ravel()])
     im.SetMetaData(PROVENANCE_KEY, provenance.to_json())
     im.SetMetaData("monai_medgen_synthetic", description)
-    sitk.WriteImage(im, filename, True)
+    try:
+        sitk.WriteImage(im, filename, True)
+    except RuntimeError as e:  # SimpleITK reports a full or read-only disk as a RuntimeError: say it as the OS would
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(filename))).free
+        if free < 1 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename) from e
+        raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} (SimpleITK: {' '.join(str(e).split())[:200]})", filename) from e
 
 
 # ---------------------------------------------------------------------------------------------
 # DICOM
 # ---------------------------------------------------------------------------------------------
-def _read_series(folder: Path) -> list:
-    """The DICOM slices of ``folder`` (files with the DICM preamble), sorted along the slice normal."""
+@dataclasses.dataclass
+class DicomSeries:
+    """One DICOM series of a folder (headers only; see :func:`list_dicom_series`).
+
+    Args:
+        uid: SeriesInstanceUID (``""`` when the slices have none).
+        description: SeriesDescription (may be empty).
+        number: SeriesNumber (``None`` when absent).
+        files: the slice files, sorted by name.
+    """
+
+    uid: str
+    description: str
+    number: int | None
+    files: list
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.files)
+
+    def __str__(self) -> str:
+        desc = f" {self.description!r}" if self.description else ""
+        return f"{self.uid or '(no SeriesInstanceUID)'}{desc} ({self.num_slices} slice{'s' * (self.num_slices != 1)})"
+
+
+class MultipleSeriesError(ValueError):
+    """A DICOM folder holds several series and none was chosen; ``series`` lists them (:class:`DicomSeries`)."""
+
+    def __init__(self, message: str, series: list):
+        super().__init__(message)
+        self.series = series
+
+
+def _dicom_headers(folder: Path) -> list:
+    """(file, header without pixel data) of every DICOM file directly in ``folder`` (DICM preamble), by name."""
     import pydicom
 
-    slices = []
+    out = []
     for f in sorted(folder.iterdir()):
         if f.is_file() and pydicom.misc.is_dicom(str(f)):
             try:
-                slices.append(pydicom.dcmread(str(f)))
+                out.append((f, pydicom.dcmread(str(f), stop_before_pixels=True)))
             except Exception as e:
-                raise ValueError(f"could not read {str(f)!r} in reference_dir: {e}") from e
+                raise ValueError(f"could not read the DICOM file {str(f)!r}: {type(e).__name__}: {e}") from e
+    return out
+
+
+def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
+    """The DICOM series in ``folder`` (files directly in it with the DICM preamble, grouped by SeriesInstanceUID),
+    in the order of their SeriesNumber, then UID.
+
+    Raises:
+        ValueError: when ``folder`` is not a folder or a DICOM file in it cannot be parsed.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise ValueError(f"folder must be a folder of DICOM files, {str(folder)!r} is not a folder.")
+    groups: dict[str, DicomSeries] = {}
+    for f, ds in _dicom_headers(folder):
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        if uid not in groups:
+            number = getattr(ds, "SeriesNumber", None)
+            groups[uid] = DicomSeries(uid, str(getattr(ds, "SeriesDescription", "") or "").strip(),
+                                      None if number in (None, "") else int(number), [])
+        groups[uid].files.append(f)
+    return sorted(groups.values(), key=lambda g: (g.number is None, g.number or 0, g.uid))
+
+
+def select_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> DicomSeries:
+    """The series of ``folder`` to read: the one with ``series_uid``, or the only one.
+
+    Raises:
+        MultipleSeriesError: when the folder holds several series and ``series_uid`` is ``None`` (the message and
+            ``.series`` list every series: UID, description, number of slices).
+        ValueError: when it holds no DICOM file, or no series with ``series_uid``.
+    """
+    series = list_dicom_series(folder)
+    if not series:
+        raise ValueError(f"{str(folder)!r} holds no DICOM files (files with the DICM preamble).")
+    listing = "; ".join(str(s) for s in series)
+    if series_uid is not None:
+        chosen = [s for s in series if s.uid == str(series_uid).strip()]
+        if not chosen:
+            raise ValueError(f"{str(folder)!r} holds no series with SeriesInstanceUID {series_uid!r}; "
+                             f"its series: {listing}.")
+        return chosen[0]
+    if len(series) > 1:
+        raise MultipleSeriesError(
+            f"{str(folder)!r} holds {len(series)} DICOM series, which must not be merged into one volume; choose one "
+            f"by its SeriesInstanceUID: {listing}.", series)
+    return series[0]
+
+
+def _floats(ds, tag: str, n: int, where: str) -> np.ndarray:
+    value = getattr(ds, tag, None)
+    try:
+        values = np.asarray([float(v) for v in value], dtype=np.float64) if value is not None else None
+    except (TypeError, ValueError):
+        values = None
+    if values is None or values.shape != (n,) or not np.isfinite(values).all():
+        shown = "missing" if value is None else f"{list(value) if hasattr(value, '__iter__') else value!r}"
+        raise ValueError(f"{where}: {tag} must be {n} finite numbers in every slice, got {shown}.")
+    return values
+
+
+def dicom_series_geometry(slices: Sequence, where: str = "DICOM series") -> tuple[list, np.ndarray]:
+    """Check that DICOM slice headers form one regular volume, and give the order and the LPS voxel-to-world
+    affine of that volume (axes: along the rows' direction, down the columns, along the slice normal).
+
+    MONAI's ``PydicomReader`` (1.6.1) merges every file of a folder, sorts by InstanceNumber, takes the slice
+    spacing from the z coordinate only and uses 1 mm for a missing PixelSpacing, so a folder of two series, mixed
+    orientations or duplicate positions come out as a wrong volume without a word; this check refuses them.
+
+    Args:
+        slices: pydicom datasets (headers suffice) of one series.
+        where: names the series in error messages.
+
+    Returns:
+        ``(order, affine)``: indices of ``slices`` sorted along the slice normal, and the 4x4 LPS affine.
+
+    Raises:
+        ValueError: naming ``where`` and the problem: ImageOrientationPatient / ImagePositionPatient /
+            PixelSpacing missing or not finite; orientations that differ between slices or are not orthonormal;
+            slices of different sizes or pixel spacings; two slices at the same position; positions that are not
+            evenly spaced on one line; a degenerate affine.
+    """
     if not slices:
-        raise ValueError(f"reference_dir {str(folder)!r} must hold a DICOM series, found no DICOM files.")
-    if any("ImagePositionPatient" not in s or "ImageOrientationPatient" not in s for s in slices):
-        raise ValueError(f"reference_dir {str(folder)!r}: every slice needs ImagePositionPatient/Orientation.")
-    iop = np.asarray(slices[0].ImageOrientationPatient, dtype=np.float64)
-    normal = np.cross(iop[:3], iop[3:])
-    slices.sort(key=lambda s: float(np.dot(normal, np.asarray(s.ImagePositionPatient, dtype=np.float64))))
-    return slices
+        raise ValueError(f"{where} holds no slices.")
+    for ds in slices:
+        if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
+            raise ValueError(
+                f"{where}: its DICOM geometry (ImageOrientationPatient / ImagePositionPatient) is missing or "
+                "unreadable, so voxel positions are unknown."
+            )
+    iops = np.stack([_floats(ds, "ImageOrientationPatient", 6, where) for ds in slices])
+    ipps = np.stack([_floats(ds, "ImagePositionPatient", 3, where) for ds in slices])
+    if "PixelSpacing" not in slices[0] or any("PixelSpacing" not in ds for ds in slices):
+        raise ValueError(f"{where}: PixelSpacing is missing, so the voxel size is unknown (a reader would assume "
+                         "1 mm); refusing to guess the geometry.")
+    spacings = np.stack([_floats(ds, "PixelSpacing", 2, where) for ds in slices])
+    if np.any(spacings <= 0):
+        raise ValueError(f"{where}: PixelSpacing must be positive, got {spacings[spacings.min(1).argmin()].tolist()}.")
+    if np.abs(iops - iops[0]).max() > 1e-4:
+        kinds = {tuple(np.round(v, 4)) for v in iops}
+        raise ValueError(f"{where} mixes {len(kinds)} slice orientations (ImageOrientationPatient differs between "
+                         "slices): not one volume; split the series.")
+    if np.abs(spacings - spacings[0]).max() > 1e-4:
+        raise ValueError(f"{where} mixes pixel spacings (PixelSpacing differs between slices): not one volume.")
+    sizes = {(int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))) for ds in slices}
+    if len(sizes) > 1:
+        raise ValueError(f"{where} mixes slice sizes {sorted(sizes)} (Rows x Columns): not one volume.")
+    row, col = iops[0, :3], iops[0, 3:]
+    # the standard asks for orthonormal cosines; written values are often a little off, so only garbage is refused
+    if abs(np.linalg.norm(row) - 1) > 0.1 or abs(np.linalg.norm(col) - 1) > 0.1 or abs(row @ col) > 0.1:
+        raise ValueError(f"{where}: ImageOrientationPatient {iops[0].tolist()} is not two orthogonal unit vectors.")
+    normal = np.cross(row, col)
+    normal /= np.linalg.norm(normal)
+    depth = ipps @ normal
+    order = [int(i) for i in np.argsort(depth, kind="stable")]
+    affine = np.eye(4)
+    affine[:3, 0] = row * spacings[0, 1]  # along a row: column spacing
+    affine[:3, 1] = col * spacings[0, 0]  # down a column: row spacing
+    affine[:3, 3] = ipps[order[0]]
+    if len(slices) == 1:
+        thickness = float(getattr(slices[0], "SpacingBetweenSlices", 0) or getattr(slices[0], "SliceThickness", 0) or 1)
+        affine[:3, 2] = normal * (thickness if math.isfinite(thickness) and thickness > 0 else 1.0)
+        return order, affine
+    sorted_depth = depth[order]
+    gaps = np.diff(sorted_depth)
+    min_step = max(1e-3, 1e-3 * float(spacings[0].min()))
+    if gaps.min() < min_step:
+        k = int(gaps.argmin())
+        names = [str(getattr(slices[order[i]], "filename", "") or f"slice {order[i]}") for i in (k, k + 1)]
+        raise ValueError(
+            f"{where} has duplicate slice positions: {len(gaps) - np.count_nonzero(gaps >= min_step) + 1} or more "
+            f"slices at the same place (e.g. {os.path.basename(names[0])} and {os.path.basename(names[1])} at "
+            f"{sorted_depth[k]:.3f} mm along the normal): not one volume (two series or repeated acquisitions?)."
+        )
+    step = (ipps[order[-1]] - ipps[order[0]]) / (len(order) - 1)
+    expected = ipps[order[0]] + np.arange(len(order))[:, None] * step
+    error = np.linalg.norm(ipps[order] - expected, axis=1).max()
+    if error > max(1e-2, 0.02 * float(np.linalg.norm(step))):
+        raise ValueError(
+            f"{where}: slice positions are not evenly spaced on one line (off by up to {error:.3g} mm from a regular "
+            f"{float(np.linalg.norm(step)):.3g} mm spacing), so no single affine describes the volume; resample it."
+        )
+    affine[:3, 2] = step
+    return order, affine
+
+
+def _read_series(folder: Path, series_uid: str | None = None, pixels: bool = True) -> list:
+    """The slices of the (chosen) DICOM series of ``folder``, checked (:func:`dicom_series_geometry`) and sorted
+    along the slice normal; with ``pixels`` False, headers only."""
+    import pydicom
+
+    series = select_dicom_series(folder, series_uid)
+    slices = []
+    for f in series.files:
+        try:
+            slices.append(pydicom.dcmread(str(f), stop_before_pixels=not pixels))
+        except Exception as e:
+            raise ValueError(f"could not read the DICOM file {str(f)!r}: {type(e).__name__}: {e}") from e
+    order, _ = dicom_series_geometry(slices, f"DICOM series {str(folder)!r}")
+    return [slices[i] for i in order]
+
+
+def _read_dicom_folder(folder: Path, series_uid: str | None, dtype) -> MetaTensor:
+    """One series of a folder as a (1, columns, rows[, slices]) ``MetaTensor`` with its RAS affine, the stored
+    values mapped through RescaleSlope / RescaleIntercept (as MONAI's ``PydicomReader`` lays them out)."""
+    import pydicom
+
+    series = select_dicom_series(folder, series_uid)
+    headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in series.files]
+    where = "the DICOM series"
+    order, lps = dicom_series_geometry(headers, where)
+    arrays, rescaled = [], False
+    for i in order:
+        f = series.files[i]
+        try:
+            ds = pydicom.dcmread(str(f))
+            array = ds.pixel_array
+        except Exception as e:
+            raise ValueError(f"could not read the pixel data of {str(f)!r}: {type(e).__name__}: {e}") from e
+        if array.ndim != 2:
+            raise ValueError(f"{where}: {f.name} holds {array.shape} pixels; expected one grey-level frame per file.")
+        if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+            slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
+            array = array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+            rescaled = True
+        arrays.append(array.T)  # (columns, rows)
+    volume = np.stack(arrays, -1) if len(arrays) > 1 else arrays[0]
+    if rescaled:
+        volume = volume.astype(np.float32)
+    if dtype is not None:
+        volume = volume.astype(dtype)
+    affine = _lps_ras(lps)
+    meta = {
+        "filename_or_obj": str(folder), "original_affine": affine.copy(),
+        "spatial_shape": np.asarray(volume.shape), "space": "RAS", "original_channel_dim": float("nan"),
+        "SeriesInstanceUID": series.uid, "SeriesDescription": series.description,
+        "Modality": str(getattr(headers[0], "Modality", "")),
+    }
+    return MetaTensor(torch.as_tensor(np.ascontiguousarray(volume)[None]), affine=torch.as_tensor(affine), meta=meta)
 
 
 def _ds(value: float):
@@ -658,6 +1171,7 @@ def write_dicom_series(
     out_dir: str | os.PathLike,
     provenance: Provenance | None = None,
     overwrite: bool = False,
+    series_uid: str | None = None,
 ) -> str:
     """Write ``volume`` as a new derived DICOM series of the reference's study, slice by slice on the
     reference's geometry.
@@ -677,7 +1191,9 @@ def write_dicom_series(
         reference_dir: folder of the reference DICOM series.
         out_dir: new folder for the derived series.
         provenance: what made the volume (``None``: a minimal :class:`Provenance`).
-        overwrite: replace an existing ``out_dir`` (never ``reference_dir``).
+        overwrite: replace an existing ``out_dir`` that is a derived series written here (never ``reference_dir``,
+            nor a folder holding anything else).
+        series_uid: the reference series when ``reference_dir`` holds several (as for :func:`read_image`).
 
     Returns:
         ``out_dir`` as a string.
@@ -700,7 +1216,7 @@ def write_dicom_series(
     data = data.astype(np.float64)
     if data.ndim == 4 and data.shape[0] == 1:
         data = data[0]
-    slices = _read_series(ref)
+    slices = _read_series(ref, series_uid)
     rows, cols = int(slices[0].Rows), int(slices[0].Columns)
     expected = (cols, rows, len(slices))
     if data.shape != expected:
@@ -729,7 +1245,7 @@ def write_dicom_series(
         "synthetic image, not acquired from the patient"
     )[:1024]
     created = datetime.now(timezone.utc)
-    tmp_dir = Path(tempfile.mkdtemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".tmp"))
+    tmp_dir = _make_temporary_dir(out)
     try:
         for k, src in enumerate(slices):
             ds = copy.deepcopy(src)
@@ -757,10 +1273,9 @@ def write_dicom_series(
             ds.SamplesPerPixel = 1
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (rows, columns)
             ds.save_as(str(tmp_dir / f"IM_{k + 1:04d}.dcm"), enforce_file_format=True)
-        with open(tmp_dir / PROVENANCE_SIDECAR, "w") as f:
-            f.write(provenance.to_json())
+        _write_text_durably(str(tmp_dir / PROVENANCE_SIDECAR), provenance.to_json())
         if out.exists():  # overwrite=True, checked above
-            old = Path(tempfile.mkdtemp(dir=str(out.parent), prefix=f".{out.name}.", suffix=".old"))
+            old = _make_temporary_dir(out, suffix=".old")
             os.replace(out, old / "series")
             os.replace(tmp_dir, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -776,13 +1291,17 @@ def write_dicom_series(
 # ---------------------------------------------------------------------------------------------
 # reading the marking back
 # ---------------------------------------------------------------------------------------------
+def _dicom_marked(ds) -> bool:
+    text = str(getattr(ds, "DerivationDescription", ""))
+    image_type = [str(v).upper() for v in ensure_tuple(getattr(ds, "ImageType", []))]
+    return "synthetic" in text.lower() and "DERIVED" in image_type
+
+
 def _header_marker(path: Path) -> tuple[bool, str | None]:
     """(marked synthetic in the header, provenance JSON stored in the header if any)."""
     if path.is_dir():
-        slices = _read_series(path)
-        text = str(getattr(slices[0], "DerivationDescription", ""))
-        image_type = [str(v).upper() for v in ensure_tuple(getattr(slices[0], "ImageType", []))]
-        return "synthetic" in text.lower() and "DERIVED" in image_type, None
+        headers = _dicom_headers(path)
+        return bool(headers) and all(_dicom_marked(ds) for _, ds in headers), None
     if _suffix(path) in _NIFTI_SUFFIXES:
         import nibabel as nib
 
@@ -796,6 +1315,40 @@ def _header_marker(path: Path) -> tuple[bool, str | None]:
     keys = set(reader.GetMetaDataKeys())
     text = reader.GetMetaData(PROVENANCE_KEY) if PROVENANCE_KEY in keys else None
     return text is not None, text
+
+
+def is_provenance_sidecar(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a provenance sidecar written here: a JSON object with ``"synthetic": true`` and the
+    fields of :class:`Provenance`."""
+    try:
+        data = json.loads(Path(path).expanduser().read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    required = {"synthetic", "model", "task", "created", "package_version"}
+    return isinstance(data, dict) and required <= set(data) and data.get("synthetic") is True
+
+
+def is_derived_series_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by :func:`write_dicom_series`: DICOM files, each marked synthetic
+    (ImageType DERIVED and a DerivationDescription saying "synthetic"), of one series, and at most the provenance
+    sidecar besides; any other file or folder in it (a user's) makes it False."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or p.is_symlink():
+        return False
+    try:
+        entries = list(p.iterdir())
+        headers = _dicom_headers(p)
+    except (OSError, ValueError):
+        return False
+    dicom = {f.name for f, _ in headers}
+    for entry in entries:
+        if entry.name in dicom:
+            continue
+        if entry.name == PROVENANCE_SIDECAR and entry.is_file() and is_provenance_sidecar(entry):
+            continue
+        return False
+    uids = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers}
+    return bool(headers) and len(uids) == 1 and all(_dicom_marked(ds) for _, ds in headers)
 
 
 def _sidecar(path: Path) -> Path:
@@ -837,8 +1390,8 @@ def read_provenance(path: str | os.PathLike) -> Provenance:
 
 
 def is_synthetic(path: str | os.PathLike) -> bool:
-    """Whether the header of a file (NIfTI ``descrip``, NRRD/MHA metadata) or DICOM series folder
-    (``ImageType`` DERIVED and a DerivationDescription saying "synthetic") marks it as generated."""
+    """Whether the header of a file (NIfTI ``descrip``, NRRD/MHA metadata) or of every slice of a DICOM series
+    folder (``ImageType`` DERIVED and a DerivationDescription saying "synthetic") marks it as generated."""
     try:
         return _header_marker(Path(path).expanduser())[0]
     except Exception:

@@ -28,10 +28,12 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from monai_medgen.bundle.workflow import _size_multiple
+from monai_medgen.tasks.restore import ResidualDiffusionInferer, restore_residual
 
 __all__ = [
     "TASKS",
     "RestorationInferer",
+    "data_dims",
     "TestSet",
     "classical_baselines",
     "cond_channels",
@@ -513,6 +515,14 @@ def _check_mask(mask, image: MetaTensor, name: str = "mask") -> torch.Tensor:
     return m
 
 
+def data_dims(network, inferer=None) -> int:
+    """What a restoration model takes: 2 (images, volumes slice by slice) or 3 (whole volumes).  A residual
+    model's inferer says it (a 2D network may restore thick-slice volumes through their planes); otherwise the
+    network's ``spatial_dims``."""
+    dims = getattr(inferer, "data_dims", None)
+    return int(dims) if dims else int(getattr(getattr(network, "module", network), "spatial_dims", 2))
+
+
 def intensity_scale(image: torch.Tensor, upper_percentile: float = 99.5) -> float:
     """The value mapped to 1 (the training scale): the ``upper_percentile`` of the positive voxels."""
     v = torch.as_tensor(image).float().flatten()
@@ -578,6 +588,14 @@ def restore_image(
     img = _check_image(image)
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    if isinstance(inferer, ResidualDiffusionInferer):  # blind residual models (monai_medgen.tasks)
+        if inferer.family != task:
+            raise ValueError(f"task {task!r} does not match the model, which restores {inferer.family!r}.")
+        known_mask = _check_mask(mask, img) if task == "inpaint" else None
+        return restore_residual(
+            network, inferer, img, mask=known_mask, factor=factor, num_steps=num_steps, num_samples=int(num_samples),
+            seed=seed, sampler=sampler, device=device, verbose=verbose,
+        )
     speed = {"channels_last": channels_last, "autocast": autocast, "compile": compile}
     if int(getattr(getattr(network, "module", network), "spatial_dims", 2)) == 3:
         return _restore_volume(
@@ -874,6 +892,8 @@ def run_inference(
 
     demo = not str(input_image or "").strip() or str(input_image) == "None"
     volume_model = int(getattr(getattr(network, "module", network), "spatial_dims", 2)) == 3
+    thick = task == "sr" and not np.isscalar(factor) and len(factor) == 3 and float(factor[2]) != 1
+    volume_model = volume_model or thick  # a 2D residual model restores thick slices through their planes
     if demo and volume_model:
         paths = demo_volume_input(output_dir, factor=factor, crop=demo_crop)
         input_image, mask_image = paths["input"], paths["mask"]
@@ -983,6 +1003,16 @@ def peak_memory_mb() -> float:
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
 
+def _cubic_bspline(image: MetaTensor, size: Sequence[int]) -> torch.Tensor:
+    """Cubic B-spline interpolation (``scipy.ndimage.zoom``, order 3, voxel grids aligned at their corners as in
+    area downsampling) of (1, *spatial) onto ``size``."""
+    from scipy.ndimage import zoom
+
+    a = image.as_tensor()[0].double().numpy()
+    ratios = [m / n for m, n in zip(size, a.shape)]
+    return torch.as_tensor(zoom(a, ratios, order=3, mode="nearest", grid_mode=True), dtype=torch.float32)[None]
+
+
 def evaluate_volume(
     network,
     inferer,
@@ -1016,7 +1046,9 @@ def evaluate_volume(
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in torch.nonzero(truth[0, 0] > 0.02, as_tuple=True))
     sel = (slice(None), slice(None), *box)
     rows = []
-    for label, img in (("trilinear interpolation", linear), (f"ours: 3D conditional DDPM, {sampler} {num_steps} steps", ours)):
+    spline = _cubic_bspline(io.read_image(paths["input"]), tuple(truth.shape[2:]))[None]
+    ours_label = f"ours: {getattr(inferer, 'family', '') and 'residual diffusion through the slice planes, ' or '3D conditional DDPM, '}{sampler} {num_steps} steps"
+    for label, img in (("trilinear interpolation", linear), ("cubic B-spline", spline), (ours_label, ours)):
         a, t = img[sel].clamp(0, 1), truth[sel]
         rows.append((label, float(psnr(a, t)[0]), float(ssim(a, t)[0]), float(relative_sharpness(a, t)[0])))
     shape = tuple(int(s) for s in truth.shape[2:])

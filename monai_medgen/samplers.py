@@ -282,6 +282,7 @@ def sample_loop(
     intermediate_steps: int | Iterable[int] | None = None,
     verbose: bool = True,
     desc: str = "sampling",
+    x0_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SamplerOutput:
     """Integrate the reverse process along ``times`` and return the clean sample.
 
@@ -301,6 +302,8 @@ def sample_loop(
             (``sigma_t^2 c``, DDPM's sigma^2 = beta as in Med-cDiff).
         intermediate_steps: keep z every that many step indices (int) or at these indices.
         verbose: tqdm progress bar.
+        x0_hook: ``x0 = x0_hook(x0)`` on every prediction of the clean image, after ``clip_x0`` (e.g. a
+            data-consistency projection, DDNM style); the step then uses the noise consistent with it.
 
     Returns:
         ``SamplerOutput(sample, intermediates, nfe)``: the sample is the network's prediction of x at the
@@ -342,6 +345,9 @@ def sample_loop(
         x0 = predict_x0(z_t, eps, g[i])
         if clip_x0 is not None:
             x0 = x0.clamp(*clip_x0)
+        if x0_hook is not None:
+            x0 = x0_hook(x0)
+        if clip_x0 is not None or x0_hook is not None:
             eps = _eps_from_x0(z_t, x0, g[i])
         return eps, x0
 

@@ -1,4 +1,6 @@
-"""Every bad input of issue 6 (item 4) through the real ``monai-medgen`` command line, one process per case.
+"""Every bad input of issues 6 (item 4) and 14 (command line) through the real ``monai-medgen`` command line, one
+process per case, and the integrity checks that end in a result (a series chosen by UID, outputs that follow the
+umask, temporary files of a killed run removed, SIGTERM).
 
     PYTHONPATH=. python scripts/bad_inputs.py [--work DIR] [--keep]
 
@@ -9,7 +11,9 @@ a bundle without weights, one with truncated weights), runs ``python -m monai_me
 the ``monai-medgen`` console script) for each case, and prints a markdown table: case | command | exit code |
 message the user saw | files written or changed.  A case fails (exit status 1 at the end) unless the command
 exits with 2, prints exactly one ``monai-medgen <command>: error: ...`` line and no traceback, names what the
-case expects, and leaves every file in the work folder as it was.
+case expects, and leaves every file in the work folder as it was.  Run as root, a read-only and a full (256 KiB)
+tmpfs are mounted under the work folder for the two cases of the machine's folders (unmounted at the end); without
+root the read-only folder is one without write permission and the full-disk case is skipped.
 """
 
 from __future__ import annotations
@@ -112,13 +116,90 @@ CASES = [
      "restore --bundle {den} --input {series} --output {user_folder} --overwrite", "refusing to replace it"),
     ("existing samples in --output-dir", "generate --bundle {vdm} --num 1 --output-dir {samples_dir}", "already holds"),
     ("--overwrite over a file not marked synthetic",
-     "generate --bundle {vdm} --num 1 --output-dir {samples_dir} --overwrite", "is not a synthetic image"),
+     "generate --bundle {vdm} --num 1 --output-dir {samples_dir} --overwrite", "not marked synthetic"),
     ("--output-dir that is a file", "generate --bundle {vdm} --num 1 --output-dir {nifti}", "is a file"),
     ("uncertainty map without samples", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --uncertainty "
      "{out}/u.nii.gz", "--samples"),
     ("output with an unknown suffix", "restore --bundle {den} --input {nifti} --output {out}/o.png", "must end with"),
     ("CUDA device on a machine without one", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz "
      "--device cuda", "CUDA is not available"),
+    # issue 14, command line: nothing replaced that monai-medgen did not write
+    ("--overwrite over a user's scan (file output)",
+     "restore --bundle {den} --input {nifti} --output {existing} --overwrite", "not marked synthetic"),
+    ("--overwrite over a user's scan as --uncertainty", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz "
+     "--samples 2 --uncertainty {existing} --overwrite", "not marked synthetic"),
+    ("a user's <output>.json beside a new output",
+     "restore --bundle {den} --input {nifti} --output {with_json}/result.nii.gz", "not a monai_medgen provenance sidecar"),
+    ("a user's <output>.json, with --overwrite",
+     "restore --bundle {den} --input {nifti} --output {with_json}/result.nii.gz --overwrite",
+     "not a monai_medgen provenance sidecar"),
+    ("--overwrite over a derived series folder holding a user's file",
+     "restore --bundle {den} --input {series} --output {derived_plus} --overwrite", "not a derived series"),
+    ("--overwrite over pictures in a folder without earlier samples",
+     "generate --bundle {vdm} --num 1 --output-dir {pictures_dir} --overwrite", "holds no earlier synthetic sample"),
+    ("--uncertainty equal to --output", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --samples 2 "
+     "--uncertainty {out}/o.nii.gz", "would replace the result"),
+    ("--uncertainty of another kind than --output", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz "
+     "--samples 2 --uncertainty {out}/u.png", "same kind as --output"),
+    # DICOM series and geometry
+    ("DICOM folder holding two series", "restore --bundle {den} --input {two_series} --output {out}/o.nii.gz",
+     "holds 2 DICOM series"),
+    ("DICOM folder holding two series (score)", "score --bundle {vdm} --input {two_series}", "holds 2 DICOM series"),
+    ("--series-uid not in the folder",
+     "restore --bundle {den} --input {two_series} --series-uid 1.2.3.4 --output {out}/o.nii.gz",
+     "no series with SeriesInstanceUID"),
+    ("--series-uid for a file input", "restore --bundle {den} --input {nifti} --series-uid 1.2.3.4 --output {out}/o.nii.gz",
+     "--series-uid applies to a DICOM folder"),
+    ("DICOM series of mixed orientations", "restore --bundle {den} --input {mixed_orientation} --output {out}/o.nii.gz",
+     "slice orientations"),
+    ("DICOM series with duplicate slice positions",
+     "restore --bundle {den} --input {duplicate_positions} --output {out}/o.nii.gz", "duplicate slice positions"),
+    ("DICOM series without PixelSpacing",
+     "restore --bundle {den} --input {no_pixel_spacing} --output {out}/o.nii.gz", "PixelSpacing is missing"),
+    ("DICOM series with unevenly spaced slices",
+     "restore --bundle {den} --input {uneven_spacing} --output {out}/o.nii.gz", "not evenly spaced"),
+    ("zero-determinant affine", "restore --bundle {den} --input {zero_det} --output {out}/o.nii.gz", "degenerate"),
+    ("NaN affine", "restore --bundle {den} --input {nan_affine} --output {out}/o.nii.gz",
+     "affine (voxel-to-world geometry) holds NaN"),
+    ("NaN affine as generate --reference", "generate --bundle {vdm} --num 1 --reference {nan_affine} --output-dir "
+     "{out}/gen", "affine (voxel-to-world geometry) holds NaN"),
+    ("1x1x1 input", "restore --bundle {den} --input {tiny} --output {out}/o.nii.gz", "too small to restore"),
+    ("1x1x1 input for score", "score --bundle {vdm} --input {tiny}", "too small to score"),
+    ("generate --reference too large", "generate --bundle {vdm} --num 1 --reference {huge_reference} --output-dir "
+     "{out}/gen", "is too large"),
+    ("generate --reference too small", "generate --bundle {vdm} --num 1 --reference {tiny} --output-dir {out}/gen",
+     "is too small"),
+    # the machine
+    ("read-only output folder", "restore --bundle {den} --input {nifti} --output {read_only}/o.nii.gz",
+     "cannot write into its folder"),
+    ("full output folder (disk full while writing)", "restore --bundle {den} --input {nifti} --output {full}/o.nii.gz",
+     "No space left on device"),
+    ("meta device", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --device meta", "--device must be"),
+    ("unknown --compile backend", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --compile bogus",
+     "not a torch.compile backend"),
+    # numbers
+    ("--guidance nan", "generate --bundle {vdm3} --class 1 --guidance nan --num 1 --output-dir {out}/gen",
+     "--guidance must be a finite number"),
+    ("--guidance inf", "generate --bundle {vdm3} --class 1 --guidance inf --num 1 --output-dir {out}/gen",
+     "--guidance must be a finite number"),
+    ("--guidance out of range", "generate --bundle {vdm3} --class 1 --guidance 1e9 --num 1 --output-dir {out}/gen",
+     "--guidance must be"),
+    ("negative --guidance", "generate --bundle {vdm3} --class 1 --guidance -1 --num 1 --output-dir {out}/gen",
+     "--guidance must be"),
+    ("negative --seed", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --seed -1", "--seed must be"),
+    ("--seed beyond 2^32", "generate --bundle {vdm} --num 1 --seed 99999999999999 --output-dir {out}/gen",
+     "--seed must be"),
+    ("--steps beyond the limit", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --steps 10000000",
+     "--steps must be"),
+    ("--samples beyond the limit", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --samples 100000",
+     "--samples must be"),
+    ("--num beyond the limit", "generate --bundle {vdm} --num 10000000 --output-dir {out}/gen", "--num must be"),
+    ("--factor inf", "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor inf", "--factor"),
+    ("--factor nan per axis", "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 1,nan,2",
+     "--factor"),
+    ("--threshold nan", "score --bundle {vdm} --input {nifti} --threshold nan", "--threshold must be a finite number"),
+    ("--time-samples beyond the limit", "score --bundle {vdm} --input {nifti} --time-samples 10000000",
+     "--time-samples must be"),
 ]
 
 
@@ -150,18 +231,20 @@ def _write_sitk(vol: np.ndarray, affine: np.ndarray, path: Path) -> None:
     sitk.WriteImage(im, str(path), False)  # uncompressed, so a cut file is cut inside the voxel data
 
 
-def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray) -> None:
-    """An MR DICOM series (uint16, one file per slice) with the volume's geometry."""
+def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray, prefix: str = "IM", description: str = "T1",
+                 study: str | None = None, edit=None) -> str:
+    """An MR DICOM series (uint16, one file per slice) with the volume's geometry, files ``<prefix>_<k>.dcm``;
+    ``edit(ds, k)`` may change slice ``k`` before it is saved.  Returns its SeriesInstanceUID."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
     from pydicom.valuerep import format_number_as_ds
 
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     lps = affine.copy()
     lps[:2] *= -1
     col_spacing, row_spacing, thickness = np.linalg.norm(lps[:3, :3], axis=0)
     row_dir, col_dir = lps[:3, 0] / col_spacing, lps[:3, 1] / row_spacing
-    study, series = generate_uid(), generate_uid()
+    study, series = study or generate_uid(), generate_uid()
     stored = np.rint(volume / volume.max() * 4000).astype(np.uint16)
     for k in range(stored.shape[2]):
         meta = FileMetaDataset()
@@ -173,7 +256,7 @@ def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray) -> None:
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.Modality, ds.PatientID, ds.PatientName = "MR", "COLIN27", "Colin^27"
-        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "T1", 2, k + 1
+        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, 2, k + 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
         ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
         ds.PixelSpacing = [format_number_as_ds(float(row_spacing)), format_number_as_ds(float(col_spacing))]
@@ -183,7 +266,36 @@ def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray) -> None:
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
-        ds.save_as(str(folder / f"IM_{k + 1:04d}.dcm"), enforce_file_format=True)
+        if edit is not None:
+            edit(ds, k)
+        ds.save_as(str(folder / f"{prefix}_{k + 1:04d}.dcm"), enforce_file_format=True)
+    return series
+
+
+def _nifti_with_srow(path: Path, volume: np.ndarray, srow: np.ndarray) -> None:
+    """A NIfTI whose sform rows are written as given (nibabel itself refuses to make a NaN or singular one)."""
+    import gzip
+    import struct
+
+    import nibabel as nib
+
+    raw = path.with_name(path.name.replace(".nii.gz", ".raw.nii"))
+    img = nib.Nifti1Image(volume, np.eye(4))
+    img.header.set_qform(None, code=0)
+    nib.save(img, str(raw))
+    data = bytearray(raw.read_bytes())
+    struct.pack_into("<hh", data, 252, 0, 1)  # qform_code 0, sform_code 1
+    struct.pack_into("<12f", data, 280, *np.asarray(srow, dtype=np.float32).ravel())
+    raw.unlink()
+    path.write_bytes(gzip.compress(bytes(data)))
+
+
+def _derived_series(folder: Path, series: Path) -> None:
+    """A derived series of ``series`` as monai-medgen writes it (its own values, marked synthetic)."""
+    from monai_medgen import io
+
+    img = io.read_image(series)
+    io.write_dicom_series(img * 0.5, series, folder, io.Provenance(model="bad_inputs", task="denoise"))
 
 
 def _cut(path: Path, keep: float = 0.5) -> None:
@@ -250,6 +362,65 @@ def make_inputs(folder: Path) -> dict[str, str]:
     p["samples_dir"] = folder / "earlier_samples"
     p["samples_dir"].mkdir()
     shutil.copyfile(p["nifti"], p["samples_dir"] / "sample_000_synthetic.nii.gz")
+    # issue 14: DICOM folders that are not one regular series
+    p["two_series"] = folder / "two_series"
+    study = "1.2.826.0.1.3680043.8.498.1"
+    write_series(p["two_series"], vol, affine, prefix="T1", description="T1 MPRAGE", study=study)
+    write_series(p["two_series"], vol[::-1].copy(), affine, prefix="T2", description="T2 FLAIR", study=study)
+
+    def rotate_middle(ds, k):
+        if k == 1:
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal slice in an oblique axial series
+
+    p["mixed_orientation"] = folder / "mixed_orientation"
+    write_series(p["mixed_orientation"], vol, affine, edit=rotate_middle)
+
+    def repeat_position(ds, k):
+        if k == 2:
+            ds.ImagePositionPatient = list(ds_positions[1])
+        ds_positions.append(list(ds.ImagePositionPatient))
+
+    ds_positions: list = []
+    p["duplicate_positions"] = folder / "duplicate_positions"
+    write_series(p["duplicate_positions"], vol, affine, edit=repeat_position)
+
+    def drop_spacing(ds, k):
+        del ds.PixelSpacing
+
+    p["no_pixel_spacing"] = folder / "no_pixel_spacing"
+    write_series(p["no_pixel_spacing"], vol, affine, edit=drop_spacing)
+
+    def gap_after_second(ds, k):
+        if k == 2:  # 1 slice missing: positions 0, 1, 3
+            lps = affine.copy()
+            lps[:2] *= -1
+            ds.ImagePositionPatient = [float(v) for v in lps[:3, 3] + 3 * lps[:3, 2]]
+
+    p["uneven_spacing"] = folder / "uneven_spacing"
+    write_series(p["uneven_spacing"], vol, affine, edit=gap_after_second)
+    # affines no voxel can be placed with
+    p["zero_det"] = folder / "zero_det.nii.gz"
+    srow = affine[:3].copy()
+    srow[:, 2] = 0  # slices all at one place
+    _nifti_with_srow(p["zero_det"], vol, srow)
+    p["nan_affine"] = folder / "nan_affine.nii.gz"
+    srow = affine[:3].copy()
+    srow[0, 0] = np.nan
+    _nifti_with_srow(p["nan_affine"], vol, srow)
+    save("tiny", vol[20:21, 20:21, 1:2])
+    huge = np.zeros((600, 600), dtype=np.float32)
+    huge[300, 300] = 1
+    save("huge_reference", huge)
+    # user files beside or inside outputs
+    p["with_json"] = folder / "with_json"
+    p["with_json"].mkdir()
+    (p["with_json"] / "result.nii.gz.json").write_text('{"note": "my own notes, not a provenance sidecar"}\n')
+    p["derived_plus"] = folder / "derived_plus"
+    _derived_series(p["derived_plus"], p["series"])
+    (p["derived_plus"] / "notes.txt").write_text("keep me\n")
+    p["pictures_dir"] = folder / "pictures"
+    p["pictures_dir"].mkdir()
+    (p["pictures_dir"] / "samples.png").write_bytes(b"\x89PNG\r\n\x1a\n (a figure of the user's)")
     names = {k: str(v) for k, v in p.items()}
     names["nifti_other_spelling"] = str(folder / ".." / folder.name / "." / "colin.nii.gz")
     return names
@@ -328,12 +499,65 @@ def snapshot(root: Path) -> dict[str, str]:
     return files
 
 
+def make_machine_folders(root: Path) -> dict[str, str]:
+    """``read_only``: a folder nothing can be written into (a read-only tmpfs when run as root, which ignores
+    permissions, else a folder without write permission); ``full``: a 256 KiB tmpfs filled up (root only).  A
+    folder that cannot be made here is left out, and its cases are skipped."""
+    out = {}
+    root.mkdir(parents=True)
+    ro, full = root / "read_only", root / "full"
+    ro.mkdir()
+    full.mkdir()
+    root_user = hasattr(os, "geteuid") and os.geteuid() == 0
+    mount = shutil.which("mount")
+
+    def mounted(folder: Path, options: str) -> bool:
+        return bool(mount) and subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                              capture_output=True).returncode == 0
+
+    if root_user:
+        if mounted(ro, "ro,size=64k"):
+            out["read_only"] = str(ro)
+    else:
+        os.chmod(ro, 0o555)
+        out["read_only"] = str(ro)
+    if root_user and mounted(full, "size=256k"):
+        try:
+            with open(full / "filler.bin", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:
+            pass
+        out["full"] = str(full)
+    return out
+
+
+def release(work: Path) -> None:
+    """Unmount what :func:`make_machine_folders` mounted (and give a read-only folder back its permissions)."""
+    umount = shutil.which("umount")
+    for name in ("read_only", "full"):
+        folder = work / "machine" / name
+        if folder.is_dir() and os.path.ismount(folder) and umount:
+            subprocess.run([umount, str(folder)], capture_output=True)
+        if folder.is_dir():
+            os.chmod(folder, 0o755)
+
+
 def build(work: Path) -> dict[str, str]:
-    """Inputs, bundles and an empty ``out`` folder under ``work``; returns the placeholders of :data:`CASES`."""
-    names = {**make_inputs(work / "in"), **make_bundles(work / "bundles")}
+    """Inputs, bundles and an empty ``out`` folder under ``work``; returns the placeholders of :data:`CASES`.  Call
+    :func:`release` when done (it unmounts the read-only and full folders)."""
+    names = {**make_inputs(work / "in"), **make_bundles(work / "bundles"), **make_machine_folders(work / "machine")}
     (work / "out").mkdir()
     names["out"] = str(work / "out")
     return names
+
+
+def missing_placeholders(template: str, names: dict[str, str]) -> list[str]:
+    """Placeholders of a case this machine could not provide (e.g. a full disk without root)."""
+    import string
+
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f and f not in names]
 
 
 def argv_for(template: str, names: dict[str, str]) -> list[str]:
@@ -344,13 +568,157 @@ def argv_for(template: str, names: dict[str, str]) -> list[str]:
     return argv
 
 
-def run_case(argv: list[str], work: Path) -> tuple[int, str, str, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def run_case(argv: list[str], work: Path, umask: int | None = None) -> tuple[int, str, str, float]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "monai_medgen.cli", *argv], cwd=str(work), env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "monai_medgen.cli", *argv], cwd=str(work), env=_env(),
+                          capture_output=True, text=True, timeout=600,
+                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
     return proc.returncode, proc.stderr, proc.stdout, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# integrity checks that end in a result (not a refusal): series choice, permissions, kills
+# ---------------------------------------------------------------------------------------------
+def _last_line(stderr: str, stdout: str) -> str:
+    lines = [line for line in (stderr + "\n" + stdout).splitlines() if line.strip() and "%|" not in line]
+    return lines[-1] if lines else "(nothing)"
+
+
+def check_series_uid(work: Path, names: dict[str, str]) -> dict:
+    """--series-uid picks one series of a folder of two: exactly its slices, its geometry, recorded in the provenance."""
+    from monai_medgen import io
+
+    series = io.list_dicom_series(names["two_series"])
+    t2 = next(s for s in series if s.description == "T2 FLAIR")
+    out = work / "out" / "series_uid" / "t2.nii.gz"
+    argv = argv_for(f"restore --bundle {{den}} --input {{two_series}} --series-uid {t2.uid} --output {out}", names)
+    rc, stderr, stdout, _ = run_case(argv, work)
+    problems = [] if rc == 0 else [f"exit {rc}"]
+    if rc == 0:
+        import nibabel as nib
+
+        written = nib.load(str(out))
+        if written.shape != SHAPE:
+            problems.append(f"shape {written.shape} != {SHAPE} (slices of both series merged?)")
+        if not np.allclose(written.affine, oblique_affine(), atol=1e-3):
+            problems.append("affine differs from the series' geometry")
+        if io.read_provenance(out).extra.get("series_uid") != t2.uid:
+            problems.append("provenance lacks the series UID")
+    result = f"{out.relative_to(work)}: {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, series {t2.uid[-8:]} (T2 FLAIR) only"
+    return {"check": "--series-uid picks one series of a folder of two", "argv": argv, "rc": rc,
+            "seen": _last_line(stderr, stdout), "result": result, "problems": problems}
+
+
+def _mode(path: Path) -> str:
+    return oct(path.stat().st_mode & 0o777)[2:]
+
+
+def check_umask(work: Path, names: dict[str, str]) -> dict:
+    """Outputs follow the umask (027: files 640, folders 750), not a fixed 600 / 700."""
+    folder = work / "out" / "umask"
+    folder.mkdir(parents=True)
+    file_out, series_out = folder / "o.nii.gz", folder / "derived"
+    problems, modes, rc_all, seen = [], [], 0, ""
+    for output in (file_out, series_out):
+        argv = argv_for(f"restore --bundle {{den}} --input {{series}} --output {output}", names)
+        rc, stderr, stdout, _ = run_case(argv, work, umask=0o027)
+        rc_all = rc_all or rc
+        seen = _last_line(stderr, stdout)
+        if rc != 0:
+            problems.append(f"exit {rc}: {seen}")
+    if not problems:
+        expected = {file_out: "640", Path(str(file_out) + ".json"): "640", series_out: "750"}
+        expected.update({f: "640" for f in series_out.iterdir()})
+        for path, mode in expected.items():
+            modes.append(f"{path.relative_to(folder)} {_mode(path)}")
+            if _mode(path) != mode:
+                problems.append(f"{path.name} has mode {_mode(path)}, expected {mode}")
+    result = "umask 027 -> " + ", ".join(modes[:3] + ([f"the {len(modes) - 3} files in it (slices, sidecar) 640"]
+                                                        if len(modes) > 3 else []))
+    return {"check": "outputs honour the umask (027)", "argv": argv, "rc": rc_all, "seen": seen, "result": result,
+            "problems": problems}
+
+
+_KILLED_WRITER = """
+import os, sys, time, torch
+from monai_medgen import io
+real = os.replace
+def stall(src, dst):  # the temporary file is on disk: wait here to be killed
+    print("WRITING", flush=True)
+    time.sleep(600)
+os.replace = stall
+io.write_image(torch.rand(1, 8, 8, 2), sys.argv[1])
+"""
+
+
+def check_kill_cleanup(work: Path, names: dict[str, str]) -> dict:
+    """A writer killed (SIGKILL) with its temporary file on disk leaves it; the next run writing into that folder
+    removes it, and nothing else."""
+    import signal
+
+    from monai_medgen import io
+
+    folder = work / "out" / "killed"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("a file of the user's\n")
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(folder / "first.nii.gz")], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    orphans = sorted(p.name for p in folder.iterdir() if io.is_temporary_name(p.name))
+    problems = [] if line.startswith("WRITING") and orphans else ["the killed writer left no temporary file to clean"]
+    argv = argv_for(f"restore --bundle {{den}} --input {{nifti}} --output {folder / 'second.nii.gz'}", names)
+    rc, stderr, stdout, _ = run_case(argv, work)
+    left = sorted(p.name for p in folder.iterdir())
+    if rc != 0:
+        problems.append(f"exit {rc}")
+    if any(io.is_temporary_name(n) for n in left):
+        problems.append(f"temporary files left: {left}")
+    if "notes.txt" not in left or "second.nii.gz" not in left:
+        problems.append(f"folder holds {left}")
+    result = f"{len(orphans)} orphan(s) of the killed run removed; folder now: {', '.join(left)}"
+    return {"check": "temporary files of a killed (SIGKILL) run removed by the next run", "argv": argv, "rc": rc,
+            "seen": _last_line(stderr, stdout), "result": result, "problems": problems}
+
+
+def check_sigterm(work: Path, names: dict[str, str]) -> dict:
+    """SIGTERM during sampling: one line, exit 143, nothing written and no temporary file left."""
+    import signal
+
+    folder = work / "out" / "terminated"
+    folder.mkdir(parents=True)
+    argv = argv_for(f"restore --bundle {{den}} --input {{nifti}} --output {folder / 'o.nii.gz'} --steps 5000", names)
+    proc = subprocess.Popen([sys.executable, "-m", "monai_medgen.cli", *argv], cwd=str(work), env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen_start = ""
+    while proc.poll() is None:
+        line = proc.stderr.readline()
+        if line.startswith("monai-medgen restore:"):
+            seen_start = line
+            break
+    time.sleep(2.0)  # into the sampling loop
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    left = sorted(p.name for p in folder.iterdir())
+    problems = []
+    if proc.returncode != 143 or "monai-medgen restore: terminated" not in stderr:
+        problems.append(f"exit {proc.returncode}: {stderr[-300:]}")
+    if left:
+        problems.append(f"left {left}")
+    if not seen_start:
+        problems.append("never started")
+    return {"check": "SIGTERM while sampling", "argv": argv, "rc": proc.returncode,
+            "seen": _last_line(stderr, stdout), "result": f"output folder: {', '.join(left) or 'empty'}",
+            "problems": problems}
+
+
+INTEGRITY_CHECKS = [check_series_uid, check_umask, check_kill_cleanup, check_sigterm]
 
 
 def main() -> int:
@@ -363,10 +731,22 @@ def main() -> int:
         sys.exit(f"{COLIN} not found: apt-get install mricron-data")
     work = Path(args.work or tempfile.mkdtemp(prefix="monai_medgen_bad_inputs_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    names = build(work)
-    rows, failures = [], []
+    try:
+        names = build(work)
+        return _run_all(work, names, args)
+    finally:
+        release(work)
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_all(work: Path, names: dict[str, str], args) -> int:
+    rows, failures, skipped = [], [], []
     for case, template, fragment in CASES:
         if args.only and args.only not in case:
+            continue
+        if missing_placeholders(template, names):
+            skipped.append(f"{case} (needs {', '.join(missing_placeholders(template, names))}: root and tmpfs)")
             continue
         argv = argv_for(template, names)
         before = snapshot(work)
@@ -399,10 +779,28 @@ def main() -> int:
         print(f"| {case} | `{shown}` | {rc} | {message} | {changed} |")
     print(f"\n{len(rows) - len(failures)} of {len(rows)} cases: exit 2, one error line naming the argument, nothing "
           f"written (paths relative to the work folder {work}).")
+    if skipped:
+        print(f"Skipped on this machine: {'; '.join(skipped)}.")
+    checks = []
+    for check in INTEGRITY_CHECKS:
+        if args.only and args.only not in check.__name__:
+            continue
+        row = check(work, names)
+        checks.append(row)
+        if row["problems"]:
+            failures.append((row["check"], row["problems"], ""))
+        print(f"{row['check']}: exit {row['rc']}{' FAILED ' + '; '.join(row['problems']) if row['problems'] else ''}",
+              file=sys.stderr, flush=True)
+    if checks:
+        print("\n| integrity check | command | exit code | what the user saw | result |")
+        print("|---|---|---|---|---|")
+        for row in checks:
+            shown = " ".join(["monai-medgen", *row["argv"]]).replace(str(work) + "/", "")
+            seen = row["seen"].replace(str(work) + "/", "").replace("|", "\\|")
+            result = row["result"] + (f" FAILED: {'; '.join(row['problems'])}" if row["problems"] else "")
+            print(f"| {row['check']} | `{shown}` | {row['rc']} | {seen} | {result} |")
     for case, problems, stderr in failures:
         print(f"\nFAILED {case}: {'; '.join(problems)}\n{stderr}", file=sys.stderr)
-    if not args.keep and args.work is None:
-        shutil.rmtree(work, ignore_errors=True)
     return 1 if failures else 0
 
 

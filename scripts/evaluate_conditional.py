@@ -1,5 +1,9 @@
 """Conditional DDPM restoration against classical methods and a regression network (issue 3, deliverable 5).
 
+Measures the fixed-degradation, mask-conditioned formulation of ``monai_medgen.restoration`` (today the
+``cddpm_inpainting_2d`` bundle).  The blind residual bundles (``cddpm_super_resolution_2d``, ``cddpm_denoising_2d``,
+``cddpm_super_resolution_3d``) are measured on the unseen panel by ``scripts/evaluate_restoration.py``.
+
     # 1. train the three restoration bundles on the demo data (MNI152 slices), each with its own train.yaml
     python -m monai.bundle run --config_file bundles/cddpm_super_resolution_2d/configs/train.yaml \
         --bundle_root bundles/cddpm_super_resolution_2d      # likewise cddpm_denoising_2d, cddpm_inpainting_2d

@@ -263,7 +263,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(client, data
     _bad(client, 400, "steps must be an integer", "cddpm_denoising_2d", data["slices_noisy"], {"steps": 0})
     _bad(client, 400, "guidance", generative, image_id="colin27_slices", params={"guidance": 50, "steps": 2})
     _bad(client, 400, "sampler must be one of", "cddpm_denoising_2d", data["slices_noisy"], {"sampler": "euler"})
-    _bad(client, 400, "could not read the image", "cddpm_denoising_2d", str(garbage), FAST)
+    _bad(client, 400, "not a gzipped NIfTI", "cddpm_denoising_2d", str(garbage), FAST)  # refused on its first bytes
     _bad(client, 404, "is not served", "no_such_model", data["slices_noisy"], FAST)
     _bad(client, 404, "no image 'missing'", "cddpm_denoising_2d", image_id="missing", params=FAST)
 

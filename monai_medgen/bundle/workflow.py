@@ -22,6 +22,7 @@ from torch import nn
 
 from monai_medgen import io
 from monai_medgen.data import demo_slices, demo_volumes, user_slices, user_volumes
+from monai_medgen.engines import unwrap_network
 from monai_medgen.io import SYNTHETIC_AUX_FILE, SYNTHETIC_DESCRIPTION, Provenance, is_synthetic
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "sample_fn",
     "save_model",
     "save_synthetic_nifti",
+    "training_sampler",
+    "validation_sampler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,15 +108,54 @@ def prepare_items(
     return [dict(it) for _ in range(int(repeats)) for it in items]
 
 
+def training_sampler(dataset, batch_size: int):
+    """The sampler of a training set under ``torch.distributed`` (``train_loader#sampler`` of a
+    ``train_multigpu.yaml``): a shuffled share per process, padded to equal length so that every process runs the
+    same number of steps.
+
+    Raises:
+        ValueError: when a process's share is smaller than ``batch_size``: with the bundles' ``drop_last`` loaders
+            it would run no training step at all, silently, while one process alone would train.
+    """
+    from monai.data import DistributedSampler
+
+    sampler = DistributedSampler(dataset, even_divisible=True, shuffle=True)
+    if len(sampler) < int(batch_size):
+        raise ValueError(
+            f"the training set has {len(dataset)} items: {sampler.num_replicas} processes get {len(sampler)} each, "
+            f"fewer than batch_size {batch_size}, so no training step would run; use fewer processes, a smaller "
+            "batch_size or more training data."
+        )
+    return sampler
+
+
+def validation_sampler(dataset):
+    """The sampler of a held-out set under ``torch.distributed`` (``val_loader#sampler`` of a
+    ``train_multigpu.yaml``), for any number of processes and with validation off.
+
+    Every process evaluates a disjoint share of the set, without padding, so the metrics that MONAI and ignite
+    gather across processes are over the set exactly.  With fewer items than processes, items are repeated so
+    that every process has one (a process with nothing to evaluate would leave the others waiting in the
+    metric's collective); the mean then counts the repeated items twice.
+
+    Returns:
+        a MONAI ``DistributedSampler`` (``shuffle=False``), or None when ``torch.distributed`` is not
+        initialised or the set is empty (validation off: nothing will iterate the loader; MONAI's sampler
+        raises on an empty set).
+    """
+    import torch.distributed as dist
+    from monai.data import DistributedSampler
+
+    if not (dist.is_available() and dist.is_initialized()) or len(dataset) == 0:
+        return None
+    return DistributedSampler(dataset, even_divisible=len(dataset) < dist.get_world_size(), shuffle=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints and the bundle's model file
 # ---------------------------------------------------------------------------------------------
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else module
-
-
 def _cpu_state(module: nn.Module) -> dict:
-    return {k: v.detach().cpu() for k, v in _unwrap(module).state_dict().items()}
+    return {k: v.detach().cpu() for k, v in unwrap_network(module).state_dict().items()}
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "*.pt") -> str:
@@ -173,7 +215,7 @@ def load_model(
     state = io.safe_torch_load(path, map_location=map_location)  # verified against its .sha256 when present
     if not isinstance(state, dict) or not ({"network", "ema"} & set(state)):
         raise ValueError(f"{str(path)!r} holds no 'network' (or 'ema') weights; keys: {sorted(state)[:10]}.")
-    _unwrap(network).load_state_dict(state["ema"] if "ema" in state else state["network"], strict=strict)
+    unwrap_network(network).load_state_dict(state["ema"] if "ema" in state else state["network"], strict=strict)
     if schedule is not None:
         if "schedule" in state:
             schedule.load_state_dict(state["schedule"], strict=strict)
@@ -431,7 +473,7 @@ def _reference_geometry(path: str | os.PathLike, spatial_dims: int = 2) -> tuple
 
 
 def _size_multiple(network) -> int:
-    unet = getattr(_unwrap(network), "unet", None)
+    unet = getattr(unwrap_network(network), "unet", None)
     levels = len(getattr(unet, "block_out_channels", (0, 0, 0)))
     return 2 ** max(0, levels - 1)
 
@@ -481,7 +523,7 @@ def generate(
     if int(num_samples) < 1 or int(batch_size) < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}.")
     dev = _device_of(network, device)
-    dims = int(getattr(_unwrap(network), "spatial_dims", 2))
+    dims = int(getattr(unwrap_network(network), "spatial_dims", 2))
     has_reference = reference_image is not None and str(reference_image).strip() not in ("", "None")
     if has_reference:
         size, affine = _reference_geometry(reference_image, spatial_dims=dims)
@@ -517,7 +559,7 @@ def generate(
         frames = [f[crop] for f in frames]
         gif_path = save_gif(list(frames) + [first], os.path.join(str(output_dir), "sampling.gif"))
     provenance = io.Provenance(
-        model=type(_unwrap(network)).__name__,
+        model=type(unwrap_network(network)).__name__,
         task="generate",
         sampler=str(sampler),
         steps=int(num_steps),

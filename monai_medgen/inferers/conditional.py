@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from monai.inferers import Inferer, sliding_window_inference
 
-from monai_medgen.engines import DiffusionPrepareBatch
+from monai_medgen.engines import DiffusionPrepareBatch, unwrap_network
 from monai_medgen.inferers.vdm import guided_eps_fn
 from monai_medgen.networks.score_unet import ScoreUNet
 from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, repaint_times, sample_loop
@@ -158,7 +158,8 @@ class ConditionalDiffusionInferer(Inferer):
     def _mode(self, network: Callable) -> str:
         if self.network_input is not None:
             return self.network_input
-        return "gamma" if isinstance(network, ScoreUNet) else "timesteps"
+        # read the type through a DistributedDataParallel wrapper (torchrun): a wrapped ScoreUNet still takes gamma
+        return "gamma" if isinstance(unwrap_network(network), ScoreUNet) else "timesteps"
 
     # -----------------------------------------------------------------------------------------
     # network calls
@@ -424,7 +425,9 @@ class ConditionalDiffusionInferer(Inferer):
             if sw_batch_size < 1:
                 raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
 
-        null_class = self.null_class if self.null_class is not None else getattr(network, "null_class", None)
+        null_class = self.null_class
+        if null_class is None:
+            null_class = getattr(unwrap_network(network), "null_class", None)
         if guidance_scale > 0 and null_class is None:
             raise ValueError("guidance_scale > 0 needs null_class (set it on the inferer or use a ScoreUNet).")
         self.schedule.to(device)

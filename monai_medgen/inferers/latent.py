@@ -25,6 +25,7 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from monai_medgen.engines import unwrap_network
 from monai_medgen.inferers.vdm import VDMInferer, VDMOutput
 
 __all__ = [
@@ -98,7 +99,7 @@ class ReconstructionInferer(Inferer):
     wrapper is looked through)."""
 
     def __call__(self, inputs: torch.Tensor, network: Callable, *args, **kwargs) -> torch.Tensor:  # type: ignore[override]
-        return getattr(network, "module", network).reconstruct(inputs)
+        return unwrap_network(network).reconstruct(inputs)
 
 
 class LatentVDMInferer(Inferer):

@@ -18,6 +18,7 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from monai_medgen.engines import unwrap_network
 from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, sample_loop
 from monai_medgen.schedules import FixedLinearSchedule, Schedule, gamma_and_slope, log_alpha2, log_sigma2, time_grid
 
@@ -391,7 +392,7 @@ class VDMInferer(Inferer):
                 raise ValueError(f"class_labels must have {shape[0]} entries (one per sample), got {class_labels.numel()}.")
         z = batched_randn(tuple(shape), generator, device=device)
         call = accelerated(network, channels_last=channels_last, autocast=autocast, compile=compile)
-        eps_fn = guided_eps_fn(call, class_labels, guidance_scale, getattr(network, "null_class", None))
+        eps_fn = guided_eps_fn(call, class_labels, guidance_scale, getattr(unwrap_network(network), "null_class", None))
         out = sample_loop(
             eps_fn,
             z,

@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,20 +85,39 @@ class LoadInputd:
         return data
 
 
-def write_result(model: ServedModel, image, provenance: io.Provenance, std=None, name: str = "image") -> tuple[str, dict]:
-    """Write ``image`` to a temporary ``.nii.gz`` marked synthetic (header and provenance) and build the JSON
-    answer: ``{"medgen": {"model", "task", "synthetic", "provenance", "shape", "affine", "uncertainty"?}}``.
+def _fresh_path(folder: str | None, prefix: str, suffix: str) -> str:
+    """A new file name in ``folder`` (not created: :func:`monai_medgen.io.write_image` refuses to replace a file it
+    did not write)."""
+    return os.path.join(folder or tempfile.gettempdir(), f"{prefix}{uuid.uuid4().hex[:12]}{suffix}")
+
+
+def _remove(*paths) -> None:
+    for p in paths:
+        if p and os.path.exists(p):
+            os.remove(p)
+
+
+def write_result(
+    model: ServedModel, image, provenance: io.Provenance, std=None, name: str = "image", folder: str | None = None
+) -> tuple[str, dict]:
+    """Write ``image`` to a new ``.nii.gz`` marked synthetic (header and provenance) in ``folder`` (the app's
+    private folder; default the system's temporary folder) and build the JSON answer:
+    ``{"medgen": {"model", "task", "synthetic", "provenance", "shape", "affine", "uncertainty"?}}``.
 
     The provenance sidecar that :func:`monai_medgen.io.write_image` writes beside the file is read into the JSON
-    and removed (MONAI Label sends and then deletes the image only).
+    and removed (the app sends and then deletes the image only); on failure nothing is left behind.
     """
-    fd, path = tempfile.mkstemp(prefix=f"{name}_{provenance.task}_", suffix="_synthetic.nii.gz")
-    os.close(fd)
-    io.write_image(image, path, provenance=provenance, overwrite=True)
+    path = _fresh_path(folder, f"{name}_{provenance.task}_", "_synthetic.nii.gz")
     sidecar = path + ".json"
-    with open(sidecar) as f:
-        provenance_json = f.read()
-    os.remove(sidecar)
+    try:
+        io.write_image(image, path, provenance=provenance)
+        with open(sidecar) as f:
+            provenance_json = f.read()
+    except BaseException:
+        _remove(path, sidecar)
+        raise
+    finally:
+        _remove(sidecar)
     result: dict[str, Any] = {
         "model": model.name,
         "task": provenance.task,
@@ -108,17 +128,17 @@ def write_result(model: ServedModel, image, provenance: io.Provenance, std=None,
         "affine": [[float(v) for v in row] for row in image.affine.tolist()],
     }
     if std is not None:
-        fd, std_path = tempfile.mkstemp(prefix=f"{name}_std_", suffix=".nii.gz")
-        os.close(fd)
+        std_path = _fresh_path(folder, f"{name}_std_", ".nii.gz")
         try:
             std_prov = dataclasses.replace(provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"})
-            io.write_image(std, std_path, provenance=std_prov, overwrite=True)
+            io.write_image(std, std_path, provenance=std_prov)
             with open(std_path, "rb") as f:
                 data = f.read()
+        except BaseException:
+            _remove(path)
+            raise
         finally:
-            for p in (std_path, std_path + ".json"):
-                if os.path.exists(p):
-                    os.remove(p)
+            _remove(std_path, std_path + ".json")
         t = std.as_tensor().float()
         result["uncertainty"] = {
             "format": "nii.gz",
@@ -136,12 +156,13 @@ class MedGenInferTask(BasicInferTask):
 
     Args:
         model: the loaded bundle (:func:`~monai_medgen.apps.monailabel.served.load_served_model`).
+        results_dir: where results are written before they are sent (the app's private folder).
 
     Its ``/info/`` entry carries the options (``config``) and, under ``medgen``, the task, whether a mask is
     needed, the classes and the ranges of the numeric options.
     """
 
-    def __init__(self, model: ServedModel):
+    def __init__(self, model: ServedModel, results_dir: str | None = None):
         super().__init__(
             path=None, network=model.network, type=InferType.OTHERS, labels=None, dimension=model.spatial_dims,
             description=f"monai_medgen {model.description} ({model.name}); output marked synthetic",
@@ -149,6 +170,7 @@ class MedGenInferTask(BasicInferTask):
         )
         self._config.pop("device", None)  # the app's --conf device decides; one copy of the network
         self.model = model
+        self.results_dir = results_dir
 
     def info(self) -> dict[str, Any]:
         out = super().info()
@@ -180,8 +202,9 @@ class MedGenInferTask(BasicInferTask):
         return data
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
-        name = os.path.basename(str(data.get("medgen_input_path", "image"))).split(".")[0] or "image"
-        return write_result(self.model, data["pred"], data["medgen_provenance"], data.get("medgen_std"), name=name)
+        name = str(data.get("medgen_image_id") or "upload").split(".")[0][:64] or "image"
+        return write_result(self.model, data["pred"], data["medgen_provenance"], data.get("medgen_std"), name=name,
+                            folder=self.results_dir)
 
     def __call__(self, request, callbacks=None):
         try:

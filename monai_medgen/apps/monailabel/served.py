@@ -30,6 +30,7 @@ import torch
 from monai.data import MetaTensor
 
 from monai_medgen import io
+from monai_medgen.restoration import data_dims
 from monai_medgen.samplers import SAMPLERS
 
 __all__ = [
@@ -155,6 +156,7 @@ class ServedModel:
         max_steps: largest ``steps`` accepted (T of a discrete model).
         class_names: names of the classes of a class-conditional model (empty otherwise).
         image_size, spacing: generated slices' size (pixels) and default spacing (mm).
+        max_voxels: largest restored output (voxels) this server makes.
     """
 
     name: str
@@ -177,6 +179,7 @@ class ServedModel:
     image_size: int = 64
     spacing: float = 1.0
     description: str = ""
+    max_voxels: int = MAX_VOXELS
 
     @property
     def generative(self) -> bool:
@@ -318,23 +321,72 @@ class ServedModel:
             raise RequestError(f"{what} must be at least 4 x 4 voxels in-plane, got spatial shape {spatial}.")
         return image
 
-    def check_output_size(self, image: MetaTensor, factor=1.0) -> tuple:
+    def check_output_size(self, image, factor=1.0, max_voxels: int | None = None) -> tuple:
         """The restored grid's shape; a :class:`RequestError` (naming ``factor`` when super-resolution makes it so
         large, else the image) when it is larger than the server restores (:data:`MAX_SLICE_PIXELS` per slice for a
-        2D model, :data:`MAX_VOXELS` in all)."""
-        shape = tuple(int(n) for n in image.shape[1:])
+        2D model, ``max_voxels`` (default :data:`MAX_VOXELS`) in all).
+
+        Args:
+            image: the input (C, *spatial) or its spatial shape (a tuple).
+        """
+        shape = tuple(int(n) for n in (image if isinstance(image, tuple) else image.shape[1:]))
+        max_voxels = MAX_VOXELS if max_voxels is None else int(max_voxels)
         factors = list(factor) if isinstance(factor, (list, tuple)) else [float(factor)] * min(2, len(shape))
         factors = (factors + [1.0] * len(shape))[: len(shape)]
         out = tuple(int(round(n * f)) for n, f in zip(shape, factors))
         too_wide = self.spatial_dims == 2 and out[0] * out[1] > MAX_SLICE_PIXELS
-        if not too_wide and math.prod(out) <= MAX_VOXELS:
+        if not too_wide and math.prod(out) <= max_voxels:
             return out
+        cube = round(max_voxels ** (1 / 3))
         limit = (f"slices of at most {MAX_SLICE_PIXELS} pixels (512 x 512) for this 2D model" if too_wide
-                 else f"at most {MAX_VOXELS} voxels (512^3) in all")
+                 else f"at most {max_voxels} voxels" + (f" ({cube}^3)" if cube**3 == max_voxels else "") + " in all")
         grid = " x ".join(str(n) for n in out)
         if out != shape:
             raise RequestError(f"factor {factor} would make a {grid} grid from the {shape} image; the server restores {limit}.")
         raise RequestError(f"image of {grid} voxels is too large: the server restores {limit}; crop or downsample it.")
+
+    def work(self, options: Mapping, spatial_shape: Sequence[int] | None = None) -> float:
+        """Network evaluations x voxels one request costs: ``steps x num_samples x`` the voxels the network sees
+        (the output grid; for a 3D model the overlapping patches), twice that with classifier-free guidance.
+
+        Args:
+            options: checked options (:meth:`parse_options`).
+            spatial_shape: the input's spatial shape (restoration; ignored for generation).
+        """
+        steps = int(options["steps"])
+        if self.generative:
+            size = int(self.image_size)
+            voxels = size**3 if self.spatial_dims == 3 else size * size * int(options.get("num_slices", DEFAULT_NUM_SLICES))
+            guided = 2 if self.class_names and float(options.get("guidance", 0.0)) > 0 else 1
+            return float(steps * voxels * guided)
+        out = self.check_output_size(tuple(int(n) for n in spatial_shape), options.get("factor", 1.0), max_voxels=2**62)
+        if self.spatial_dims == 3 and self.patch_size is not None and len(out) == 3:
+            voxels = 1
+            for n, p in zip(out, self.patch_size):
+                p = min(int(p), n)
+                interval = max(1, int(p * (1 - float(self.overlap))))
+                voxels *= (math.ceil((n - p) / interval) + 1) * p
+        else:
+            voxels = math.prod(out)
+        return float(steps * int(options.get("num_samples", 1)) * voxels)
+
+    def check_work(self, options: Mapping, spatial_shape: Sequence[int] | None, max_work: float) -> float:
+        """:meth:`work`, or a :class:`RequestError` (400) naming what makes it larger than ``max_work``."""
+        work = self.work(options, spatial_shape)
+        if work <= float(max_work):
+            return work
+        if self.generative:
+            what = f"steps {options['steps']}" + (f" x num_slices {options['num_slices']}" if "num_slices" in options else "")
+            what += f" x {int(self.image_size)}^{2 if self.spatial_dims == 2 else 3} voxels"
+        else:
+            grid = " x ".join(str(int(n)) for n in spatial_shape)
+            what = f"steps {options['steps']} x num_samples {options.get('num_samples', 1)} x the {grid} image"
+            if options.get("factor", 1.0) not in (1, 1.0, [1.0, 1.0, 1.0]):
+                what += f" at factor {options['factor']}"
+        raise RequestError(
+            f"request too large: {what} is {work:.3g} voxel-evaluations of the network; the server runs at most "
+            f"{float(max_work):.3g} per request. Use fewer steps or samples, or a smaller image."
+        )
 
     # ---- the work ---------------------------------------------------------------------------
     def restore(
@@ -358,7 +410,7 @@ class ServedModel:
         if self.spatial_dims == 3:
             extra = {"patch_size": self.patch_size, "overlap": self.overlap, "sw_batch_size": self.sw_batch_size}
         factor = options.get("factor", 1.0)
-        self.check_output_size(image, factor)
+        self.check_output_size(image, factor, self.max_voxels)
         try:
             mean, std = restore_image(
                 self.network, self.inferer, self.task, image, mask=mask, factor=factor, sampler=options["sampler"],
@@ -526,7 +578,7 @@ def load_served_model(folder: str | os.PathLike, device: str = "cpu") -> ServedM
     _load_weights(bundle, network, schedule)
     network.eval()
     unwrapped = getattr(network, "module", network)
-    spatial_dims = int(getattr(unwrapped, "spatial_dims", 2))
+    spatial_dims = data_dims(network, inferer)
     task = str(bundle.get("task", "generate")) if "task" in bundle.parser else "generate"
     if task != "generate" and task not in TASKS:
         raise ValueError(f"bundle {bundle.name}: its task {task!r} is not one of {TASKS}.")

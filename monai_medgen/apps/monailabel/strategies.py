@@ -37,15 +37,19 @@ class GenerateStrategy(Strategy):
     call draws a new one) and ``reference``: a datastore image id whose field of view the stack takes (default:
     the first image of the datastore that this strategy did not generate; none: centred on the origin).
 
+    An id that is taken already (the same seed twice) gets a suffix ``_2``, ``_3``, ...
+
     Args:
         model: a generative :class:`~monai_medgen.apps.monailabel.served.ServedModel`.
+        work_dir: where the volume is written before the datastore copies it (default: the system's temporary folder).
     """
 
-    def __init__(self, model: ServedModel):
+    def __init__(self, model: ServedModel, work_dir: str | None = None):
         if not model.generative:
             raise ValueError(f"model must be a generative bundle, {model.name} does {model.task}.")
         super().__init__(f"Generate a new synthetic volume with {model.name} and add it to the datastore")
         self.model = model
+        self.work_dir = work_dir
 
     def info(self):
         return {"description": self.description, "model": self.model.name, "config": self.model.config()}
@@ -77,8 +81,13 @@ class GenerateStrategy(Strategy):
         except RequestError as e:
             raise as_http_error(e) from e
         tag = f"_{self.model.class_names[options['class_label']]}" if self.model.class_names else ""
-        image_id = f"{SYNTHETIC_PREFIX}{self.model.name}{tag}_{options['seed']}"
-        folder = tempfile.mkdtemp(prefix="medgen_generate_")
+        base = f"{SYNTHETIC_PREFIX}{self.model.name}{tag}_{options['seed']}"
+        taken = set(datastore.list_images())
+        image_id, k = base, 1
+        while image_id in taken:
+            k += 1
+            image_id = f"{base}_{k}"
+        folder = tempfile.mkdtemp(prefix="medgen_generate_", dir=self.work_dir)
         try:
             path = os.path.join(folder, f"{image_id}.nii.gz")
             io.write_image(volume, path, provenance=provenance)

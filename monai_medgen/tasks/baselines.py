@@ -1,0 +1,140 @@
+"""The strongest classical baselines of each restoration family (REFERENCE section 7), each with its parameter
+tuned on a different image than the one scored (:func:`monai_medgen.tasks.panel.tuning_image`).
+
+All functions take (1, 1, H, W) tensors in [0, 1] units and return ``{name: (output, seconds)}``: the output in [0, 1]
+and the seconds its computation took (parameter tuning excluded).  Optional packages: ``bm3d`` (BM3D),
+``opencv-python-headless`` (Telea's fast marching), ``scikit-image`` (TV, NLM, biharmonic); a missing one
+removes its baseline with a note instead of failing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from monai_medgen.tasks.operators import median3
+
+__all__ = ["denoising_baselines", "denoising_parameters", "inpainting_baselines", "sr_baselines", "tune"]
+
+BM3D_SCALES = (0.5, 0.7, 0.85, 1.0, 1.2, 1.5)  # multiples of the given noise level
+TV_WEIGHTS = (0.02, 0.05, 0.08, 0.12, 0.18, 0.25, 0.35)
+NLM_H = (0.5, 0.7, 0.85, 1.0, 1.2)  # multiples of the given noise level
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x[0, 0].double().numpy()
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a, dtype=np.float32))[None, None].clamp(0, 1)
+
+
+def _psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    return float(10 * torch.log10(1.0 / ((x - y) ** 2).mean().clamp_min(1e-12)))
+
+
+def _timed(fn, *args) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def tune(method: Callable[[torch.Tensor, float], torch.Tensor], grid: Sequence[float], degraded: torch.Tensor, truth: torch.Tensor) -> float:
+    """The value of ``grid`` with the best PSNR of ``method(degraded, value)`` against ``truth``."""
+    return grid[int(np.argmax([_psnr(method(degraded, v), truth) for v in grid]))]
+
+
+# ---- super-resolution ------------------------------------------------------------------------------
+def _lanczos(low: torch.Tensor, shape) -> torch.Tensor:
+    from PIL import Image
+
+    img = Image.fromarray(low[0, 0].float().numpy(), mode="F")
+    return _t(np.asarray(img.resize((int(shape[1]), int(shape[0])), Image.Resampling.LANCZOS)))
+
+
+def sr_baselines(low: torch.Tensor, shape) -> dict[str, torch.Tensor]:
+    """Bicubic and Lanczos-3 interpolation of the low-resolution image onto ``shape``."""
+    return {
+        "bicubic": _timed(lambda: F.interpolate(low, size=tuple(shape), mode="bicubic", align_corners=False).clamp(0, 1)),
+        "lanczos": _timed(_lanczos, low, shape),
+    }
+
+
+# ---- denoising -------------------------------------------------------------------------------------
+def _bm3d(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    import bm3d
+
+    return _t(bm3d.bm3d(_np(x), sigma_psd=max(float(sigma), 1e-4)))
+
+
+def _tv(x: torch.Tensor, weight: float) -> torch.Tensor:
+    from skimage.restoration import denoise_tv_chambolle
+
+    return _t(denoise_tv_chambolle(_np(x), weight=weight))
+
+
+def _nlm(x: torch.Tensor, h: float, sigma: float) -> torch.Tensor:
+    from skimage.restoration import denoise_nl_means
+
+    return _t(denoise_nl_means(_np(x), h=h, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True))
+
+
+def denoising_parameters(
+    sigma: float, salt_pepper: bool, tuning: tuple[torch.Tensor, torch.Tensor]
+) -> dict[str, float]:
+    """Each denoiser's parameter tuned on ``tuning`` = (noisy, clean) of another image with the same noise
+    (after the 3x3 median when the noise has impulses)."""
+    tune_in = median3(tuning[0]) if salt_pepper else tuning[0]
+    params = {
+        "NLM": tune(lambda a, v: _nlm(a, v * sigma, sigma), NLM_H, tune_in, tuning[1]),
+        "TV": tune(_tv, TV_WEIGHTS, tune_in, tuning[1]),
+    }
+    try:
+        params["BM3D"] = tune(lambda a, v: _bm3d(a, v * sigma), BM3D_SCALES, tune_in, tuning[1])
+    except ImportError:
+        pass
+    return params
+
+
+def denoising_baselines(noisy: torch.Tensor, sigma: float, salt_pepper: bool, params: dict[str, float]) -> dict:
+    """BM3D, NLM and TV (after a 3x3 median when the noise has impulses), each with the noise level given and the
+    parameters of :func:`denoising_parameters`; the median's time is counted in each."""
+    name = "median3 + " if salt_pepper else ""
+
+    def run(fn, *args):
+        def both(x):
+            return fn(median3(x) if salt_pepper else x, *args)
+
+        return _timed(both, noisy)
+
+    out = {}
+    if "BM3D" in params:
+        out[f"{name}BM3D"] = run(_bm3d, params["BM3D"] * sigma)
+    out[f"{name}NLM"] = run(_nlm, params["NLM"] * sigma, sigma)
+    out[f"{name}TV"] = run(_tv, params["TV"])
+    return out
+
+
+# ---- inpainting ------------------------------------------------------------------------------------
+def inpainting_baselines(masked: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Biharmonic (scikit-image) and Telea's fast marching (OpenCV, radius 5); known pixels kept."""
+    from skimage.restoration import inpaint_biharmonic
+
+    hole = _np(mask) > 0.5
+    keep = mask < 0.5
+    out = {"biharmonic": _timed(lambda: torch.where(keep, masked, _t(inpaint_biharmonic(_np(masked), hole))))}
+    try:
+        import cv2
+
+        def telea():
+            filled = cv2.inpaint(_np(masked).astype(np.float32), hole.astype(np.uint8), 5, cv2.INPAINT_TELEA)
+            return torch.where(keep, masked, _t(filled))
+
+        out["telea"] = _timed(telea)
+    except ImportError:
+        pass
+    return out

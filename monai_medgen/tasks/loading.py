@@ -1,0 +1,58 @@
+"""Load a restoration bundle once: its network and inferer from the bundle's own configs, its weights, and the
+sampling settings of its ``inference.yaml``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+from monai_medgen.bundle.workflow import load_model
+
+__all__ = ["RestorationBundle", "load_restoration_bundle"]
+
+DEFAULT_NUM_STEPS, DEFAULT_START_TIME = 4, 0.5
+
+
+@dataclass
+class RestorationBundle:
+    """A loaded restoration bundle: ``network`` (eval mode), ``inferer``, ``family`` and the default
+    ``num_steps`` / ``start_time`` of its residual sampler."""
+
+    name: str
+    network: torch.nn.Module
+    inferer: object
+    family: str
+    num_steps: int = DEFAULT_NUM_STEPS
+    start_time: float = DEFAULT_START_TIME
+
+
+def load_restoration_bundle(
+    folder: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> RestorationBundle:
+    """Build the network and inferer of ``folder/configs/train.yaml`` and load ``weights`` (default
+    ``folder/models/model.pt``; a training checkpoint works too, its EMA weights are used)."""
+    folder = Path(folder)
+    train = folder / "configs" / "train.yaml"
+    if not train.is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a restoration bundle: {train} is missing.")
+    parser = ConfigParser()
+    parser.read_config(str(train))
+    parser["bundle_root"] = str(folder)
+    parser["device"] = "$torch.device('cpu')"
+    family = parser.get_parsed_content("family")
+    network = parser.get_parsed_content("network_def", instantiate=True)
+    inferer = parser.get_parsed_content("inferer", instantiate=True)
+    load_model(weights or folder / "models" / "model.pt", network)
+    inference = folder / "configs" / "inference.yaml"
+    steps, start = DEFAULT_NUM_STEPS, DEFAULT_START_TIME
+    if inference.is_file():
+        cfg = ConfigParser()
+        cfg.read_config(str(inference))
+        steps = int(cfg.get("num_steps", steps))
+        start = float(cfg.get("start_time", start))
+    network = network.to(device).eval()
+    return RestorationBundle(folder.name, network, inferer, family, steps, start)

@@ -1,0 +1,217 @@
+"""monai_medgen.tasks: forward operators and their projections, blind degradations, corpus, residual sampling and
+restoration of user images in their own units and geometry."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from monai_medgen.networks import ScoreUNet
+from monai_medgen.samplers import sample_loop
+from monai_medgen.schedules import DiscreteSchedule
+from monai_medgen.tasks import (
+    BlindDegradationd,
+    Noise,
+    ResidualRestorer,
+    RobustIntensity,
+    SuperResolution,
+    cond_channels_of,
+    estimate_noise_sigma,
+    fill_holes,
+    median3,
+)
+from monai_medgen.tasks.corpus import TRAINING_ATLASES, TRAINING_PHOTOGRAPHS, TrainingCorpus
+from monai_medgen.tasks.restore import ResidualDiffusionInferer, restore_residual
+from monai_medgen.tasks.sampling import restoration_times
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def mni_slice():
+    from monai_medgen.data import demo_slices
+
+    return torch.as_tensor(np.asarray(demo_slices("mni152", size=128, num_slices=1)[0]["image"]))[None]
+
+
+@pytest.mark.parametrize("factor", [4.0, 2 * math.sqrt(2), (1.0, 5.0), 8 * math.sqrt(2)])
+def test_sr_projection_is_consistent(factor):
+    x = torch.rand(2, 1, 97, 90, dtype=torch.float64)
+    op = SuperResolution(factor)
+    y = op.degrade(x)
+    assert y.shape[2:] == op.low_shape(x.shape[2:])
+    start = op.base(y, x.shape[2:])
+    assert _rel(op.degrade(start), y) > 1e-3  # interpolation alone is not consistent
+    assert _rel(op.degrade(op.project(start, y)), y) < 1e-6
+
+
+def test_sr_projection_3d_and_adjoint():
+    x = torch.rand(1, 1, 12, 10, 16, dtype=torch.float64)
+    op = SuperResolution((1, 1, 4))
+    y = op.degrade(x)
+    assert y.shape[2:] == (12, 10, 4)
+    assert _rel(op.degrade(op.project(op.base(y, x.shape[2:]), y)), y) < 1e-6
+    r = torch.rand_like(y)
+    # <A x, r> == <x, A^T r>
+    assert abs(float((op.degrade(x) * r).sum() - (x * op.adjoint(r, x.shape[2:])).sum())) < 1e-9
+
+
+def test_noise_median_and_sigma_estimate(mni_slice):
+    g = torch.Generator().manual_seed(0)
+    for sigma in (0.02, 0.1, 0.2):
+        noisy = Noise(sigma).degrade(mni_slice, g)
+        assert abs(float(estimate_noise_sigma(noisy)[0]) - sigma) < 0.25 * sigma + 0.005
+    impulses = Noise(0.0, salt_pepper=0.05).degrade(mni_slice, g)
+    assert 0.02 < float((impulses != mni_slice).float().mean()) < 0.06  # pepper on a black background changes nothing
+    assert float((median3(impulses) - mni_slice).abs().mean()) < 0.3 * float((impulses - mni_slice).abs().mean())
+    rician = Noise(0.05, "rician").degrade(mni_slice, g)
+    assert float(rician.min()) >= 0  # a magnitude
+    with pytest.raises(ValueError, match="kind"):
+        Noise(0.1, "speckle")
+
+
+def test_fill_holes_keeps_known_and_stays_in_range(mni_slice):
+    mask = torch.zeros_like(mni_slice)
+    mask[..., 40:80, 30:90] = 1
+    filled = fill_holes(mni_slice * (1 - mask), mask)
+    assert torch.equal(filled[mask == 0], mni_slice[mask == 0])
+    assert float(filled.min()) >= 0 and float(filled.max()) <= 1
+    # a membrane fill is far closer to the truth than leaving the hole at zero
+    assert float(((filled - mni_slice) * mask).abs().sum()) < 0.8 * float((mni_slice * mask).abs().sum())
+
+
+def test_robust_intensity_units_and_noise(mni_slice):
+    hu = mni_slice * 2500 - 1024  # CT-like units
+    scaler = RobustIntensity().fit(hu)
+    back = scaler.inverse(scaler.forward(hu))
+    assert torch.allclose(back, hu, atol=1e-3)
+    assert abs(scaler.low - float(torch.quantile(hu.flatten(), 0.005))) < 50
+    clean_high = RobustIntensity().fit(mni_slice).high
+    noisy = Noise(0.1, salt_pepper=0.05).degrade(mni_slice, torch.Generator().manual_seed(1))
+    naive = float(torch.quantile(noisy.flatten(), 0.995))
+    robust = RobustIntensity().fit(noisy).high
+    assert abs(robust - clean_high) < abs(naive - clean_high)
+    with pytest.raises(ValueError, match="constant"):
+        RobustIntensity().fit(torch.ones(1, 8, 8))
+
+
+@pytest.mark.parametrize("family", ["sr", "denoise", "inpaint"])
+def test_blind_degradation_items(family, mni_slice):
+    t = BlindDegradationd(family=family)
+    t.set_random_state(3)
+    x = mni_slice[0, :, :64, :64].clone()
+    items = [t({"image": x}) for _ in range(6)]
+    for it in items:
+        assert it["image"].shape == x.shape and it["cond"].shape == (cond_channels_of(family), 64, 64)
+        assert torch.allclose(it["truth"], x)
+        assert torch.allclose(it["base"] + it["image"] / 2, x, atol=1e-6)  # residual = 2 (x - base)
+        if family == "inpaint":
+            mask = it["cond"][1:2]
+            assert float(mask.sum()) > 0 and torch.equal(it["image"][mask == 0], torch.zeros_like(it["image"][mask == 0]))
+    # the degradation is drawn anew per item (blind training), and reproducibly from the seed
+    assert not torch.allclose(items[0]["cond"], items[1]["cond"])
+    t2 = BlindDegradationd(family=family)
+    t2.set_random_state(3)
+    assert torch.allclose(t2({"image": x})["cond"], items[0]["cond"])
+
+
+def test_corpus_uses_no_held_out_source():
+    held_out = ("ch2", "aal", "brodmann", "inia19", "retina", "microaneurysms")
+    for name in TRAINING_ATLASES + TRAINING_PHOTOGRAPHS:
+        assert not any(h in name.lower() for h in held_out), name
+    corpus = TrainingCorpus(sources=("mni152_t1", "tissue_contrast", "photographs"))
+    rng = np.random.RandomState(0)
+    imgs = [corpus.draw(rng, 48) for _ in range(8)]
+    assert all(i.shape == (48, 48) and i.min() >= 0 and i.max() <= 1 and i.std() > 0.03 for i in imgs)
+
+
+def test_restoration_times():
+    t = restoration_times(4, 0.5, 2000)
+    assert float(t[0]) == 1.0 and float(t[-1]) == 0.0 and len(t) == 5 and float(t[1]) == 0.5
+    assert torch.all(t[1:] < t[:-1])
+    assert restoration_times(1, 0.3, 2000).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="start_time"):
+        restoration_times(3, 0.0, 2000)
+
+
+def test_sample_loop_x0_hook():
+    schedule = DiscreteSchedule.linear_betas(100)
+    z = torch.randn(2, 1, 8, 8)
+    out = sample_loop(lambda z, g: torch.zeros_like(z), z, schedule, restoration_times(3, 0.5, 100), sampler="dpm++",
+                      x0_hook=lambda x0: torch.full_like(x0, 0.25), verbose=False)
+    assert torch.allclose(out.sample, torch.full_like(z, 0.25), atol=1e-5)
+
+
+def _tiny(family: str) -> tuple[ScoreUNet, ResidualDiffusionInferer]:
+    torch.manual_seed(0)
+    net = ScoreUNet(2, 1, cond_channels=cond_channels_of(family), channels=(8, 16), num_res_blocks=1,
+                    norm_num_groups=8, num_head_channels=8, fourier_exponents=[], residual=False).eval()
+    return net, ResidualDiffusionInferer(family=family, num_train_timesteps=100, prediction_type="v_prediction")
+
+
+def test_residual_restorer_consistency_and_known_voxels(mni_slice):
+    net, inferer = _tiny("sr")
+    op = SuperResolution(4.0)
+    truth = mni_slice[..., :61, :70]  # odd sizes: padded for the U-Net and cropped back
+    low = op.degrade(truth)
+    measured = op.base(low, truth.shape[2:])
+    restorer = ResidualRestorer(inferer, net, "sr", num_steps=3, start_time=0.5)
+    out, std = restorer(measured, project=lambda x: op.project(x, low), generator=torch.Generator().manual_seed(0))
+    assert out.shape == truth.shape and torch.equal(std, torch.zeros_like(std))
+    assert _rel(op.degrade(out), low) < 1e-3
+    net, inferer = _tiny("inpaint")
+    mask = torch.zeros_like(truth)
+    mask[..., 20:40, 20:40] = 1
+    masked = truth * (1 - mask)
+    out, std = ResidualRestorer(inferer, net, "inpaint", num_steps=2)(masked, mask=mask, num_samples=2)
+    assert torch.equal(out[mask == 0], masked[mask == 0]) and float(std[mask == 0].abs().max()) == 0
+
+
+def test_residual_restorer_tiles_large_images():
+    net, inferer = _tiny("denoise")
+    x = torch.rand(1, 1, 80, 72)
+    whole, _ = ResidualRestorer(inferer, net, "denoise", num_steps=2)(x, generator=torch.Generator().manual_seed(0))
+    tiled, _ = ResidualRestorer(inferer, net, "denoise", num_steps=2, patch_size=32)(x, generator=torch.Generator().manual_seed(0))
+    assert tiled.shape == whole.shape and bool(torch.isfinite(tiled).all())
+
+
+def test_restore_residual_thick_slices_units_and_geometry(mni_slice):
+    net, inferer = _tiny("sr")
+    vol = torch.rand(1, 16, 12, 20) * 0.2 + torch.linspace(0, 1, 20)  # a smooth volume with texture
+    vol = vol * 3000 - 1000  # in arbitrary units with negative values
+    op = SuperResolution((1, 1, 4))
+    low = op.degrade(vol[None])[0]
+    affine = torch.diag(torch.tensor([1.0, 1.0, 4.0, 1.0]))
+    img = MetaTensor(low, affine=affine)
+    out, unc = restore_residual(net, inferer, img, factor=(1, 1, 4), num_steps=2, planes="one")
+    assert tuple(out.shape) == (1, 16, 12, 20) and unc is None
+    assert np.allclose(np.asarray(out.affine)[2, 2], 1.0)  # 1 mm slices
+    assert np.allclose(np.asarray(out.affine)[2, 3], -1.5)  # corners of the field of view kept
+    assert _rel(op.degrade(out.as_tensor()[None])[0], low) < 1e-3
+    with pytest.raises(ValueError, match="not both"):
+        restore_residual(net, inferer, img, factor=(2, 1, 4))
+    net, inferer = _tiny("denoise")
+    with pytest.raises(ValueError, match="super-resolution only"):
+        restore_residual(net, inferer, MetaTensor(mni_slice[0]), factor=2)
+    out, unc = restore_residual(net, inferer, MetaTensor(mni_slice[0] * 4095), num_steps=1, num_samples=2)
+    assert out.shape == mni_slice[0].shape and unc is not None and float(out.max()) <= 4095 + 1e-3
+
+
+def test_corpus_takes_the_users_folder(tmp_path):
+    import nibabel as nib
+
+    vol = np.zeros((40, 40, 30), np.float32)
+    vol[8:32, 8:32, 5:25] = np.random.default_rng(0).uniform(0.2, 1.0, (24, 24, 20))
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "mine.nii.gz"))
+    corpus = TrainingCorpus(sources=(), dataset_dir=str(tmp_path))
+    assert corpus.sources == ["user"]
+    img = corpus.draw(np.random.RandomState(1), 32)
+    assert img.shape == (32, 32) and img.std() > 0.03
+    with pytest.raises(FileNotFoundError):
+        TrainingCorpus(sources=(), dataset_dir=str(tmp_path / "missing"))
