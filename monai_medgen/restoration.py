@@ -595,6 +595,7 @@ def restore_image(
         return restore_residual(
             network, inferer, img, mask=known_mask, factor=factor, num_steps=num_steps, num_samples=int(num_samples),
             seed=seed, sampler=sampler, device=device, verbose=verbose,
+            speed={"channels_last": channels_last, "autocast": autocast, "compile": compile},
         )
     speed = {"channels_last": channels_last, "autocast": autocast, "compile": compile}
     if int(getattr(getattr(network, "module", network), "spatial_dims", 2)) == 3:

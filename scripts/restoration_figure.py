@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, _psnr, baselines, degrade
 from monai_medgen.tasks.baselines import denoising_parameters
+from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, _psnr, baselines, degrade
 from monai_medgen.tasks.loading import load_restoration_bundle
 from monai_medgen.tasks.panel import load_panel, tuning_image
 from monai_medgen.tasks.sampling import ResidualRestorer

@@ -7,6 +7,7 @@ its trained weights.
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -137,7 +138,8 @@ def test_restore_nifti_keeps_geometry_and_records_provenance(bundles, files, tmp
     prov = io.read_provenance(out)
     assert prov.model == "cddpm_denoising_2d" and prov.task == "denoise" and prov.synthetic
     assert prov.sampler == "ddim" and prov.steps == 2 and prov.seed == 3
-    assert prov.bundle_version == "0.1.0"
+    meta = json.loads((REPO / "bundles" / "cddpm_denoising_2d" / "configs" / "metadata.json").read_text())
+    assert prov.bundle_version == meta["version"]
     assert len(prov.input_checksum) == 64 and int(prov.input_checksum, 16) >= 0
     assert prov.input_checksum == io.sha256_of(files["nifti"])
     assert Path(files["nifti"]).read_bytes() == before

@@ -114,6 +114,7 @@ def restore_residual(
     device=None,
     verbose: bool = False,
     planes: str = "both",
+    speed: dict | None = None,
 ) -> tuple[MetaTensor, MetaTensor | None]:
     """Restore ``image`` (1, H, W) or (1, H, W, D) ``MetaTensor`` in any units; returns ``(restored, std or None)``
     on the output grid (the input's, or the finer one for super-resolution) with its affine, in the input's units.
@@ -124,6 +125,7 @@ def restore_residual(
             in-plane factors or one factor along the third axis (thick slices).
         num_steps: network calls per sample (default 4).
         planes: thick-slice super-resolution: ``"both"`` plane stacks averaged, or ``"one"`` (half the time).
+        speed: ``channels_last`` / ``autocast`` / ``compile`` options of the network call.
     """
     family = inferer.family
     img = image if isinstance(image, MetaTensor) else MetaTensor(torch.as_tensor(image))
@@ -143,7 +145,7 @@ def restore_residual(
     tile = inferer.tile_size if max(spatial[:2]) > inferer.tile_above else None
     restorer = ResidualRestorer(
         inferer, network, family, num_steps=int(num_steps or 4), start_time=inferer.start_time, sampler=sampler,
-        patch_size=tile,
+        patch_size=tile, speed=speed,
     )
     network.eval()
     m = None

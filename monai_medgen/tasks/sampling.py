@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from monai_medgen.samplers import SAMPLERS, Generators, batched_randn, sample_loop
+from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, sample_loop
 from monai_medgen.tasks.blind import make_condition
 
 __all__ = ["ResidualRestorer", "restoration_times"]
@@ -59,6 +59,8 @@ class ResidualRestorer:
         patch_size: evaluate the network over overlapping tiles of this size (Gaussian blending) for large
             images; None: whole images.
         overlap: tile overlap fraction.
+        speed: the network call's speed options (``channels_last``, ``autocast``, ``compile``; see
+            :func:`monai_medgen.samplers.accelerated`), all off by default.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class ResidualRestorer:
         sampler: str = "dpm++",
         patch_size: int | None = None,
         overlap: float = 0.25,
+        speed: dict | None = None,
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -79,9 +82,10 @@ class ResidualRestorer:
         self.inferer, self.network, self.family = inferer, network, family
         self.sampler, self.patch_size, self.overlap = sampler, patch_size, float(overlap)
         self.times = restoration_times(num_steps, start_time, inferer.num_train_timesteps)
+        self.speed = dict(speed or {})
 
     def _eps_fn(self, cond: torch.Tensor) -> Callable:
-        eps_model = self.inferer.eps_model(self.network)
+        eps_model = self.inferer.eps_model(self.network, accelerated(self.network, **self.speed) if self.speed else None)
         if self.patch_size is None or max(cond.shape[2:]) <= self.patch_size:
             return lambda z, gamma: eps_model(z, gamma, condition=cond)
 
