@@ -33,26 +33,22 @@ class RestorationBundle:
 def load_restoration_bundle(
     folder: str | os.PathLike, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> RestorationBundle:
-    """Build the network and inferer of ``folder/configs/train.yaml`` and load ``weights`` (default
+    """Build the network and inferer of ``folder/configs/inference.yaml`` (else ``train.yaml``) and load ``weights`` (default
     ``folder/models/model.pt``; a training checkpoint works too, its EMA weights are used)."""
     folder = Path(folder)
-    train = folder / "configs" / "train.yaml"
-    if not train.is_file():
-        raise FileNotFoundError(f"{str(folder)!r} is not a restoration bundle: {train} is missing.")
+    inference = folder / "configs" / "inference.yaml"
+    config = inference if inference.is_file() else folder / "configs" / "train.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a restoration bundle: {config} is missing.")
     parser = ConfigParser()
-    parser.read_config(str(train))
+    parser.read_config(str(config))
     parser["bundle_root"] = str(folder)
     parser["device"] = "$torch.device('cpu')"
     family = parser.get_parsed_content("family")
     network = parser.get_parsed_content("network_def", instantiate=True)
     inferer = parser.get_parsed_content("inferer", instantiate=True)
     load_model(weights or folder / "models" / "model.pt", network)
-    inference = folder / "configs" / "inference.yaml"
-    steps, start = DEFAULT_NUM_STEPS, DEFAULT_START_TIME
-    if inference.is_file():
-        cfg = ConfigParser()
-        cfg.read_config(str(inference))
-        steps = int(cfg.get("num_steps", steps))
-        start = float(cfg.get("start_time", start))
+    steps = int(parser.get("num_steps", DEFAULT_NUM_STEPS)) if config == inference else DEFAULT_NUM_STEPS
+    start = float(parser.get("start_time", DEFAULT_START_TIME)) if config == inference else DEFAULT_START_TIME
     network = network.to(device).eval()
     return RestorationBundle(folder.name, network, inferer, family, steps, start)
