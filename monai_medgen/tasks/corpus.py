@@ -13,8 +13,8 @@ Sources (all offline; what is synthetic is named so):
   brain has.  ``retina`` and ``microaneurysms`` stay out (they are in the unseen panel).
 
 Never used: Colin27 (``ch2*``, held out), the macaque ``inia19`` template and atlas, pydicom's and nibabel's test
-images (all in the unseen panel, :mod:`monai_medgen.tasks.panel`), and the images of the dipy, pydicom-data and
-ITK-examples packages (reserved for an independent evaluation).
+images (all in the unseen panel, :mod:`monai_medgen.tasks.panel`), and any image reserved for the project's
+independent evaluation.
 
 Each draw is then randomised: orientation (flips, 90-degree turns), affine (rotation, shear) and elastic
 deformation, field of view and pixel size (zoom), gamma, a smooth multiplicative bias field, occasional contrast

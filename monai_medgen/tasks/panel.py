@@ -14,8 +14,7 @@ restoration model here trains on (:mod:`monai_medgen.tasks.corpus` lists what tr
 =====================  ==========================================================================================
 
 Each image is scaled to [0, 1] (0.5th and 99.5th percentiles, clipped), as a user who scales their image would.
-The images of the dipy, pydicom-data and ITK-examples packages are reserved for an independent evaluation and
-are never used here.
+Images reserved for the project's independent evaluation are never used here.
 """
 
 from __future__ import annotations
