@@ -4,7 +4,7 @@ Variational Diffusion Models (continuous time, learned noise schedule, exact bit
 conditional DDPMs for 2D images and 3D volumes, built on one schedule / sampler core.
 """
 
-from monai_medgen.inferers import LatentVDMInferer, VDMInferer, VDMOutput
+from monai_medgen.inferers import ConditionalDiffusionInferer, LatentVDMInferer, VDMInferer, VDMOutput
 from monai_medgen.networks import FourierFeatures, ScoreUNet
 from monai_medgen.schedules import (
     DiscreteSchedule,
@@ -17,6 +17,7 @@ from monai_medgen.schedules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConditionalDiffusionInferer",
     "DiscreteSchedule",
     "FixedLinearSchedule",
     "FourierFeatures",

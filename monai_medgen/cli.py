@@ -5,6 +5,8 @@
     monai-medgen restore --bundle bundles/cddpm_denoising_2d --input scan.nii.gz --output scan_denoised.nii.gz
     monai-medgen restore --bundle bundles/cddpm_inpainting_2d --input scan.nrrd --mask hole.nrrd --output out.nrrd
     monai-medgen restore --bundle bundles/cddpm_denoising_2d --input dicom_series/ --output derived_series/
+    monai-medgen restore --bundle bundles/cddpm_denoising_2d --dicomweb http://127.0.0.1:8042/dicom-web \\
+        --study-uid 1.2.826.0.1.3680043.8.498.1 --series-uid 1.2.826.0.1.3680043.8.498.2
     monai-medgen restore --bundle bundles/cddpm_super_resolution_3d --input thick.nii.gz --output fine.nii.gz \\
         --factor 1,1,4
     monai-medgen generate --bundle bundles/vdm_brain_mri_2d --num 8 --output-dir samples/
@@ -13,7 +15,8 @@
 Every output is a new file (never an input) in the input's world space, marked synthetic in its header with a
 JSON provenance sidecar (model, bundle version, task, sampler, steps, seed, SHA-256 of the inputs).  A DICOM
 series input restored to a folder gives a new derived DICOM series (new UIDs, ImageType DERIVED\\SECONDARY,
-a DerivationDescription naming the model and "synthetic").
+a DerivationDescription naming the model and "synthetic").  With ``--dicomweb`` the series is read from a PACS
+(QIDO-RS / WADO-RS) and, without ``--output``, its derived series is stored into the same study (STOW-RS).
 
 Nothing the user wrote is ever replaced: an output equal to an input is refused, and ``--overwrite`` replaces only
 earlier outputs of monai-medgen (files whose header is marked synthetic, provenance sidecars, derived series
@@ -38,6 +41,8 @@ import math
 import os
 import sys
 from pathlib import Path
+
+from monai_medgen.dicomweb import PASSWORD_ENV as DICOMWEB_PASSWORD_ENV
 
 __all__ = [
     "CLIError",
@@ -485,11 +490,77 @@ def _restore_output_path(args, task: str, dicom_input: bool) -> str:
 
 
 def _restore(args) -> int:
+    """``restore``: a local --input, or with --dicomweb a series of a PACS (:func:`_restore_from_dicomweb`)."""
+    if args.dicomweb:
+        return _restore_from_dicomweb(args)
+    if args.study_uid is not None:
+        raise CLIError("--study-uid applies to --dicomweb (the study of the series read from the server); a DICOM "
+                       "folder --input is chosen from with --series-uid alone.")
+    if not args.output:
+        raise CLIError("--output is required: the restored file, or a new folder for a derived DICOM series (only with "
+                       "--dicomweb may it be left out: the derived series then goes back to the server).")
+    return _restore_local(args)
+
+
+def _restore_from_dicomweb(args) -> int:
+    """--dicomweb: the series --series-uid (of --study-uid) downloaded (WADO-RS) into a temporary folder, restored as
+    a DICOM folder input would be, and without --output its derived series stored into the same study on the same
+    server (STOW-RS): new SeriesInstanceUID and SOPInstanceUIDs, the input's geometry, ImageType DERIVED, marked
+    synthetic.  The temporary folder is removed afterwards; nothing on the server is replaced."""
+    import tempfile
+
+    from monai_medgen import dicomweb
+
+    check_common_numbers(args)  # everything that needs no network first
+    Bundle(args.bundle, check_device(args.device), "restore")  # its folder, configs and weights are there
+    if args.series_uid is None:
+        raise CLIError("--dicomweb needs --series-uid UID: the SeriesInstanceUID of the series to restore "
+                       "(--study-uid optional).")
+    for option, uid in (("--series-uid", args.series_uid), ("--study-uid", args.study_uid)):
+        if uid is not None:
+            try:
+                dicomweb.check_uid(uid, option)
+            except ValueError as e:
+                raise CLIError(str(e)) from e
+    store = not args.output
+    if store and args.uncertainty:
+        raise CLIError("--uncertainty with --dicomweb needs --output (local files): only the restored series is stored "
+                       "on the server.")
+    try:
+        client = dicomweb.DICOMwebClient(args.dicomweb, what="--dicomweb")
+        ref = client.find_series(args.series_uid, args.study_uid)
+    except dicomweb.StudyNotFound as e:
+        raise CLIError(f"--study-uid {args.study_uid}: {e}") from e
+    except dicomweb.SeriesNotFound as e:
+        raise CLIError(f"--series-uid {args.series_uid}: {e}") from e
+    except ValueError as e:  # DICOMwebError and a malformed URL, both naming --dicomweb
+        raise CLIError(str(e)) from e
+    count = f", {ref.num_instances} instance(s)" if ref.num_instances is not None else ""
+    print(f"{PROG} restore: reading series {ref.series_uid} ({ref.modality or '?'} {ref.description!r}{count}) of study "
+          f"{ref.study_uid} from {client.url}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="monai_medgen_dicomweb_") as tmp:
+        folder = Path(tmp) / "series"
+        try:
+            client.retrieve_series(ref.study_uid, ref.series_uid, folder)
+        except dicomweb.DICOMwebError as e:
+            raise CLIError(str(e)) from e
+        args.input = str(folder)
+        if store:
+            args.output = str(Path(tmp) / "derived")
+        return _restore_local(args, source=ref, server=client, store=store)
+
+
+def _restore_local(args, source=None, server=None, store: bool = False) -> int:
+    """Restore --input (a file or DICOM folder) to --output.  ``source``/``server``: the series of a DICOMweb server
+    that --input was downloaded from (:class:`~monai_medgen.dicomweb.SeriesRef`, the client), named in errors and in
+    the provenance; with ``store`` the derived series written to --output is stored on that server."""
     import torch
 
     from monai_medgen import io
     from monai_medgen.restoration import TASKS, _check_image, _check_mask, data_dims, restore_file, restore_image
 
+    shown = args.input if source is None else f"(series {source.series_uid} of {server.url})"
+    input_arg = "--input" if source is None else f"--series-uid {source.series_uid} (from {server.url})"
     # every option that needs no file first, then the bundle, the inputs and the outputs: all before sampling
     check_common_numbers(args)
     device = check_device(args.device)
@@ -515,13 +586,13 @@ def _restore(args) -> int:
 
     # inputs: read once, geometry and values checked
     dicom_input = os.path.isdir(args.input)
-    image = read_input(args.input, "--input", series_uid=args.series_uid, series_option="--series-uid")
+    image = read_input(args.input, input_arg, series_uid=args.series_uid, series_option="--series-uid")
     input_shape = tuple(int(n) for n in image.shape[1:])
     image = _squeeze_slice(image)
     if spatial_dims == 3 and image.ndim != 4:
-        raise CLIError(f"--input {args.input} must be a 3D volume for this 3D bundle, got shape {tuple(image.shape)}.")
+        raise CLIError(f"--input {shown} must be a 3D volume for this 3D bundle, got shape {tuple(image.shape)}.")
     try:
-        _check_image(image, name=f"--input {args.input}")
+        _check_image(image, name=f"--input {shown}")
     except ValueError as e:
         raise CLIError(str(e)) from e
     if args.mask and task != "inpaint":
@@ -535,12 +606,18 @@ def _restore(args) -> int:
             _check_mask(mask, image, name=f"--mask {args.mask}")
         except ValueError as e:
             raise CLIError(str(e)) from e
-    check_output_size(image, factor, spatial_dims, args.input, input_shape)
+    check_output_size(image, factor, spatial_dims, shown, input_shape)
 
     # outputs: never an input, never a file or folder monai-medgen did not write, in a folder that takes files
     output = _restore_output_path(args, task, dicom_input)
     dicom_output = dicom_input and not _image_suffix(output)
     if task == "sr" and dicom_output and any(float(f) != 1 for f in (factor if isinstance(factor, list) else [factor])):
+        if store:
+            raise CLIError(
+                f"--dicomweb {server.url}: a derived series stored on the server keeps the input series' grid, but "
+                f"--factor {_format_factor(factor)} makes a finer one; write a local file instead (e.g. --output "
+                "restored.nii.gz)."
+            )
         raise CLIError(
             f"--output {output}: a derived DICOM series keeps the input series' grid, but --factor {_format_factor(factor)} "
             "makes a finer one; write NIfTI instead (e.g. --output restored.nii.gz)."
@@ -561,7 +638,8 @@ def _restore(args) -> int:
         common.update(patch_size=bundle.get("patch_size", (64, 64, 64)), overlap=float(bundle.get("overlap", 0.25)),
                       sw_batch_size=int(bundle.get("sw_batch_size", 1)))
     print(
-        f"{PROG} restore: {bundle.name} ({task}) {args.input} -> {output} [{common['sampler']}, {common['num_steps']} "
+        f"{PROG} restore: {bundle.name} ({task}) {shown} -> {server.url + ' (STOW-RS)' if store else output} "
+        f"[{common['sampler']}, {common['num_steps']} "
         f"steps, {args.samples} sample(s), seed {args.seed}, {device}]",
         file=sys.stderr,
     )
@@ -587,7 +665,9 @@ def _restore(args) -> int:
         task={"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint"}[task], sampler=common["sampler"],
         steps=int(common["num_steps"]), seed=int(args.seed), input_checksum=io.sha256_of(inputs),
         extra={"num_samples": int(args.samples), "factor": factor if np.isscalar(factor) else list(factor),
-               **({"series_uid": str(image.meta.get("SeriesInstanceUID", ""))} if dicom_input else {})},
+               **({"series_uid": str(image.meta.get("SeriesInstanceUID", ""))} if dicom_input else {}),
+               **({"dicomweb": {"url": server.url, "study_uid": source.study_uid, "series_uid": source.series_uid}}
+                  if source is not None else {})},
     )
     unc_prov = dataclasses.replace(provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"})
 
@@ -599,11 +679,30 @@ def _restore(args) -> int:
         if result is None or not target:
             continue
         if dicom_output:  # existing targets were checked above: empty, or a derived series written here
-            print(io.write_dicom_series(as_series(result), args.input, target, provenance=prov, overwrite=True,
-                                        series_uid=args.series_uid))
+            written = io.write_dicom_series(as_series(result), args.input, target, provenance=prov, overwrite=True,
+                                            series_uid=args.series_uid)
+            if store and target == output:
+                print(_store_derived_series(server, source, written))
+            else:
+                print(written)
         else:
             print(io.write_image(result, target, provenance=prov, overwrite=args.overwrite, inputs=inputs))
     return 0
+
+
+def _store_derived_series(server, source, folder: str) -> str:
+    """STOW-RS of the derived series in ``folder`` into the study of ``source`` on ``server``; its WADO-RS address."""
+    from monai_medgen import dicomweb
+
+    files = sorted(Path(folder).glob("*.dcm"))
+    try:
+        stored = server.store_instances(files, study_uid=source.study_uid)
+    except dicomweb.DICOMwebError as e:
+        raise CLIError(f"{e} The derived series may be stored in part (a new series; nothing else on the server was "
+                       "changed); run again with --output to keep the result as local files.") from e
+    print(f"{PROG} restore: stored the derived series {stored.series_uid} ({len(stored.sop_instance_uids)} instance(s), "
+          f"marked synthetic) in study {stored.study_uid} on {server.url}", file=sys.stderr)
+    return stored.url
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,27 +834,17 @@ def _generate(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def _slices_of(path: str, size: int, num_slices: int | None):
     """The input's [0, 1] slices (N, 1, size, size) with the training preprocessing
-    (:func:`monai_medgen.data.user_slices`: per-volume scaling, brain box, square padding, area resize)."""
+    (:func:`monai_medgen.ood.prepare_slices`: per-volume scaling, brain box, square padding, area resize); a
+    degenerate input (too small in-plane, constant or near-constant, no positive voxels) is refused, naming it."""
     import numpy as np
 
-    from monai_medgen.data import _pad_to_square, resize_volume, scale_intensity, volume_slices
+    from monai_medgen import ood
 
     img = read_input(path, "--input")
-    shown = "x".join(map(str, img.shape[1:]))
-    img = _squeeze_slice(img)
-    if min(img.shape[1:3]) < MIN_AXIS_VOXELS:
-        raise CLIError(f"--input {path} is too small to score: {shown} voxels; at least "
-                       f"{MIN_AXIS_VOXELS} along each in-plane axis are needed.")
-    vol = np.asarray(img[0], dtype=np.float32)
     try:
-        vol = scale_intensity(np.clip(vol, 0, None))
+        return ood.prepare_slices(np.asarray(img[0]), size, num_slices, name=f"--input {path}")
     except ValueError as e:
-        raise CLIError(f"--input {path} has no positive voxels: expected a magnitude image (e.g. MRI).") from e
-    if vol.ndim == 2:
-        slices = resize_volume(_pad_to_square(vol, (0, 1))[None], (size, size))
-    else:
-        slices, _ = volume_slices(vol, size, "axial", num_slices)
-    return slices[:, None].astype(np.float32)
+        raise CLIError(str(e)) from e
 
 
 def _check_json_output(args) -> None:
@@ -785,14 +874,19 @@ def _check_json_output(args) -> None:
 
 
 def _score(args) -> int:
+    import importlib.util
+
     import numpy as np
-    import torch
+
+    from monai_medgen import ood
 
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise CLIError(f"--threshold must be a finite number of bits/dim, got {args.threshold}.")
     check_common_numbers(args)
     check_number("--num-slices", args.num_slices, 1, MAX_SCORE_SLICES, integer=True)
     check_number("--time-samples", args.time_samples, 1, MAX_TIME_SAMPLES, integer=True)
+    if args.codec == "jpegxl" and importlib.util.find_spec("imagecodecs") is None:
+        raise CLIError("--codec jpegxl needs the imagecodecs package (pip install imagecodecs); or use --codec png.")
     for path in args.input:
         if not os.path.exists(path):
             raise CLIError(f"--input {path}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder).")
@@ -802,34 +896,35 @@ def _score(args) -> int:
     if getattr(getattr(network, "module", network), "num_classes", None) is not None:
         print(f"{PROG} score: note: class-conditional model, scoring with the null class.", file=sys.stderr)
     size = int(bundle.get("image_size", 128))
-    # every input read and checked before any is scored: a bad one fails the command at once
-    inputs = [(path, torch.as_tensor(_slices_of(path, size, args.num_slices)) * 2 - 1) for path in args.input]
+    threshold = ood.DEFAULT_THRESHOLDS[args.codec] if args.threshold is None else float(args.threshold)
+    # every input read and checked before any is scored: a bad one (or a degenerate one) fails the command at once
+    inputs = [(path, _slices_of(path, size, args.num_slices)) for path in args.input]
     rows = []
     for path, slices in inputs:
-        g = torch.Generator(device=bundle.device).manual_seed(int(args.seed))
-        values = []
-        for start in range(0, slices.shape[0], 16):
-            x = slices[start : start + 16].to(bundle.device)
-            out = inferer.bits_per_dim(x, network, num_time_samples=args.time_samples, generator=g)
-            values.append(out["bpd"].float().cpu())
-        per_slice = torch.cat(values).numpy()
-        bpd = float(np.mean(per_slice))
-        flagged = args.threshold is not None and bpd > args.threshold
-        rows.append({"input": path, "bpd": bpd, "num_slices": int(per_slice.size),
-                     "per_slice": [float(v) for v in per_slice], "out_of_distribution": bool(flagged)})
-        print(f"{PROG} score: {path}: {bpd:.3f} bits/dim ({per_slice.size} slice(s))", file=sys.stderr)
-    lines = ["| input | bits/dim | flag |", "|---|---|---|"]
-    lines += [f"| {r['input']} | {r['bpd']:.3f} | {'OUT OF DISTRIBUTION' if r['out_of_distribution'] else ''} |"
-              for r in rows]
+        per_slice = ood.score_slices(slices, network, inferer, codec=args.codec, num_time_samples=args.time_samples,
+                                     seed=args.seed, device=bundle.device)
+        row = {"input": path, **{k: float(np.mean(v)) for k, v in per_slice.items()}, "num_slices": int(slices.shape[0])}
+        row["out_of_distribution"] = bool(row["score"] > threshold)
+        row.update({f"per_slice_{k}" if k != "bpd" else "per_slice": [float(x) for x in v] for k, v in per_slice.items()})
+        rows.append(row)
+        print(f"{PROG} score: {path}: score {row['score']:.3f} = {row['bpd']:.3f} - {row['codec_bpd']:.3f} ({args.codec}) "
+              f"bits/dim ({row['num_slices']} slice(s))", file=sys.stderr)
+    codec = args.codec.upper() if args.codec == "png" else "JPEG-XL"
+    lines = [f"| input | bits/dim | {codec} bits/dim | score | flag |", "|---|---|---|---|---|"]
+    lines += [f"| {r['input']} | {r['bpd']:.3f} | {r['codec_bpd']:.3f} | {r['score']:.3f} | "
+              f"{'OUT OF DISTRIBUTION' if r['out_of_distribution'] else ''} |" for r in rows]
     print("\n".join(lines))
-    if args.threshold is not None:
-        n = sum(r["out_of_distribution"] for r in rows)
-        print(f"\n{n} of {len(rows)} input(s) flagged out of distribution (bits/dim > {args.threshold:g}).")
+    source = "--threshold" if args.threshold is not None else "default"
+    n = sum(r["out_of_distribution"] for r in rows)
+    print(f"\nscore = model bits/dim - lossless {codec} bits/dim of the same 8-bit slices (lower = more typical). "
+          f"{n} of {len(rows)} input(s) flagged out of distribution (score > {threshold:g}, {source}).")
     if args.json:
         from monai_medgen import io
 
-        report = {"bundle": bundle.name, "bundle_version": bundle.version, "threshold": args.threshold,
-                  "num_time_samples": args.time_samples, "seed": args.seed, "results": rows}
+        report = {"bundle": bundle.name, "bundle_version": bundle.version, "codec": args.codec,
+                  "score": f"model bits/dim minus lossless {args.codec} bits/dim (Serra et al. 2020)",
+                  "threshold": threshold, "threshold_source": source, "num_time_samples": args.time_samples,
+                  "seed": args.seed, "results": rows}
         # written beside the target and renamed: an interrupted run leaves the previous report whole
         io.write_text_atomically(args.json, json.dumps(report, indent=2))
     return 0
@@ -866,14 +961,24 @@ def build_parser() -> argparse.ArgumentParser:
         "series restored to a folder becomes a new derived series.",
     )
     r.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder (configs/inference.yaml, models/model.pt)")
-    r.add_argument("--input", required=True, metavar="IN", help="NIfTI/NRRD/MHA file or DICOM series folder")
-    r.add_argument("--output", required=True, metavar="OUT",
+    source = r.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", metavar="IN", help="NIfTI/NRRD/MHA file or DICOM series folder")
+    source.add_argument("--dicomweb", metavar="URL",
+                        help="instead of --input: the DICOMweb root of a PACS (e.g. Orthanc's "
+                        "http://127.0.0.1:8042/dicom-web) holding the series --series-uid; without --output the derived "
+                        "series is stored back into its study (STOW-RS). Credentials: http://user@host:8042/dicom-web "
+                        f"with the password in ${DICOMWEB_PASSWORD_ENV}")
+    r.add_argument("--output", metavar="OUT",
                    help="output file (.nii.gz, .nii, .nrrd, .mha); for a DICOM series input a new folder gives a "
-                   "derived DICOM series; an existing folder (non-DICOM input) gets <input>_<task>_synthetic")
+                   "derived DICOM series; an existing folder (non-DICOM input) gets <input>_<task>_synthetic; with "
+                   "--dicomweb optional (left out: the derived series goes back to the server)")
     r.add_argument("--mask", metavar="M", help="inpainting: 0/1 image on the input's grid, 1 = missing")
     r.add_argument("--series-uid", default=None, metavar="UID",
-                   help="DICOM folder input holding several series: the SeriesInstanceUID of the one to restore (a "
-                   "folder of several series is refused with the list of its series otherwise)")
+                   help="the SeriesInstanceUID of the series to restore: required with --dicomweb; for a DICOM folder "
+                   "--input holding several series, the one to restore (such a folder is refused with the list of "
+                   "its series otherwise)")
+    r.add_argument("--study-uid", default=None, metavar="UID",
+                   help="with --dicomweb: the StudyInstanceUID of --series-uid (optional: the server is asked)")
     r.add_argument("--samples", type=_positive_int, default=1, metavar="N",
                    help="samples to average; with N >= 2 and --uncertainty the per-voxel std is written")
     r.add_argument("--uncertainty", metavar="U", help="output for the standard deviation map (needs --samples >= 2)")
@@ -917,16 +1022,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace earlier samples in --output-dir (never files that are not marked synthetic)")
     g.set_defaults(func=_generate)
 
+    from monai_medgen import ood
+
     s = sub.add_parser(
-        "score", formatter_class=fmt, help="bits/dim of images under a VDM bundle (quality assurance / OOD)",
-        description="Bits/dim of each input under a trained VDM bundle (the variational bound, lower = more "
-        "typical of the training data), as a quality-assurance / out-of-distribution score. 2D images are scored "
-        "whole, volumes by their axial brain slices with the training preprocessing (mean over slices). Prints a "
-        "markdown table; inputs above --threshold are flagged OUT OF DISTRIBUTION (exit status 0 either way).",
+        "score", formatter_class=fmt,
+        help="out-of-distribution score of images under a VDM bundle (complexity-corrected bits/dim)",
+        description="Out-of-distribution / quality-assurance score of each input under a trained VDM bundle: "
+        "score = the model's bits/dim (variational bound) minus the bits/dim of a lossless codec (PNG by default) on "
+        "the same 8-bit slices, the complexity correction of Serra et al. 2020 (raw bits/dim alone rates constant, "
+        "smooth or simple images as typical). Lower = more typical of the training data. 2D images are scored whole, "
+        "volumes by their axial brain slices with the training preprocessing (mean over slices). Prints a markdown "
+        "table with the raw bits/dim, the codec's bits/dim and the score; inputs whose score is above the threshold "
+        "are flagged OUT OF DISTRIBUTION (exit status 0 either way). Default thresholds: "
+        + ", ".join(f"{v:g} ({k})" for k, v in ood.DEFAULT_THRESHOLDS.items())
+        + f", the {ood.THRESHOLD_PERCENTILE:g}th percentile of the scores of the MNI152 axial slices "
+        "bundles/vdm_brain_mri_2d trains on (never of evaluation images; scripts/evaluate_ood.py), so for another "
+        "model calibrate with that script. Degenerate inputs (smaller than "
+        f"{ood.MIN_INPLANE} x {ood.MIN_INPLANE} in-plane, constant or near-constant, no positive voxels) are refused.",
     )
     s.add_argument("--bundle", required=True, metavar="DIR", help="VDM bundle folder")
     s.add_argument("--input", required=True, nargs="+", metavar="IN", help="NIfTI/NRRD/MHA files or DICOM series folders")
-    s.add_argument("--threshold", type=float, default=None, metavar="T", help="flag inputs above T bits/dim")
+    s.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="flag inputs whose score is above T bits/dim (default: the calibrated threshold of --codec, "
+                   + ", ".join(f"{v:g} for {k}" for k, v in ood.DEFAULT_THRESHOLDS.items()) + ")")
+    s.add_argument("--codec", choices=ood.CODECS, default=ood.DEFAULT_CODEC,
+                   help="lossless codec of the complexity correction: png (Pillow) or jpegxl (lossless, effort 9; "
+                   "needs imagecodecs; separates better on the evaluation panel)")
     s.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     s.add_argument("--num-slices", type=_positive_int, default=16, metavar="N",
                    help="evenly spaced axial brain slices per volume")

@@ -50,6 +50,8 @@ from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_i
 from monai.utils import ensure_tuple
 
 __all__ = [
+    "new_mr_instance",
+    "set_mr_slice",
     "PROVENANCE_KEY",
     "PROVENANCE_SIDECAR",
     "SYNTHETIC_AUX_FILE",
@@ -947,6 +949,41 @@ class MultipleSeriesError(ValueError):
         self.series = series
 
 
+def new_mr_instance(study_uid: str, series_uid: str):
+    """A new MR image instance of a series: a pydicom ``Dataset`` with its file meta (explicit VR little endian),
+    a fresh SOPInstanceUID and the given study and series UIDs; the caller adds the patient, geometry and pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = uid = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    return ds
+
+
+def set_mr_slice(ds, lps_affine: np.ndarray, k: int, pixels: np.ndarray, bits_stored: int = 12) -> None:
+    """Put slice ``k`` of a volume into ``ds`` (from :func:`new_mr_instance`): its geometry from the volume's LPS
+    affine (columns, rows, slices as the affine's three axes) and its unsigned 16-bit ``pixels`` (columns, rows)."""
+    from pydicom.valuerep import format_number_as_ds
+
+    col_spacing, row_spacing, thickness = np.linalg.norm(lps_affine[:3, :3], axis=0)
+    row_dir, col_dir = lps_affine[:3, 0] / col_spacing, lps_affine[:3, 1] / row_spacing
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
+    ds.Rows, ds.Columns = pixels.shape[1], pixels.shape[0]
+    ds.PixelSpacing = [format_number_as_ds(float(row_spacing)), format_number_as_ds(float(col_spacing))]
+    ds.SliceThickness = format_number_as_ds(float(thickness))
+    ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in (*row_dir, *col_dir)]
+    ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in lps_affine[:3, 3] + k * lps_affine[:3, 2]]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.PixelData = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint16).T).tobytes()
+
+
 def _dicom_headers(folder: Path) -> list:
     """(file, header without pixel data) of every DICOM file directly in ``folder`` (DICM preamble), by name."""
     import pydicom
@@ -1159,6 +1196,18 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, dtype) -> MetaTenso
     return MetaTensor(torch.as_tensor(np.ascontiguousarray(volume)[None]), affine=torch.as_tensor(affine), meta=meta)
 
 
+def _save_dicom(ds, filename: str) -> None:
+    """Save ``ds`` as a DICOM Part-10 file (preamble, file meta) with pydicom 3 (``enforce_file_format``) or 2 (MONAI
+    Label's environment pins pydicom < 3, whose ``save_as`` spells it ``write_like_original=False``)."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(filename, enforce_file_format=True)
+    else:  # the encoding follows the dataset's flags in pydicom 2: those of the Explicit VR Little Endian written here
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(filename, write_like_original=False)
+
+
 def _ds(value: float):
     from pydicom.valuerep import DSfloat, format_number_as_ds
 
@@ -1272,7 +1321,7 @@ def write_dicom_series(
                     delattr(ds, tag)
             ds.SamplesPerPixel = 1
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (rows, columns)
-            ds.save_as(str(tmp_dir / f"IM_{k + 1:04d}.dcm"), enforce_file_format=True)
+            _save_dicom(ds, str(tmp_dir / f"IM_{k + 1:04d}.dcm"))
         _write_text_durably(str(tmp_dir / PROVENANCE_SIDECAR), provenance.to_json())
         if out.exists():  # overwrite=True, checked above
             old = _make_temporary_dir(out, suffix=".old")

@@ -28,7 +28,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from monai_medgen.bundle.workflow import _size_multiple
-from monai_medgen.tasks.restore import ResidualDiffusionInferer, restore_residual
+from monai_medgen.tasks.restore import ResidualDiffusionInferer, VolumeProgress, restore_residual
 
 __all__ = [
     "TASKS",
@@ -553,6 +553,7 @@ def restore_image(
     channels_last: bool = False,
     autocast: str | None = None,
     compile: bool | str = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[MetaTensor, MetaTensor | None]:
     """Restore a 2D image or a volume with a conditional DDPM: a 2D model goes slice by slice along the third
     axis, a 3D model (``network.spatial_dims == 3``) takes the whole volume through overlapping patches.
@@ -579,6 +580,10 @@ def restore_image(
         channels_last, autocast, compile: speed options of the network call (off by default; see
             :func:`monai_medgen.samplers.accelerated`): ``channels_last`` memory format, ``"bf16"`` / ``"fp16"``
             autocast, ``torch.compile`` (True or a backend name).
+        verbose: progress bars: one over the whole volume (slices done / total) for a 2D model, the sampler's
+            steps over the whole volume for a 3D model.
+        progress: ``progress(done, total)`` as the work advances: slices (planes for thick slices) for a 2D model,
+            1 of 1 at the end for a 3D model (its sampler covers the whole volume at every step).
 
     Returns:
         ``(restored, std)``: ``MetaTensor`` on the output grid (the input's, or the finer one for
@@ -595,14 +600,17 @@ def restore_image(
         return restore_residual(
             network, inferer, img, mask=known_mask, factor=factor, num_steps=num_steps, num_samples=int(num_samples),
             seed=seed, sampler=sampler, device=device, verbose=verbose,
-            speed={"channels_last": channels_last, "autocast": autocast, "compile": compile},
+            speed={"channels_last": channels_last, "autocast": autocast, "compile": compile}, progress=progress,
         )
     speed = {"channels_last": channels_last, "autocast": autocast, "compile": compile}
     if int(getattr(getattr(network, "module", network), "spatial_dims", 2)) == 3:
-        return _restore_volume(
-            network, inferer, task, img, mask, factor, sampler, num_steps, num_samples, seed, device, verbose,
-            patch_size, overlap, sw_batch_size, speed,
-        )
+        with VolumeProgress(1, False, progress) as done:  # the sampler's own bar spans the volume
+            restored = _restore_volume(
+                network, inferer, task, img, mask, factor, sampler, num_steps, num_samples, seed, device, verbose,
+                patch_size, overlap, sw_batch_size, speed,
+            )
+            done.update(1)
+        return restored
     if task != "sr" and factor != 1:
         raise ValueError(f"factor applies to super-resolution only (task 'sr'), got factor={factor} for {task!r}.")
     known_mask = _check_mask(mask, img) if task == "inpaint" else None
@@ -625,6 +633,7 @@ def restore_image(
     batch_size = max(1, min(int(batch_size), int(8 * (256 * 256 / ((h + ph) * (w + pw))) ** 2)))
     means, stds = [], []
     network.eval()
+    bar = VolumeProgress(slices.shape[0], verbose, progress, desc=f"restore ({task})")
     for start in range(0, slices.shape[0], int(batch_size)):
         s = torch.nn.functional.pad(slices[start : start + int(batch_size)], pad) * 2 - 1
         extra = {}
@@ -647,6 +656,8 @@ def restore_image(
         means.append(mean[crop].float().cpu())
         if std is not None:
             stds.append(std[crop].float().cpu())
+        bar.update(s.shape[0])
+    bar.close()
     mean = (torch.cat(means) * 0.5 + 0.5) * hi
     if m_slices is not None:  # the known voxels exactly as given
         mean = torch.where(m_slices.bool(), mean, slices * hi)
@@ -734,6 +745,7 @@ def restore_file(
     channels_last: bool = False,
     autocast: str | None = None,
     compile: bool | str = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Read ``input_path`` (NIfTI, NRRD, MHA or a DICOM series folder), restore it with :func:`restore_image` and
     write the result to ``output_path`` (format from its suffix) in the input's world space, marked synthetic
@@ -741,8 +753,8 @@ def restore_file(
     ``num_samples`` > 1 and ``uncertainty_path`` the standard deviation map is written too.
 
     Nothing the user gave is overwritten: an output equal to an input is refused, and existing outputs are
-    replaced only with ``overwrite``.  ``channels_last``, ``autocast``, ``compile``: speed options as in
-    :func:`restore_image`.  Returns ``{"output", "uncertainty", "seconds"}``.
+    replaced only with ``overwrite``.  ``channels_last``, ``autocast``, ``compile``: speed options, ``verbose`` (one
+    progress bar over the volume) and ``progress`` (a ``(done, total)`` callback) as in :func:`restore_image`.  Returns ``{"output", "uncertainty", "seconds"}``.
     """
     import time
 
@@ -766,7 +778,7 @@ def restore_file(
     restored, std = restore_image(
         network, inferer, task, image, mask=mask, factor=factor, sampler=sampler, num_steps=num_steps,
         num_samples=num_samples, seed=seed, device=device, verbose=verbose, patch_size=patch_size, overlap=overlap,
-        sw_batch_size=sw_batch_size, channels_last=channels_last, autocast=autocast, compile=compile,
+        sw_batch_size=sw_batch_size, channels_last=channels_last, autocast=autocast, compile=compile, progress=progress,
     )
     provenance = io.Provenance(
         model=model_name or type(getattr(network, "module", network)).__name__, bundle_version=bundle_version,

@@ -235,37 +235,20 @@ def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray, prefix: s
                  study: str | None = None, edit=None) -> str:
     """An MR DICOM series (uint16, one file per slice) with the volume's geometry, files ``<prefix>_<k>.dcm``;
     ``edit(ds, k)`` may change slice ``k`` before it is saved.  Returns its SeriesInstanceUID."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-    from pydicom.valuerep import format_number_as_ds
+    from pydicom.uid import generate_uid
+
+    from monai_medgen import io
 
     folder.mkdir(parents=True, exist_ok=True)
     lps = affine.copy()
     lps[:2] *= -1
-    col_spacing, row_spacing, thickness = np.linalg.norm(lps[:3, :3], axis=0)
-    row_dir, col_dir = lps[:3, 0] / col_spacing, lps[:3, 1] / row_spacing
     study, series = study or generate_uid(), generate_uid()
     stored = np.rint(volume / volume.max() * 4000).astype(np.uint16)
     for k in range(stored.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = uid = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds = io.new_mr_instance(study, series)
         ds.Modality, ds.PatientID, ds.PatientName = "MR", "COLIN27", "Colin^27"
         ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, 2, k + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M"]
-        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
-        ds.PixelSpacing = [format_number_as_ds(float(row_spacing)), format_number_as_ds(float(col_spacing))]
-        ds.SliceThickness = format_number_as_ds(float(thickness))
-        ds.ImageOrientationPatient = [format_number_as_ds(float(v)) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [format_number_as_ds(float(v)) for v in lps[:3, 3] + k * lps[:3, 2]]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
+        io.set_mr_slice(ds, lps, k, stored[:, :, k], bits_stored=12)
         if edit is not None:
             edit(ds, k)
         ds.save_as(str(folder / f"{prefix}_{k + 1:04d}.dcm"), enforce_file_format=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "slicer" / "MedGen"))
-import medgen_client  # noqa: E402
+from MedGenLib import medgen_client  # noqa: E402  (the Slicer module's helper package)
 
 from monai_medgen.apps.monailabel.local import MONAILabelServer, write_demo_inputs  # noqa: E402
 

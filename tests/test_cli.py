@@ -415,10 +415,10 @@ def test_score_table_and_threshold(bundles, files, tmp_path, capsys):
     out = tmp_path / "scores.json"
     inputs = [files["nifti"], files["slice2d"]]
     rc = cli.main(["score", "--bundle", str(vdm), "--input", *inputs, "--num-slices", "2", "--time-samples", "2",
-                   "--device", "cpu", "--json", str(out)])
+                   "--device", "cpu", "--json", str(out), "--threshold", "100"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "| input | bits/dim | flag |" in text and "OUT OF DISTRIBUTION" not in text
+    assert "| input | bits/dim | PNG bits/dim | score | flag |" in text and "OUT OF DISTRIBUTION" not in text
     rows = [line for line in text.splitlines() if line.startswith("| /")]
     assert len(rows) == 2
     values = [float(r.split("|")[2]) for r in rows]
@@ -428,7 +428,7 @@ def test_score_table_and_threshold(bundles, files, tmp_path, capsys):
     np.testing.assert_allclose([r["bpd"] for r in saved["results"]], values, atol=1e-3)
 
     rc = cli.main(["score", "--bundle", str(vdm), "--input", *inputs, "--num-slices", "2", "--time-samples", "2",
-                   "--device", "cpu", "--threshold", "0.01"])
+                   "--device", "cpu", "--threshold", "-100"])
     assert rc == 0
     text = capsys.readouterr().out
     assert text.count("OUT OF DISTRIBUTION") == 2 and "2 of 2 input(s) flagged" in text

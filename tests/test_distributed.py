@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from monai_medgen.bundle import read_model_info
 from monai_medgen.engines import unwrap_network
 from monai_medgen.inferers import ConditionalDiffusionInferer
 from monai_medgen.networks import ScoreUNet
@@ -90,9 +91,10 @@ def torchrun_bundle(bundle: Path, tmp_path: Path, **overrides) -> tuple[str, lis
     proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
-    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = read_model_info(root / "models" / "model.pt")  # the entries stored beside the plain state_dict
     assert state["iteration"] == overrides["epoch_length"]
-    assert not any(k.startswith("module.") for k in state["network"])  # the network, not its DDP wrapper
+    weights = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in weights)  # the network, not its DDP wrapper
     probes = [json.loads((root / f"gamma_probe_rank{r}.json").read_text()) for r in (0, 1)]
     assert all(p["train_calls"] == overrides["epoch_length"] for p in probes), probes
     return log, probes

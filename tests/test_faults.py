@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from monai_medgen import io
-from monai_medgen.bundle import resume_checkpoint, verify_checkpoint
+from monai_medgen.bundle import read_model_info, resume_checkpoint, verify_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "cddpm_denoising_2d"
@@ -157,7 +157,7 @@ def test_kill_mid_epoch_then_resume(tmp_path):
     assert f"Restored all variables from {ckpt_dir / 'checkpoint_epoch=2.pt'}" in log2
     resumed = _iterations(log2)
     assert resumed == list(range(2 * EPOCH_LENGTH + 1, EPOCHS * EPOCH_LENGTH + 1))
-    state = io.safe_torch_load(root / "models" / "model.pt")
+    state = read_model_info(root / "models" / "model.pt")
     assert state["iteration"] == EPOCHS * EPOCH_LENGTH and state["epoch"] == EPOCHS
     after = _checkpoint_files(ckpt_dir)
     final = after[f"checkpoint_final_iteration={EPOCHS * EPOCH_LENGTH}.pt"]
@@ -175,7 +175,7 @@ def test_kill_mid_epoch_then_resume(tmp_path):
     assert f"Restored all variables from {damaged / 'runs' / 'checkpoints' / 'checkpoint_epoch=1.pt'}" in log3
     assert _iterations(log3) == list(range(EPOCH_LENGTH + 1, EPOCHS * EPOCH_LENGTH + 1))
     assert not any(p.exists() for p in partial)
-    assert io.safe_torch_load(damaged / "models" / "model.pt")["iteration"] == EPOCHS * EPOCH_LENGTH
+    assert read_model_info(damaged / "models" / "model.pt")["iteration"] == EPOCHS * EPOCH_LENGTH
     # the intact checkpoint it resumed from is untouched; the damaged one was saved again (then pruned, n_saved 2)
     assert verify_checkpoint(damaged / "runs" / "checkpoints" / "checkpoint_epoch=1.pt")["sha256"] == (
         before["checkpoint_epoch=1.pt"]["sha256"])

@@ -15,6 +15,7 @@ import pytest
 import torch
 from monai.networks.nets import AutoencoderKL
 
+from monai_medgen.bundle import read_model_info
 from monai_medgen.inferers import AutoencoderLoss, LatentVDMInferer, ReconstructionInferer, VDMInferer
 from monai_medgen.inferers.latent import init_posterior_variance
 from monai_medgen.networks import ScoreUNet
@@ -214,7 +215,7 @@ def test_bundle_two_stages_and_inference(tmp_path):
     tiny = {"max_epochs": 1, "epoch_length": 2, "image_size": "[32, 32, 32]", "log_every": 1, "device": "cpu"}
     proc = run_bundle("train_autoencoder.yaml", work, root, crop_size=16, val_interval=1, **tiny)
     assert "val_psnr" in proc.stdout + proc.stderr and "train_loss" in proc.stdout + proc.stderr
-    ae_state = torch.load(root / "models" / "autoencoder.pt", map_location="cpu", weights_only=True)
+    ae_state = read_model_info(root / "models" / "autoencoder.pt")
     assert ae_state["iteration"] == 2 and ae_state["config"]["latent_channels"] == 3
 
     proc = run_bundle("train.yaml", work, root, shifts="[0]", val_interval=1, num_time_samples=2,
@@ -222,7 +223,7 @@ def test_bundle_two_stages_and_inference(tmp_path):
     log = proc.stdout + proc.stderr
     assert "val_latent_bpd" in log and "train_latent_bpd" in log and "scale factor" in log
     assert (root / "runs" / "vdm" / "samples" / "samples_epoch_1.png").is_file()
-    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = read_model_info(root / "models" / "model.pt")  # the entries stored beside the plain state_dict
     assert state["iteration"] == 2 and state["scale_factor"] > 0 and state["image_size"] == [32, 32, 32]
     ckpt = torch.load(root / "runs" / "vdm" / "checkpoints" / "checkpoint_final_iteration=2.pt", weights_only=True)
     assert ckpt["latent_inferer"]["scale_factor"] == pytest.approx(state["scale_factor"])

@@ -1,5 +1,5 @@
 """The MONAI Label app in a real ``monailabel start_server`` on 127.0.0.1, called over HTTP by the 3D Slicer
-module's client (``scripts/slicer/MedGen/medgen_client.py``), on real data: a studies folder with Colin27 (held
+module's client (``scripts/slicer/MedGen/MedGenLib/medgen_client.py``), on real data: a studies folder with Colin27 (held
 out) slices and a 1 mm box, and uploads degraded with the package's own degradations.
 
 The server runs in MONAI Label's own virtual environment: ``$MEDGEN_MONAILABEL_PYTHON`` (``.ci/run`` builds it and
@@ -27,7 +27,7 @@ from monai_medgen.apps.monailabel.local import MONAILabelServer, write_demo_inpu
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "slicer" / "MedGen"))
-import medgen_client  # noqa: E402
+from MedGenLib import medgen_client  # noqa: E402  (the Slicer module's helper package)
 
 CLASS_BUNDLE = REPO / "bundles" / "cddpm_class_conditional_2d"
 FAST = {"sampler": "dpm++", "steps": 5, "seed": 0}

@@ -33,7 +33,7 @@ from monai_medgen.apps.monailabel.local import MONAILabelServer, write_demo_inpu
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts" / "slicer" / "MedGen"))
-import medgen_client  # noqa: E402
+from MedGenLib import medgen_client  # noqa: E402  (the Slicer module's helper package)
 
 #: models the attacks go through, the first one served (restoration first: it reads the image's voxels); the
 #: server serves every bundle of the repository that loads

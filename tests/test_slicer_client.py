@@ -1,14 +1,23 @@
-"""The 3D Slicer module's plain client (``scripts/slicer/MedGen/medgen_client.py``) without Slicer and without a
-server: ``/info/`` parsing on an entry recorded from the real app, option checks, the multipart request and
-answer formats (the answer laid out byte for byte as MONAI Label 0.8.5 sends it), error messages and names.
+"""The 3D Slicer module without Slicer and without a server: its plain client
+(``scripts/slicer/MedGen/MedGenLib/medgen_client.py``: ``/info/`` parsing on an entry recorded from the real app,
+option checks, the multipart request and answer formats laid out byte for byte as MONAI Label 0.8.5 sends them,
+error messages and names), its background call and busy text (``MedGenLib/background.py``), and its layout as a
+Slicer scripted-module extension (CMake lists naming files that exist, one ``.py`` at the module's top, the ``.ui``
+holding every widget ``MedGen.py`` uses, the icon, the ``Testing/`` unittest module run here too).
 
 ``tests/test_monailabel.py`` drives the same client against a real ``monailabel start_server``.
 """
 
+import ast
 import base64
+import io as io_module
 import json
+import re
 import sys
+import threading
+import unittest
 import urllib.parse
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nibabel as nib
@@ -20,8 +29,10 @@ from monai.data import MetaTensor
 from monai_medgen import io
 from monai_medgen.apps.monailabel.local import free_port
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "slicer" / "MedGen"))
-import medgen_client  # noqa: E402
+SLICER = Path(__file__).resolve().parents[1] / "scripts" / "slicer"
+MODULE = SLICER / "MedGen"
+sys.path.insert(0, str(MODULE))
+from MedGenLib import background, medgen_client  # noqa: E402  (the Slicer module's helper package)
 
 # recorded from GET /info/ of the app (two models, trimmed), plus a stock MONAI Label model the module ignores
 INFO = {
@@ -162,3 +173,107 @@ def test_client_reports_an_unreachable_server():
     with pytest.raises(medgen_client.ServerError, match="could not reach") as e:
         client.info()
     assert e.value.status is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the busy indicator (MONAI Label reports no progress for one request)
+# ---------------------------------------------------------------------------------------------
+def test_background_call_returns_raises_and_times():
+    release = threading.Event()
+    ticks = iter([100.0, 103.4, 107.9])  # start, while running, end
+    call = background.BackgroundCall(lambda: release.wait(10) and "volume", clock=lambda: next(ticks))
+    assert not call.done
+    with pytest.raises(RuntimeError, match="still running"):
+        call.result()
+    assert call.elapsed == pytest.approx(3.4)
+    release.set()
+    assert call.wait(10) and call.result() == "volume"
+    assert call.elapsed == pytest.approx(7.9)  # frozen at the end
+
+    def fails():
+        raise medgen_client.ServerError("server error 400: steps must be an integer in [1, 2000], got 5000.", 400)
+
+    failed = background.BackgroundCall(fails)
+    failed.wait(10)
+    with pytest.raises(medgen_client.ServerError, match="5000") as e:
+        failed.result()
+    assert e.value.status == 400
+    with pytest.raises(ValueError, match="callable"):
+        background.BackgroundCall("not a function")
+
+
+def test_busy_text_names_model_input_size_and_seconds():
+    detail = background.describe_volume((256, 256, 130))
+    assert detail == "256 x 256 x 130 voxels" and background.describe_volume(None) == ""
+    assert background.busy_text("cddpm_denoising_2d on MRHead", 61.6, detail) == (
+        "cddpm_denoising_2d on MRHead (256 x 256 x 130 voxels): 62 s - the server reports no progress for one volume; "
+        "waiting for its answer.")
+    assert background.busy_text("Generating a new volume", -1).startswith("Generating a new volume: 0 s")
+
+
+# ---------------------------------------------------------------------------------------------
+# the extension's layout
+# ---------------------------------------------------------------------------------------------
+def _cmake_list(text: str, name: str) -> list:
+    """The entries of ``set(NAME a b c)`` in a CMakeLists text, ``${MODULE_NAME}`` expanded."""
+    match = re.search(rf"set\({name}\s+(.*?)\)", text, re.S)
+    assert match, f"set({name} ...) missing"
+    return [e.replace("${MODULE_NAME}", "MedGen") for e in match.group(1).split()]
+
+
+def test_module_folder_is_a_slicer_scripted_module_extension():
+    # Slicer loads every .py at the top of a module folder as a module: only MedGen.py may be there
+    assert sorted(p.name for p in MODULE.glob("*.py")) == ["MedGen.py"]
+    extension = (SLICER / "CMakeLists.txt").read_text()
+    for needed in ("project(MedGen)", "find_package(Slicer REQUIRED)", "add_subdirectory(MedGen)",
+                   "Slicer_EXTENSION_GENERATE_CONFIG", "Slicer_EXTENSION_CPACK"):
+        assert needed in extension
+    module = (MODULE / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in module and "add_subdirectory(Testing)" in module
+    scripts, resources = _cmake_list(module, "MODULE_PYTHON_SCRIPTS"), _cmake_list(module, "MODULE_PYTHON_RESOURCES")
+    for entry in scripts + resources:
+        assert (MODULE / entry).is_file(), entry
+    # every helper of MedGenLib is installed with the module
+    assert sorted(e for e in scripts if e.startswith("MedGenLib/")) == sorted(
+        f"MedGenLib/{p.name}" for p in (MODULE / "MedGenLib").glob("*.py"))
+    assert "Resources/Icons/MedGen.png" in resources and "Resources/UI/MedGen.ui" in resources
+    from PIL import Image
+
+    with Image.open(MODULE / "Resources" / "Icons" / "MedGen.png") as icon:
+        assert icon.format == "PNG" and icon.size == (128, 128)
+    assert (MODULE / "Testing" / "CMakeLists.txt").read_text().strip() == "add_subdirectory(Python)"
+    testing = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    for test in re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", testing):
+        assert (MODULE / "Testing" / "Python" / test).is_file(), test
+
+
+def test_ui_file_holds_every_widget_the_module_uses():
+    root = ET.parse(MODULE / "Resources" / "UI" / "MedGen.ui").getroot()
+    top = root.find("widget")
+    assert (top.get("class"), top.get("name")) == ("qMRMLWidget", "MedGen")  # setMRMLScene reaches the selectors
+    widgets = {w.get("name"): w.get("class") for w in root.iter("widget")}
+    source = (MODULE / "MedGen.py").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    assert used, "MedGen.py builds its widget from the .ui"
+    missing = used - set(widgets)
+    assert not missing, f"MedGen.py uses widgets missing from MedGen.ui: {sorted(missing)}"
+    assert widgets["inputVolumeSelector"] == "qMRMLNodeComboBox"
+    assert widgets["maskSegmentSelector"] == "qMRMLSegmentSelectorWidget"
+    assert widgets["progressBar"] == "QProgressBar"
+    receivers = {c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert receivers == {"inputVolumeSelector", "maskSegmentSelector"}
+    # the module file itself: valid Python that takes its helpers from MedGenLib and its layout from the .ui
+    tree = ast.parse(source)
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "MedGenLib" in imported and 'loadUI(self.resourcePath("UI/MedGen.ui"))' in source
+
+
+def test_testing_unittest_module_passes_here():
+    sys.path.insert(0, str(MODULE / "Testing" / "Python"))
+    try:
+        import MedGenClientTest
+    finally:
+        sys.path.remove(str(MODULE / "Testing" / "Python"))
+    result = unittest.TextTestRunner(verbosity=0, stream=io_module.StringIO()).run(
+        unittest.defaultTestLoader.loadTestsFromModule(MedGenClientTest))
+    assert result.testsRun == 4 and result.wasSuccessful(), result.failures + result.errors

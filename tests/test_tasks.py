@@ -215,3 +215,48 @@ def test_corpus_takes_the_users_folder(tmp_path):
     assert img.shape == (32, 32) and img.std() > 0.03
     with pytest.raises(FileNotFoundError):
         TrainingCorpus(sources=(), dataset_dir=str(tmp_path / "missing"))
+
+
+def test_transfer_weights_across_families(tmp_path):
+    """init_from with another family's weights: every shared tensor copied, the first convolution's extra condition
+    channels start at zero, so the new network equals the old one on the shared inputs."""
+    from monai_medgen.bundle import save_model, transfer_weights
+    from monai_medgen.networks import ScoreUNet
+
+    kw = dict(spatial_dims=2, in_channels=1, channels=(8, 16, 32), num_res_blocks=1, norm_num_groups=8,
+              num_head_channels=8, fourier_exponents=[], residual=False)
+    torch.manual_seed(0)
+    sr, inpaint = ScoreUNet(cond_channels=1, **kw), ScoreUNet(cond_channels=2, **kw)
+    save_model(tmp_path / "sr.pt", sr)
+    assert transfer_weights(tmp_path / "sr.pt", inpaint) == []
+    src, dst = sr.state_dict(), inpaint.state_dict()
+    widened = [k for k in dst if dst[k].shape != src[k].shape]
+    assert len(widened) == 1 and dst[widened[0]].shape[1] == src[widened[0]].shape[1] + 1
+    assert torch.equal(dst[widened[0]][:, :2], src[widened[0]]) and not dst[widened[0]][:, 2:].any()
+    assert all(torch.equal(dst[k], src[k]) for k in dst if k not in widened)
+    x, cond, t = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16), torch.full((2,), 0.5)
+    with torch.no_grad():
+        a = sr(x, t, condition=cond)
+        b = inpaint(x, t, condition=torch.cat([cond, torch.randn_like(cond)], 1))
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        transfer_weights(tmp_path / "missing.pt", inpaint)
+
+
+def test_evaluate_panel_rows_and_verdicts():
+    """The panel table of the committed SR weights on pydicom's MR slice: classical baselines, the network's own t = 1
+    regression estimate, one sample; only the model rows get a verdict, always against a classical method."""
+    from pathlib import Path
+
+    from monai_medgen.tasks.evaluation import REGRESSION_ROW, evaluate_panel
+    from monai_medgen.tasks.loading import load_restoration_bundle
+
+    bundle = load_restoration_bundle(Path(__file__).resolve().parents[1] / "bundles" / "cddpm_super_resolution_2d")
+    text, rows, verdicts = evaluate_panel({"sr": (bundle.network, bundle.inferer)}, scenarios=("sr4",), images=("mr_small",),
+                                          num_samples=1, num_steps=2, verbose=False)
+    methods = {r["method"]: r for r in rows}
+    assert {"bicubic", "lanczos", REGRESSION_ROW, "model (1 sample)"} == set(methods)
+    assert methods[REGRESSION_ROW]["nfe"] == 1 and methods["model (1 sample)"]["nfe"] == 2
+    assert [(v[2], v[5]) for v in verdicts] == [("model (1 sample)", "lanczos")]
+    assert all(methods[m]["consistency"] < 2e-3 for m in (REGRESSION_ROW, "model (1 sample)"))  # projected onto y
+    assert "model rows meet the bar" in text

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 
-from monai_medgen.bundle import checkpoints, workflow
+from monai_medgen.bundle import checkpoints, conventions, workflow
 from monai_medgen.bundle.checkpoints import *  # noqa: F403  (verified checkpoints for train.yaml)
+from monai_medgen.bundle.conventions import *  # noqa: F403  (weights layout, large_files.yml)
 from monai_medgen.bundle.workflow import *  # noqa: F403  (the names the bundle configs call)
 
-__all__ = [*workflow.__all__, *checkpoints.__all__, "schema_path"]
+__all__ = [*workflow.__all__, *checkpoints.__all__, *conventions.__all__, "schema_path"]
 
 SCHEMA_FILE = "meta_schema_monai_medgen.json"
 

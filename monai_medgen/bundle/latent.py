@@ -3,10 +3,11 @@ latents for stage 2 (with the scale factor), the stage-2 model file, generation 
 and peak memory, and the evaluation table.
 
 Stage 1 (``configs/train_autoencoder.yaml``) trains MONAI's ``AutoencoderKL`` and writes ``models/autoencoder.pt``
-(weights and the constructor arguments, so later stages rebuild it without repeating them).  Stage 2
-(``configs/train.yaml``) encodes the training volume once with the frozen autoencoder, sets the scale factor,
-trains the latent score network and writes ``models/model.pt`` (weights, schedule, scale factor, the training
-volume's size and affine, and the SHA-256 of the autoencoder file it belongs to).
+(its plain state_dict) with ``models/autoencoder_info.json`` (the constructor arguments, so later stages rebuild it
+without repeating them).  Stage 2 (``configs/train.yaml``) encodes the training volume once with the frozen
+autoencoder, sets the scale factor, trains the latent score network and writes ``models/model.pt`` (the score
+network's plain state_dict), ``models/model_schedule.pt`` (the learned schedule) and ``models/model_info.json``
+(scale factor, the training volume's size and affine, and the SHA-256 of the autoencoder file it belongs to).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from monai_medgen import io
-from monai_medgen.bundle.workflow import load_model, save_model, save_synthetic_nifti
+from monai_medgen.bundle.workflow import load_model, model_sidecars, read_model_file, save_model, save_synthetic_nifti
 
 __all__ = [
     "VOLUME_SIZE",
@@ -124,12 +125,14 @@ def volume_items(
 # stage 1: the autoencoder file
 # ---------------------------------------------------------------------------------------------
 def load_autoencoder(path: str | os.PathLike, device=None) -> nn.Module:
-    """MONAI ``AutoencoderKL`` rebuilt from the ``config`` entry of stage 1's ``models/autoencoder.pt`` and
-    loaded with its weights (checksum verified), in eval mode; ``.sha256`` holds the file's SHA-256.
+    """MONAI ``AutoencoderKL`` rebuilt from the ``config`` entry stored with stage 1's ``models/autoencoder.pt``
+    (``models/autoencoder_info.json`` beside the plain state_dict, or the ``config`` entry of a file of the earlier
+    single-file layout) and loaded with its weights (checksum verified), in eval mode; ``.sha256`` holds the
+    weights file's SHA-256.
 
     Raises:
         FileNotFoundError: when stage 1 has not been run (the message gives its command).
-        ValueError: when the file has no ``config`` entry or does not match it.
+        ValueError: when no ``config`` is stored with the weights or they do not match it.
     """
     from monai.networks.nets import AutoencoderKL
 
@@ -138,11 +141,14 @@ def load_autoencoder(path: str | os.PathLike, device=None) -> nn.Module:
             f"autoencoder file {str(path)!r} not found: run stage 1 first (python -m monai.bundle run --config_file "
             "<bundle>/configs/train_autoencoder.yaml --bundle_root <bundle>) or pass --autoencoder_path."
         )
-    state = io.safe_torch_load(path, map_location="cpu")
-    if not isinstance(state, dict) or "config" not in state or "network" not in state:
-        raise ValueError(f"{str(path)!r} is not a stage-1 autoencoder file (needs 'network' and 'config' entries).")
-    ae = AutoencoderKL(**state["config"])
-    ae.load_state_dict(state["network"])
+    weights, _, info = read_model_file(path)
+    if not isinstance(info.get("config"), dict):
+        raise ValueError(
+            f"{str(path)!r} is not a stage-1 autoencoder file: no 'config' entry is stored with it "
+            f"({model_sidecars(path)[1]!r})."
+        )
+    ae = AutoencoderKL(**info["config"])
+    ae.load_state_dict(weights)
     ae.sha256 = io.sha256_of(path)
     return ae.to(torch.device(device) if device is not None else "cpu").eval()
 
@@ -226,9 +232,9 @@ def save_latent_model(
     latents: dict | None = None,
     **info,
 ) -> str:
-    """Stage 2's ``models/model.pt``: :func:`~monai_medgen.bundle.save_model`'s entries plus ``scale_factor``,
-    ``latent_range``, ``autoencoder_sha256`` and, from :func:`prepare_latents`' result, the training volume's
-    ``image_size`` and ``affine`` (what inference writes by default)."""
+    """Stage 2's ``models/model.pt`` and its sidecars (:func:`~monai_medgen.bundle.save_model`); the information
+    entries are ``scale_factor``, ``latent_range``, ``autoencoder_sha256`` and, from :func:`prepare_latents`' result,
+    the training volume's ``image_size`` and ``affine`` (what inference writes by default)."""
     extra = {"scale_factor": inferer.scale_factor, "latent_range": inferer.latent_range,
              "autoencoder_sha256": getattr(inferer.autoencoder, "sha256", "")}
     if latents:

@@ -8,6 +8,7 @@ REFERENCE section 4).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -34,14 +35,23 @@ __all__ = [
     "draw_samples",
     "evaluate_class_conditional",
     "generate",
+    "inference_items",
+    "item_evaluator",
     "is_synthetic",
     "latest_checkpoint",
     "load_model",
+    "MODEL_INFO_SUFFIX",
+    "MODEL_SCHEDULE_SUFFIX",
+    "convert_model_file",
+    "model_sidecars",
     "prepare_items",
     "report_bits_per_dim",
     "sample_fn",
     "save_model",
+    "read_model_file",
+    "read_model_info",
     "save_synthetic_nifti",
+    "transfer_weights",
     "training_sampler",
     "validation_sampler",
 ]
@@ -152,6 +162,80 @@ def validation_sampler(dataset):
 
 
 # ---------------------------------------------------------------------------------------------
+# inference as a MONAI engine (the ids of MONAI's InferProperties: dataset, evaluator, handlers)
+# ---------------------------------------------------------------------------------------------
+def inference_items(dataset_dir: str | os.PathLike | None = None, key: str = "input_image", **entries) -> list[dict]:
+    """The items an ``inference.yaml`` runs on, one engine iteration each.
+
+    Args:
+        dataset_dir: ``None`` / ``""``: one item, ``entries`` as given (e.g. ``input_image=''`` for the demo input);
+            otherwise a folder (every NIfTI / NRRD / MHA file in it and every DICOM series folder) or a datalist JSON
+            (:func:`monai_medgen.data.datalist_from_path`): one item per image, its path under ``key``.
+        key: the entry that names the image (``"input_image"`` for restoration, ``"reference_image"`` for
+            generation).
+        entries: the other entries of every item (e.g. ``mask_image``).
+
+    Returns:
+        ``[{key: path, "name": file name without extension ('' for the single item), **entries}, ...]``.
+
+    Raises:
+        ValueError: when ``dataset_dir`` is given together with a non-empty ``entries[key]`` (ambiguous), or holds no
+            image.
+    """
+    if not _has_path(dataset_dir):
+        return [{"name": "", key: entries.pop(key, ""), **entries}]
+    if _has_path(entries.get(key)):
+        raise ValueError(f"dataset_dir and {key} are both given ({str(dataset_dir)!r}, {entries[key]!r}); give one.")
+    from monai_medgen.data import datalist_from_path
+
+    items = []
+    for it in datalist_from_path(dataset_dir):
+        base = os.path.basename(os.path.normpath(it["image"]))
+        for ext in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+            if base.lower().endswith(ext):
+                base = base[: -len(ext)]
+                break
+        items.append({**entries, key: it["image"], "name": base})
+    return items
+
+
+def _first_item(batch: list):
+    return batch[0]
+
+
+def item_evaluator(device, dataset, function: Callable, val_handlers: Sequence | None = None):
+    """A MONAI ``Evaluator`` that runs ``function(item)`` once per item of ``dataset`` (an image to restore, a
+    reference to generate for) and keeps each result as ``engine.state.output``: the bundles' inference as the
+    engine that MONAI's ``InferProperties`` name (``evaluator``, ``dataset``, ``handlers``), so that handlers such
+    as ``--tracking mlflow``'s attach to it.
+
+    Args:
+        device: the engine's device.
+        dataset: a sequence of item dicts (:func:`inference_items`).
+        function: ``function(item) -> result``.
+        val_handlers: MONAI / ignite handlers to attach.
+
+    Raises:
+        ValueError: when ``function`` is not callable or ``dataset`` is empty.
+    """
+    from monai.data import DataLoader
+    from monai.engines import Evaluator
+
+    if not callable(function):
+        raise ValueError(f"function must be callable, got {type(function).__name__}.")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty: nothing to run inference on.")
+    loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=0, collate_fn=_first_item)
+    return Evaluator(
+        device=device,
+        val_data_loader=loader,
+        iteration_update=lambda engine, item: function(item),
+        val_handlers=list(val_handlers or []),
+        decollate=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # checkpoints and the bundle's model file
 # ---------------------------------------------------------------------------------------------
 def _cpu_state(module: nn.Module) -> dict:
@@ -164,6 +248,96 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, pattern: str = "*.pt") -> str
     return max(files, key=os.path.getmtime) if files else ""
 
 
+# The bundle's weights file follows MONAI's convention: ``models/model.pt`` is the network's plain state_dict, so
+# ``network_def.load_state_dict(torch.load("models/model.pt"))`` works and ``ckpt_export`` / ``monai.bundle.load`` /
+# MONAI Label's bundle apps read it.  What sampling needs beyond the network goes beside it, named after it:
+#   <stem>_schedule.pt   the noise schedule's state_dict (learned schedules only), with its own .sha256
+#   <stem>_info.json     small entries: iteration, epoch, task family, scale factor, training geometry, ...
+# Files of the earlier layout ({"network", "schedule", ...} in one file) and training checkpoints still load.
+MODEL_INFO_SUFFIX = "_info.json"
+MODEL_SCHEDULE_SUFFIX = "_schedule.pt"
+_CONTAINER_KEYS = {"network", "schedule", "ema", "optimizer", "lr_scheduler", "trainer"}
+
+
+def model_sidecars(path: str | os.PathLike) -> tuple[str, str]:
+    """``(schedule_file, info_file)`` that belong to the weights file ``path``: ``models/model.pt`` ->
+    ``models/model_schedule.pt``, ``models/model_info.json``."""
+    root, _ = os.path.splitext(str(path))
+    return root + MODEL_SCHEDULE_SUFFIX, root + MODEL_INFO_SUFFIX
+
+
+def _json_value(key: str, value):
+    """``value`` as plain JSON (numbers, strings, lists, dicts); numpy / torch scalars and arrays are converted."""
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        value = value.item()
+    elif isinstance(value, (np.ndarray, torch.Tensor)):
+        value = np.asarray(value).tolist()
+    elif isinstance(value, (tuple, list)):
+        value = [_json_value(key, v) for v in value]
+    elif isinstance(value, dict):
+        value = {str(k): _json_value(key, v) for k, v in value.items()}
+    if value is not None and not isinstance(value, (bool, int, float, str, list, dict)):
+        raise ValueError(f"save_model: info entry {key!r} must be JSON-serialisable (number, string, list, dict), "
+                         f"got {type(value).__name__}.")
+    return value
+
+
+def _is_state_dict(state) -> bool:
+    return isinstance(state, dict) and bool(state) and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    )
+
+
+def read_model_file(path: str | os.PathLike, map_location="cpu") -> tuple[dict, dict | None, dict]:
+    """The parts of a weights file, whatever its layout: ``(network_state_dict, schedule_state_dict or None, info)``.
+
+    - a plain state_dict (the bundles' ``models/model.pt``): the schedule and the info come from
+      :func:`model_sidecars` when they exist (the schedule verified against its ``.sha256``);
+    - the earlier single-file layout ``{"network", "schedule", **info}`` or a training checkpoint of
+      ``CheckpointSaver`` (``{"network", "ema", "schedule", "optimizer", "trainer", ...}``; its EMA weights are
+      preferred): everything from the file.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file is truncated or corrupted (:func:`monai_medgen.io.safe_torch_load`) or holds no
+            network weights.
+    """
+    if not os.path.isfile(str(path)):
+        raise FileNotFoundError(
+            f"model file {str(path)!r} not found: train the bundle first (python -m monai.bundle run --config_file "
+            "<bundle>/configs/train.yaml --bundle_root <bundle>) or pass --model_path."
+        )
+    state = io.safe_torch_load(path, map_location=map_location)  # verified against its .sha256 when present
+    if isinstance(state, dict) and isinstance(state.get("network", state.get("ema")), dict):
+        weights = state["ema"] if isinstance(state.get("ema"), dict) else state["network"]
+        info = {k: v for k, v in state.items() if k not in _CONTAINER_KEYS}
+        return weights, state.get("schedule"), info
+    if not _is_state_dict(state):
+        keys = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{str(path)!r} is neither a network state_dict nor a file with 'network' weights ({keys}).")
+    schedule_file, info_file = model_sidecars(path)
+    schedule = io.safe_torch_load(schedule_file, map_location=map_location) if os.path.isfile(schedule_file) else None
+    info = {}
+    if os.path.isfile(info_file):
+        try:
+            with open(info_file) as f:
+                info = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{info_file!r} (the information beside {str(path)!r}) is not valid JSON: {e}") from e
+        info.pop("weights", None)
+        recorded = info.pop("weights_sha256", None)
+        if recorded and recorded != io.sha256_of(path):
+            logger.warning(f"{info_file} was written for other weights than {path} (SHA-256 {recorded[:12]}); "
+                           "its entries may not describe them.")
+    return state, schedule, info
+
+
+def read_model_info(path: str | os.PathLike) -> dict:
+    """The information stored with a weights file (``iteration``, ``epoch``, task entries, ...), without a network:
+    :func:`read_model_file`'s third part."""
+    return read_model_file(path)[2]
+
+
 def save_model(
     path: str | os.PathLike,
     network: nn.Module,
@@ -171,23 +345,35 @@ def save_model(
     ema=None,
     **info,
 ) -> str:
-    """Write a bundle's ``models/model.pt``: ``{"network": state_dict, "schedule": state_dict, **info}``.
+    """Write a bundle's weights: ``path`` (``models/model.pt``) is the network's plain state_dict; a schedule with
+    state goes to ``<stem>_schedule.pt`` and ``info`` to ``<stem>_info.json`` (:func:`model_sidecars`).
 
     Args:
         path: output file (folders are created).
         network: the trained network (a ``DistributedDataParallel`` wrapper is removed).
-        schedule: the noise schedule module (learned schedules have parameters that sampling needs).
+        schedule: the noise schedule module (learned schedules have parameters that sampling needs; a schedule
+            without state writes no file).
         ema: ignite ``EMAHandler`` or an averaged copy of ``network``; when given, its weights are the
             ones stored (they are what sampling and evaluation use).
-        info: small extra entries, e.g. ``iteration=...``.
+        info: small JSON-serialisable entries, e.g. ``iteration=...``, ``family="sr"``.
+
+    Raises:
+        ValueError: naming the entry, when an ``info`` value cannot be written as JSON.
     """
+    info = {k: _json_value(k, v) for k, v in info.items()}
     weights = network if ema is None else getattr(ema, "ema_model", ema)
-    state = {"network": _cpu_state(weights)}
-    if schedule is not None:
-        state["schedule"] = _cpu_state(schedule)
-    state.update({k: v for k, v in info.items() if k not in state})
-    # written to a temporary file and renamed, with a SHA-256 beside it that load_model verifies
-    io.atomic_torch_save(state, path)
+    schedule_file, info_file = model_sidecars(path)
+    schedule_state = _cpu_state(schedule) if schedule is not None else {}
+    # each file written to a temporary file and renamed, with a SHA-256 beside it that load_model verifies
+    io.atomic_torch_save(_cpu_state(weights), path)
+    if schedule_state:
+        io.atomic_torch_save(schedule_state, schedule_file)
+    else:  # no stale schedule of an earlier model next to these weights
+        for stale in (schedule_file, schedule_file + ".sha256"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
+    entries = {"weights": os.path.basename(str(path)), "weights_sha256": io.sha256_of(path), **info}
+    io.write_text_atomically(info_file, json.dumps(entries, indent=2) + "\n")
     logger.info(f"model written to {path}")
     return str(path)
 
@@ -199,30 +385,99 @@ def load_model(
     map_location="cpu",
     strict: bool = True,
 ) -> dict:
-    """Load :func:`save_model`'s file (or a training checkpoint of ``CheckpointSaver``, preferring its EMA
-    weights) into ``network`` and ``schedule`` in place; returns the file's other entries.
+    """Load a weights file into ``network`` and ``schedule`` in place; returns its information entries
+    (``iteration``, ``epoch``, ...).  Reads :func:`save_model`'s files, the earlier single-file layout and training
+    checkpoints of ``CheckpointSaver`` (preferring their EMA weights); see :func:`read_model_file`.
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file is truncated or corrupted (see :func:`monai_medgen.io.safe_torch_load`)
-            or holds no network weights.
+        ValueError: when the file is truncated or corrupted (see :func:`monai_medgen.io.safe_torch_load`), holds no
+            network weights, or the schedule has learned parameters and no schedule was stored.
+    """
+    weights, schedule_state, info = read_model_file(path, map_location=map_location)
+    unwrap_network(network).load_state_dict(weights, strict=strict)
+    if schedule is not None:
+        if schedule_state:
+            schedule.load_state_dict(schedule_state, strict=strict)
+        elif any(True for _ in schedule.parameters()):
+            raise ValueError(
+                f"{str(path)!r} comes without a schedule ({model_sidecars(path)[0]!r} is missing) but the schedule has "
+                "learned parameters."
+            )
+    return info
+
+
+def convert_model_file(path: str | os.PathLike) -> dict:
+    """Rewrite a weights file of the earlier single-file layout (``{"network", "schedule", **info}``) in place as
+    :func:`save_model` writes it: the network's plain state_dict in ``path``, the schedule and the information
+    beside it.  A file already in the new layout is left as it is.
+
+    Returns:
+        ``{"path", "converted": bool, "schedule": bool, "info": dict}``.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_model_file`; ValueError also for a training checkpoint
+            (convert the ``models/`` file, not ``runs/``).
+    """
+    raw = io.safe_torch_load(path, map_location="cpu")
+    if _is_state_dict(raw):
+        return {"path": str(path), "converted": False, "schedule": os.path.isfile(model_sidecars(path)[0]),
+                "info": read_model_info(path)}
+    if isinstance(raw, dict) and "optimizer" in raw:
+        raise ValueError(f"{str(path)!r} is a training checkpoint; convert the bundle's models/ file instead.")
+    weights, schedule_state, info = read_model_file(path)
+    schedule = _StateHolder(schedule_state) if schedule_state else None
+    save_model(path, _StateHolder(weights), schedule, **info)
+    return {"path": str(path), "converted": True, "schedule": schedule is not None, "info": info}
+
+
+class _StateHolder(nn.Module):
+    """A module whose ``state_dict()`` is a given state_dict (to write stored weights through :func:`save_model`)."""
+
+    def __init__(self, state: dict):
+        super().__init__()
+        self._state = dict(state)
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        return dict(self._state)
+
+
+def transfer_weights(path: str | os.PathLike, network: nn.Module, map_location="cpu") -> list[str]:
+    """Start ``network`` from the weights of a related network (another task family of the same architecture):
+    every tensor of the same name and shape is copied; a tensor whose shapes differ only in the second (input
+    channel) dimension, such as the first convolution of a model with a different number of condition channels,
+    gets the shared leading input channels copied and the others set to zero, so the new inputs start without
+    effect.  Returns the names that could not be transferred (left as initialised).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file holds no network weights.
     """
     if not os.path.isfile(str(path)):
-        raise FileNotFoundError(
-            f"model file {str(path)!r} not found: train the bundle first (python -m monai.bundle run --config_file "
-            "<bundle>/configs/train.yaml --bundle_root <bundle>) or pass --model_path."
-        )
-    state = io.safe_torch_load(path, map_location=map_location)  # verified against its .sha256 when present
-    if not isinstance(state, dict) or not ({"network", "ema"} & set(state)):
-        raise ValueError(f"{str(path)!r} holds no 'network' (or 'ema') weights; keys: {sorted(state)[:10]}.")
-    unwrap_network(network).load_state_dict(state["ema"] if "ema" in state else state["network"], strict=strict)
-    if schedule is not None:
-        if "schedule" in state:
-            schedule.load_state_dict(state["schedule"], strict=strict)
-        elif any(True for _ in schedule.parameters()):
-            raise ValueError(f"{str(path)!r} has no 'schedule' entry but the schedule has learned parameters.")
-    skip = {"network", "schedule", "ema", "optimizer", "lr_scheduler", "trainer"}
-    return {k: v for k, v in state.items() if k not in skip}
+        raise FileNotFoundError(f"init_from: weights file {str(path)!r} not found.")
+    try:
+        source = read_model_file(path, map_location=map_location)[0]
+    except ValueError as e:
+        raise ValueError(f"init_from: {e}") from e
+    target = unwrap_network(network).state_dict()
+    skipped = []
+    with torch.no_grad():
+        for name, tensor in target.items():
+            src = source.get(name)
+            if src is None:
+                skipped.append(name)
+            elif src.shape == tensor.shape:
+                tensor.copy_(src)
+            elif src.dim() == tensor.dim() >= 2 and src.shape[0] == tensor.shape[0] and src.shape[2:] == tensor.shape[2:]:
+                shared = min(src.shape[1], tensor.shape[1])
+                tensor.zero_()
+                tensor[:, :shared].copy_(src[:, :shared])
+            else:
+                skipped.append(name)
+    unwrap_network(network).load_state_dict(target)
+    if skipped:
+        logging.getLogger(__name__).warning("init_from: %d tensors not transferred: %s", len(skipped), skipped[:5])
+    return skipped
 
 
 class AllReduceGradients:

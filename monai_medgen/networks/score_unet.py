@@ -109,6 +109,13 @@ class ScoreUNet(nn.Module):
 
     Shapes: z (B, C, *spatial), gamma (B,) or scalar, class_labels (B,) long, condition
     (B, cond_channels, *spatial) -> eps (B, out_channels, *spatial).
+
+    Packed input: ``forward(x)`` with ``gamma`` left out takes everything in one tensor of
+    :attr:`packed_channels` channels, ``x = cat([z, condition, gamma map, class-label map])``: the condition
+    channels as MONAI's ``DiffusionInferer`` concatenates them (``mode="concat"``), then one channel holding
+    gamma_t, then (class-conditional networks only) one channel holding the class index (as a float; the null
+    class for none), each constant over an image.  It is the form tools that call a network with one tensor use:
+    ``python -m monai.bundle ckpt_export --use_trace True`` (TorchScript by tracing) and ``verify_net_in_out``.
     """
 
     def __init__(
@@ -184,13 +191,39 @@ class ScoreUNet(nn.Module):
         """Index of the 'no label' embedding used for classifier-free guidance."""
         return self.num_classes
 
+    @property
+    def packed_channels(self) -> int:
+        """Channels of the packed single-tensor input (see the class docstring): image, condition, gamma and, for
+        a class-conditional network, the class index."""
+        return self.in_channels + self.cond_channels + 1 + (self.num_classes is not None)
+
+    def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(z, gamma, class_labels, condition)`` from a packed input ``x`` (B, :attr:`packed_channels`, *spatial);
+        gamma and the class index are read at the first voxel of their channels."""
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.packed_channels:
+            raise ValueError(
+                f"gamma: not given, so x must be the packed input of shape (B, {self.packed_channels}, *spatial) with "
+                f"{self.spatial_dims} spatial dims (image, condition, gamma{', class' if self.num_classes is not None else ''}"
+                f" channels), got {tuple(x.shape)}; or pass gamma."
+            )
+        c0, c1 = self.in_channels, self.in_channels + self.cond_channels
+        z, condition = x[:, :c0], (x[:, c0:c1] if self.cond_channels else None)
+        first = x.flatten(2)[:, :, 0]  # (B, channels): the value at the first voxel
+        gamma = first[:, c1]
+        class_labels = first[:, c1 + 1].round().long() if self.num_classes is not None else None
+        return z, gamma, class_labels, condition
+
     def forward(
         self,
         z: torch.Tensor,
-        gamma: torch.Tensor,
+        gamma: torch.Tensor | float | None = None,
         class_labels: torch.Tensor | None = None,
         condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if gamma is None:
+            if class_labels is not None or condition is not None:
+                raise ValueError("gamma: required when class_labels or condition are given separately.")
+            z, gamma, class_labels, condition = self.unpack(z)
         if z.ndim != self.spatial_dims + 2 or z.shape[1] != self.in_channels:
             raise ValueError(
                 f"z must have shape (B, {self.in_channels}, *spatial) with {self.spatial_dims} spatial dims, "

@@ -30,7 +30,7 @@ def _np(x: torch.Tensor) -> np.ndarray:
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(a, dtype=np.float32))[None, None].clamp(0, 1)
+    return torch.as_tensor(np.array(a, dtype=np.float32))[None, None].clamp(0, 1)  # a copy: PIL arrays are read-only
 
 
 def _psnr(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -17,7 +17,7 @@ input's value range, super-resolution only to its sign and its integer type's ra
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from monai_medgen.inferers.conditional import ConditionalDiffusionInferer
 from monai_medgen.tasks.operators import RobustIntensity, SuperResolution
 from monai_medgen.tasks.sampling import ResidualRestorer
 
-__all__ = ["ResidualDiffusionInferer", "fine_grid_affine", "restore_residual"]
+__all__ = ["ResidualDiffusionInferer", "VolumeProgress", "fine_grid_affine", "restore_residual"]
 
 MAX_PIXELS_PER_BATCH = 4 * 256 * 256
 
@@ -83,12 +83,49 @@ def _factors(factor, ndim: int) -> list[float]:
     return f
 
 
-def _run_slices(restorer, measured, project_fn, mask, num_samples, seed, verbose, desc, value_range=None):
-    """Restore (S, 1, H, W) slices in batches; slice k draws from seed + k (results independent of batching)."""
+class VolumeProgress:
+    """Progress over a whole image or volume: one tqdm bar counting slices done out of ``total`` (shown when
+    ``verbose`` and the work has more than one slice), and ``callback(done, total)`` after every batch.
+
+    Args:
+        total: slices (or planes) the whole restoration samples.
+        verbose: show the bar.
+        callback: called with ``(done, total)`` after every batch of slices (e.g. a GUI's progress bar).
+        desc: the bar's label.
+
+    Use as a context manager; :meth:`update` adds the slices of a finished batch.
+    """
+
+    def __init__(self, total: int, verbose: bool = False, callback: Callable[[int, int], None] | None = None,
+                 desc: str = "volume"):
+        if callback is not None and not callable(callback):
+            raise ValueError(f"progress must be a callable (done, total), got {type(callback).__name__}.")
+        self.total, self.done, self.callback = int(total), 0, callback
+        self.bar = tqdm(total=self.total, disable=not verbose or self.total < 2, desc=desc, unit="slice")
+
+    def update(self, n: int) -> None:
+        self.done += int(n)
+        self.bar.update(int(n))
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> VolumeProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _run_slices(restorer, measured, project_fn, mask, num_samples, seed, progress, value_range=None):
+    """Restore (S, 1, H, W) slices in batches; slice k draws from seed + k (results independent of batching);
+    ``progress`` (:class:`VolumeProgress`) counts the slices done."""
     s, _, h, w = measured.shape
     step = max(1, MAX_PIXELS_PER_BATCH // (h * w))
     means, stds = [], []
-    for start in tqdm(range(0, s, step), disable=not verbose or s <= step, desc=desc, leave=False):
+    for start in range(0, s, step):
         idx = slice(start, min(s, start + step))
         gens = [torch.Generator(device=measured.device).manual_seed(int(seed) + k) for k in range(idx.start, idx.stop)]
         project = None if project_fn is None else (lambda x, i=idx: project_fn(x, i))
@@ -97,6 +134,7 @@ def _run_slices(restorer, measured, project_fn, mask, num_samples, seed, verbose
                              value_range=value_range)
         means.append(mean)
         stds.append(std)
+        progress.update(idx.stop - idx.start)
     return torch.cat(means), torch.cat(stds)
 
 
@@ -115,6 +153,7 @@ def restore_residual(
     verbose: bool = False,
     planes: str = "both",
     speed: dict | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[MetaTensor, MetaTensor | None]:
     """Restore ``image`` (1, H, W) or (1, H, W, D) ``MetaTensor`` in any units; returns ``(restored, std or None)``
     on the output grid (the input's, or the finer one for super-resolution) with its affine, in the input's units.
@@ -126,6 +165,9 @@ def restore_residual(
         num_steps: network calls per sample (default 4).
         planes: thick-slice super-resolution: ``"both"`` plane stacks averaged, or ``"one"`` (half the time).
         speed: ``channels_last`` / ``autocast`` / ``compile`` options of the network call.
+        verbose: one progress bar over the whole volume (slices done / total; thick slices: the planes of both
+            stacks).
+        progress: ``progress(done, total)`` after every batch of slices, the same count as the bar.
     """
     family = inferer.family
     img = image if isinstance(image, MetaTensor) else MetaTensor(torch.as_tensor(image))
@@ -155,12 +197,18 @@ def restore_residual(
     size = tuple(int(round(n * v)) for n, v in zip(spatial, f))
     # magnitudes stay non-negative (and, for SR, consistent with the measurement: alternating projections)
     value_range = (float(scaler.forward(torch.tensor(0.0))), None) if lo_in >= 0 else None
-    if len(spatial) == 3 and f[2] != 1:
-        if f[0] != 1 or f[1] != 1:
-            raise ValueError(f"a volume takes in-plane factors or a factor along its third axis, not both; got {factor!r}.")
-        mean, std = _thick_slices(restorer, y, f[2], size, num_samples, seed, verbose, planes, value_range)
+    thick = len(spatial) == 3 and f[2] != 1
+    if thick and (f[0] != 1 or f[1] != 1):
+        raise ValueError(f"a volume takes in-plane factors or a factor along its third axis, not both; got {factor!r}.")
+    if thick:  # planes through the slice axis: W of them at fixed W, then H at fixed H
+        total = spatial[1] + (spatial[0] if planes == "both" else 0)
     else:
-        mean, std = _in_plane(restorer, y, m, f[:2], size, num_samples, seed, verbose, value_range)
+        total = spatial[2] if len(spatial) == 3 else 1
+    with VolumeProgress(total, verbose, progress, desc=f"restore ({family})") as bar:
+        if thick:
+            mean, std = _thick_slices(restorer, y, f[2], size, num_samples, seed, bar, planes, value_range)
+        else:
+            mean, std = _in_plane(restorer, y, m, f[:2], size, num_samples, seed, bar, value_range)
     if m is not None:  # known voxels exactly as given (in the input's units below)
         mean = torch.where(m > 0, mean, y)
     out = scaler.inverse(mean.cpu())
@@ -180,7 +228,7 @@ def restore_residual(
     return restored, unc
 
 
-def _in_plane(restorer, y, m, f2, size, num_samples, seed, verbose, value_range=None):
+def _in_plane(restorer, y, m, f2, size, num_samples, seed, progress, value_range=None):
     """2D images, or volumes slice by slice along the third axis."""
     volume = y.ndim == 4
     slices = y.permute(3, 0, 1, 2) if volume else y[None]  # (S, 1, H, W)
@@ -196,13 +244,13 @@ def _in_plane(restorer, y, m, f2, size, num_samples, seed, verbose, value_range=
 
     else:
         measured = slices
-    mean, std = _run_slices(restorer, measured, project_fn, masks, num_samples, seed, verbose, "slices", value_range)
+    mean, std = _run_slices(restorer, measured, project_fn, masks, num_samples, seed, progress, value_range)
     if volume:
         return mean.permute(1, 2, 3, 0), std.permute(1, 2, 3, 0)
     return mean[0], std[0]
 
 
-def _thick_slices(restorer, y, f, size, num_samples, seed, verbose, planes, value_range=None):
+def _thick_slices(restorer, y, f, size, num_samples, seed, progress, planes, value_range=None):
     """Volumes with thick slices: restore the planes through the slice axis, average, project in 3D."""
     op2 = SuperResolution((1.0, f))
     estimates, spreads = [], []
@@ -213,7 +261,7 @@ def _thick_slices(restorer, y, f, size, num_samples, seed, verbose, planes, valu
         def project_fn(x, idx, stack=stack):
             return op2.project(x, stack[idx])
 
-        mean, std = _run_slices(restorer, measured, project_fn, None, num_samples, seed + 7919 * axis, verbose, "planes",
+        mean, std = _run_slices(restorer, measured, project_fn, None, num_samples, seed + 7919 * axis, progress,
                                 value_range)
         estimates.append(mean[:, 0].movedim(0, axis))
         spreads.append(std[:, 0].movedim(0, axis))

@@ -369,8 +369,8 @@ def build_router(app) -> APIRouter:
                 raise RequestError("image: give the id of a datastore image (?image=ID) or upload the image (form field 'file').")
             if mask is not None and served.task != "inpaint":
                 raise RequestError(f"label: a mask is for inpainting models only; model {model} does not use one.")
-            if image_id:
-                image_path = ds().require_image(check_name(image_id, "image"))
+            if image_id:  # off the event loop: a DICOMweb datastore downloads the series on first use
+                image_path = await run_in_threadpool(ds().require_image, check_name(image_id, "image"))
                 header = await run_in_threadpool(inspect_image_file, image_path, "image", app.limits.max_voxels)
             else:
                 image_path, header = await uploads.save(upload, "file (the image)")
@@ -414,8 +414,9 @@ def build_router(app) -> APIRouter:
         output = _query(request, "output") or "stats"
         if output not in ("stats", "all", "train"):
             raise RequestError(f"output must be one of ['stats', 'all', 'train'], got {output!r}.")
-        d = ds()
-        return d.json() if output == "all" else d.datalist(full_path=False) if output == "train" else d.status()
+        d = ds()  # a DICOMweb datastore asks its server: off the event loop
+        return await run_in_threadpool(
+            lambda: d.json() if output == "all" else d.datalist(full_path=False) if output == "train" else d.status())
 
     async def add_image(request: Request):
         form = await _form(request, one_file_limit)
@@ -458,7 +459,7 @@ def build_router(app) -> APIRouter:
 
     async def download_image(request: Request):
         image_id = check_name(_query(request, "image"), "image")
-        path = ds().require_image(image_id)
+        path = await run_in_threadpool(ds().require_image, image_id)
         if request.method == "HEAD":
             check_sum = _query(request, "check_sum")
             if check_sum:

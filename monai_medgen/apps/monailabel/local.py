@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from monai_medgen.dicomweb import stop_process_group
 
 __all__ = [
     "APP_DIR",
@@ -71,11 +72,13 @@ class MONAILabelServer:
     block ends, also on failure.
 
     Args:
-        studies: the studies folder (NIfTI files; MONAI Label's local datastore).
+        studies: the studies folder (NIfTI files; MONAI Label's local datastore) or a DICOMweb root
+            (``http://host:8042/dicom-web``; the server then runs in ``log_path``'s folder).
         python: the Python with MONAI Label (default :func:`monailabel_python`).
         port: default a free one.
         conf: ``--conf key value`` pairs (e.g. ``{"models": "cddpm_denoising_2d"}``).
-        log_path: file for the server's output (default ``<studies>/../monailabel_server.log``).
+        log_path: file for the server's output (default ``<studies>/../monailabel_server.log``; for a DICOMweb
+            ``studies``, in a new temporary folder).
         startup_timeout: seconds to wait for ``/info/`` to answer.
         env: extra environment variables for the server.
     """
@@ -85,11 +88,20 @@ class MONAILabelServer:
         self.python = python or monailabel_python()
         self.port = int(port or free_port())
         self.conf = dict(conf or {})
+        if log_path is None and self.remote:
+            import tempfile
+
+            log_path = Path(tempfile.mkdtemp(prefix="medgen_monailabel_log_")) / "monailabel_server.log"
         self.log_path = str(log_path or Path(self.studies).resolve().parent / "monailabel_server.log")
         self.startup_timeout = float(startup_timeout)
         self.env = dict(env or {})
         self.process = None
         self.startup_seconds = None
+
+    @property
+    def remote(self) -> bool:
+        """Whether the studies are a DICOMweb server rather than a folder."""
+        return self.studies.startswith(("http://", "https://"))
 
     @property
     def url(self) -> str:
@@ -114,7 +126,7 @@ class MONAILabelServer:
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True, cwd=str(Path(self.studies).resolve().parent),
+                start_new_session=True, cwd=str(Path(self.log_path if self.remote else self.studies).resolve().parent),
             )
         try:
             while True:
@@ -143,16 +155,7 @@ class MONAILabelServer:
 
     def stop(self) -> None:
         """Stop the server's process group (SIGTERM, SIGKILL after 15 s); safe to call twice."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process)
 
     def __enter__(self) -> MONAILabelServer:
         return self.start()

@@ -13,6 +13,9 @@ Configuration (``--conf key value``):
 - ``device``: ``cpu`` or ``cuda[:N]`` (default: CUDA when available);
 - ``generate_model``: the bundle behind the ``generate`` active-learning strategy (default: the first
   class-conditional bundle, else the first generative one);
+- ``dicomweb_store``: with ``--studies http://host:8042/dicom-web`` (a PACS such as Orthanc), whether a restored
+  series is stored back into its study as a derived series (default ``true``; see
+  :mod:`monai_medgen.apps.monailabel.pacs`);
 - ``max_voxels``, ``max_upload_mb``, ``max_work``, ``max_waiting``: the server's caps
   (:class:`~monai_medgen.apps.monailabel.confine.ServerLimits`).
 
@@ -44,6 +47,7 @@ import monai_medgen
 from monai_medgen.apps.monailabel.confine import JobQueue, ServerLimits, UploadFolder, check_name
 from monai_medgen.apps.monailabel.guard import ConfinedDatastore, install
 from monai_medgen.apps.monailabel.infer_tasks import MedGenInferTask
+from monai_medgen.apps.monailabel.pacs import DICOMwebDatastore
 from monai_medgen.apps.monailabel.served import BUNDLES_DIR, RequestError, load_served_models
 from monai_medgen.apps.monailabel.strategies import GenerateStrategy
 
@@ -81,10 +85,16 @@ class MedGenApp(MONAILabelApp):
             install(server.app, self)
 
     def init_datastore(self):
-        """The local datastore confined to the studies folder (:class:`~monai_medgen.apps.monailabel.guard.ConfinedDatastore`);
-        a DICOMweb / remote source as MONAI Label opens it."""
+        """The local datastore confined to the studies folder (:class:`~monai_medgen.apps.monailabel.guard.ConfinedDatastore`),
+        or for ``--studies http(s)://...`` the series of that DICOMweb server, cached in the app's private folder
+        (:class:`~monai_medgen.apps.monailabel.pacs.DICOMwebDatastore`; ``--conf dicomweb_store false``: restorations
+        are not stored back as derived series)."""
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            store = str(self.conf.get("dicomweb_store", "true")).strip().lower()
+            if store not in ("true", "false"):
+                raise ValueError(f"dicomweb_store must be 'true' or 'false', got {self.conf.get('dicomweb_store')!r}.")
+            self.studies = self.studies.strip().rstrip("/")
+            return DICOMwebDatastore(self.studies, str(self.uploads.path / "dicomweb"), store=store == "true")
         return ConfinedDatastore(
             self.studies, auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
@@ -148,4 +158,9 @@ class MedGenApp(MONAILabelApp):
                 if label_id:
                     request["label"] = ds.get_label_uri(label_id, str(tag))
                     break
-        return super().infer(request, ds)
+        result = super().infer(request, ds)
+        if isinstance(ds, DICOMwebDatastore) and image_id and ds.is_series(image_id) and not self.served[model].generative:
+            medgen = (result.get("params") or {}).get("medgen")
+            if isinstance(medgen, dict) and result.get("file"):
+                medgen["pacs"] = ds.store_derived(image_id, result["file"], medgen.get("provenance"))
+        return result

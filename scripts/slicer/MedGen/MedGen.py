@@ -7,19 +7,23 @@ missing), press Apply.  The input is uploaded to ``/infer/<model>``; the result 
 ``"<input> (synthetic, <task>, uncertainty)"``.  "Generate new volume" asks the ``generate`` active-learning
 strategy for a new synthetic volume (what MONAI Label's "Next Sample" does) and loads it.
 
-Install: Edit > Application Settings > Modules > Additional module paths: add this folder
-(``scripts/slicer/MedGen``, the one holding MedGen.py), restart Slicer; the module is under "MONAI".  Everything that does not need Slicer
-is in ``medgen_client.py`` beside this file (tested without Slicer).
+Progress: MONAI Label answers one ``/infer`` request only when the whole volume is done and reports no progress for
+it, so while the server works the module shows a busy bar (no percentage) and a line naming the model, the input
+and its size, with the seconds elapsed; Slicer stays responsive (the call runs in a thread).
+
+Layout (a Slicer scripted-module extension): ``MedGen.py`` (this file, the only ``.py`` at the top, since Slicer
+loads every one there as a module), ``MedGenLib/`` (the Slicer-free client and helpers, tested without Slicer),
+``Resources/UI/MedGen.ui``, ``Resources/Icons/MedGen.png``, ``Testing/``, ``CMakeLists.txt``.  Install: Edit >
+Application Settings > Modules > Additional module paths: add this folder (``scripts/slicer/MedGen``), restart
+Slicer; the module is under "MONAI".  Or build the extension in ``scripts/slicer`` against a Slicer build tree.
 """
 
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 
-import ctk
 import qt
 import slicer
 import vtk
@@ -30,8 +34,10 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import medgen_client  # noqa: E402  (beside this file; plain Python, no Slicer)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:  # Slicer puts a module's folder on sys.path; this keeps MedGenLib importable regardless
+    sys.path.insert(0, _HERE)
+from MedGenLib import background, medgen_client  # noqa: E402  (plain Python, no Slicer)
 
 SETTINGS_SERVER = "MedGen/server"
 
@@ -57,6 +63,7 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.client = medgen_client.MedGenClient(server)
         self.tmpdir = tempfile.mkdtemp(prefix="medgen_slicer_")
+        self.busy = None  # callable(text) while a server call runs (the widget's busy bar and status line)
 
     def models(self):
         return self.client.models()
@@ -83,32 +90,18 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
         finally:
             slicer.mrmlScene.RemoveNode(labelmap)
 
-    def run_in_background(self, function, label):
-        """Run ``function()`` in a thread while a busy progress dialog shows the elapsed time; return its result or
-        raise its exception."""
-        result, error = {}, {}
-
-        def target():
-            try:
-                result["value"] = function()
-            except Exception as e:  # re-raised in the main thread
-                error["value"] = e
-
-        thread = threading.Thread(target=target, daemon=True)
-        dialog = slicer.util.createProgressDialog(labelText=label, maximum=0)
-        dialog.setCancelButton(None)
-        start = time.time()
-        thread.start()
-        try:
-            while thread.is_alive():
-                dialog.setLabelText(f"{label} ({time.time() - start:.0f} s)")
-                slicer.app.processEvents()
-                time.sleep(0.05)
-        finally:
-            dialog.close()
-        if "value" in error:
-            raise error["value"]
-        return result.get("value")
+    def run_in_background(self, function, label, detail=""):
+        """Run ``function()`` in a thread, keeping Slicer responsive, while :attr:`busy` (a callable taking the
+        busy text, or None) is told what runs and for how long; returns the function's result or raises its
+        exception.  The server reports no progress for a single request, so this is a busy indicator, not a
+        percentage."""
+        call = background.BackgroundCall(function)
+        while not call.done:
+            if self.busy is not None:
+                self.busy(background.busy_text(label, call.elapsed, detail))
+            slicer.app.processEvents()
+            call.wait(0.05)
+        return call.result()
 
     def load_result(self, result, input_name):
         """Load the result (and its uncertainty) volumes, named after the input and the task; returns the nodes."""
@@ -133,8 +126,10 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
             if segmentation_node is None or not segment_id:
                 raise ValueError(f"{model.name} inpaints: select the segment that marks the region to fill in.")
             mask_path = self.write_mask(segmentation_node, segment_id, volume_node, os.path.join(self.tmpdir, "mask.nii.gz"))
+        dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() else None
         result = self.run_in_background(
-            lambda: self.client.infer(model.name, image_path, params, mask_path), f"{model.name} on {volume_node.GetName()}"
+            lambda: self.client.infer(model.name, image_path, params, mask_path), f"{model.name} on {volume_node.GetName()}",
+            background.describe_volume(dims),
         )
         return self.load_result(result, volume_node.GetName())
 
@@ -156,72 +151,47 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
         self.models = {}
         self.option_widgets = {}
 
-        server_box = ctk.ctkCollapsibleButton()
-        server_box.text = "Server and model"
-        self.layout.addWidget(server_box)
-        form = qt.QFormLayout(server_box)
-        self.server_edit = qt.QLineEdit(qt.QSettings().value(SETTINGS_SERVER, medgen_client.DEFAULT_SERVER))
-        self.connect_button = qt.QPushButton("Connect")
-        row = qt.QHBoxLayout()
-        row.addWidget(self.server_edit)
-        row.addWidget(self.connect_button)
-        form.addRow("MONAI Label server:", row)
-        self.model_combo = qt.QComboBox()
-        form.addRow("Model:", self.model_combo)
-        self.description_label = qt.QLabel("")
-        self.description_label.wordWrap = True
-        form.addRow(self.description_label)
+        ui_widget = slicer.util.loadUI(self.resourcePath("UI/MedGen.ui"))
+        self.layout.addWidget(ui_widget)
+        self.ui = slicer.util.childWidgetVariables(ui_widget)
+        ui_widget.setMRMLScene(slicer.mrmlScene)
+        self.ui.serverLineEdit.text = qt.QSettings().value(SETTINGS_SERVER, medgen_client.DEFAULT_SERVER)
+        self.options_form = qt.QFormLayout(self.ui.optionsWidget)
+        self.ui.progressBar.hide()
 
-        inputs_box = ctk.ctkCollapsibleButton()
-        inputs_box.text = "Input"
-        self.layout.addWidget(inputs_box)
-        inputs = qt.QFormLayout(inputs_box)
-        self.volume_selector = slicer.qMRMLNodeComboBox()
-        self.volume_selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
-        self.volume_selector.selectNodeUponCreation = True
-        self.volume_selector.addEnabled = False
-        self.volume_selector.removeEnabled = False
-        self.volume_selector.noneEnabled = True
-        self.volume_selector.setMRMLScene(slicer.mrmlScene)
-        self.volume_selector.setToolTip("Volume to restore (for generation: whose field of view the result takes).")
-        inputs.addRow("Input volume:", self.volume_selector)
-        self.segment_selector = slicer.qMRMLSegmentSelectorWidget()
-        self.segment_selector.setMRMLScene(slicer.mrmlScene)
-        self.segment_selector.setToolTip("Inpainting: the segment that marks the region to fill in (1 = missing).")
-        self.mask_label = qt.QLabel("Mask segment:")
-        inputs.addRow(self.mask_label, self.segment_selector)
-
-        self.options_box = ctk.ctkCollapsibleButton()
-        self.options_box.text = "Options"
-        self.layout.addWidget(self.options_box)
-        self.options_form = qt.QFormLayout(self.options_box)
-
-        self.apply_button = qt.QPushButton("Apply")
-        self.apply_button.enabled = False
-        self.layout.addWidget(self.apply_button)
-        self.generate_button = qt.QPushButton("Generate new volume (Next Sample)")
-        self.generate_button.enabled = False
-        self.layout.addWidget(self.generate_button)
-        self.status_label = qt.QLabel("Not connected.")
-        self.status_label.wordWrap = True
-        self.layout.addWidget(self.status_label)
-        self.layout.addStretch(1)
-
-        self.connect_button.connect("clicked(bool)", self.on_connect)
-        self.model_combo.connect("currentIndexChanged(int)", self.on_model_changed)
-        self.apply_button.connect("clicked(bool)", self.on_apply)
-        self.generate_button.connect("clicked(bool)", self.on_generate)
+        self.ui.connectButton.connect("clicked(bool)", self.on_connect)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.on_model_changed)
+        self.ui.applyButton.connect("clicked(bool)", self.on_apply)
+        self.ui.generateButton.connect("clicked(bool)", self.on_generate)
         self.update_mask_visibility()
 
     # ---- helpers -----------------------------------------------------------------------------
     def current_model(self):
-        return self.models.get(self.model_combo.currentText)
+        return self.models.get(self.ui.modelComboBox.currentText)
+
+    def show_busy(self, text):
+        """The busy bar (no percentage: the server reports none) and the status line, while a call runs."""
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = text
+
+    def set_busy(self, busy):
+        """Disable the buttons during a server call and show the busy bar; restore them afterwards."""
+        for button in (self.ui.connectButton, self.ui.applyButton, self.ui.generateButton):
+            button.enabled = not busy and (button is self.ui.connectButton or self._button_allowed(button))
+        self.ui.progressBar.setVisible(busy)
+        if self.logic is not None:
+            self.logic.busy = self.show_busy if busy else None
+
+    def _button_allowed(self, button):
+        if button is self.ui.applyButton:
+            return self.current_model() is not None
+        return any(m.generative for m in self.models.values())
 
     def update_mask_visibility(self):
         model = self.current_model()
         show = bool(model and model.needs_mask)
-        self.segment_selector.setVisible(show)
-        self.mask_label.setVisible(show)
+        self.ui.maskSegmentSelector.setVisible(show)
+        self.ui.maskLabel.setVisible(show)
 
     def clear_options(self):
         while self.options_form.rowCount() > 0:
@@ -267,7 +237,7 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
 
     # ---- slots -------------------------------------------------------------------------------
     def on_connect(self):
-        server = self.server_edit.text.strip()
+        server = self.ui.serverLineEdit.text.strip()
         try:
             self.logic = MedGenLogic(server)
             slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
@@ -277,26 +247,26 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
                 slicer.app.restoreOverrideCursor()
         except (ValueError, medgen_client.ServerError) as e:
             self.models = {}
-            self.model_combo.clear()
-            self.status_label.text = "Not connected."
+            self.ui.modelComboBox.clear()
+            self.ui.statusLabel.text = "Not connected."
             slicer.util.errorDisplay(f"Could not connect to {server}: {e}")
             return
         qt.QSettings().setValue(SETTINGS_SERVER, server)
-        self.model_combo.clear()
+        self.ui.modelComboBox.clear()
         for name in self.models:
-            self.model_combo.addItem(name)
+            self.ui.modelComboBox.addItem(name)
         if not self.models:
-            self.status_label.text = f"{server} serves no monai_medgen model."
+            self.ui.statusLabel.text = f"{server} serves no monai_medgen model."
         else:
-            self.status_label.text = f"Connected to {server}: {len(self.models)} model(s)."
-        self.generate_button.enabled = any(m.generative for m in self.models.values())
+            self.ui.statusLabel.text = f"Connected to {server}: {len(self.models)} model(s)."
+        self.ui.generateButton.enabled = any(m.generative for m in self.models.values())
         self.on_model_changed()
 
     def on_model_changed(self, index=None):
         self.clear_options()
         model = self.current_model()
-        self.apply_button.enabled = model is not None
-        self.description_label.text = f"{model.description} [task: {model.task}]" if model else ""
+        self.ui.applyButton.enabled = model is not None
+        self.ui.descriptionLabel.text = f"{model.description} [task: {model.task}]" if model else ""
         if model:
             for option in model.options:
                 self.add_option(option)
@@ -304,7 +274,7 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
 
     def on_apply(self):
         model = self.current_model()
-        volume = self.volume_selector.currentNode()
+        volume = self.ui.inputVolumeSelector.currentNode()
         if model is None or self.logic is None:
             slicer.util.errorDisplay("Connect to a server and choose a model first.")
             return
@@ -314,17 +284,24 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
             return
         try:
             params = medgen_client.request_params(model, self.option_values())
-            node, std_node = self.logic.run(
-                model, volume, params, self.segment_selector.currentNode(), self.segment_selector.currentSegmentID()
-            )
+            self.set_busy(True)
+            try:
+                node, std_node = self.logic.run(
+                    model, volume, params, self.ui.maskSegmentSelector.currentNode(),
+                    self.ui.maskSegmentSelector.currentSegmentID(),
+                )
+            finally:
+                self.set_busy(False)
         except medgen_client.ServerError as e:
+            self.ui.statusLabel.text = f"{model.name} failed."
             slicer.util.errorDisplay(f"{model.name}: {e}")
             return
         except ValueError as e:
+            self.ui.statusLabel.text = f"{model.name} failed."
             slicer.util.errorDisplay(str(e))
             return
         slicer.util.setSliceViewerLayers(background=node, fit=True)
-        self.status_label.text = f"Loaded '{node.GetName()}'" + (f" and '{std_node.GetName()}'." if std_node else ".")
+        self.ui.statusLabel.text = f"Loaded '{node.GetName()}'" + (f" and '{std_node.GetName()}'." if std_node else ".")
 
     def on_generate(self):
         if self.logic is None:
@@ -332,21 +309,45 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
         model = self.current_model()
         try:
             params = medgen_client.request_params(model, self.option_values()) if model and model.generative else {}
-            node = self.logic.generate_next(params)
+            self.set_busy(True)
+            try:
+                node = self.logic.generate_next(params)
+            finally:
+                self.set_busy(False)
         except (medgen_client.ServerError, ValueError) as e:
+            self.ui.statusLabel.text = "Generate failed."
             slicer.util.errorDisplay(f"Generate: {e}")
             return
         slicer.util.setSliceViewerLayers(background=node, fit=True)
-        self.status_label.text = f"Loaded '{node.GetName()}' (synthetic)."
+        self.ui.statusLabel.text = f"Loaded '{node.GetName()}' (synthetic)."
 
 
 class MedGenTest(ScriptedLoadableModuleTest):
-    """Slicer self-test: the names and option parsing of the client on a recorded ``/info/`` entry (no server)."""
+    """Slicer self-test (no server): the client's names and option parsing on a recorded ``/info/`` entry, a
+    background call, and the widget built from its ``.ui``."""
 
     def runTest(self):
+        slicer.mrmlScene.Clear()
+        self.test_client()
+        self.test_background_call()
+        self.test_widget()
+
+    def test_client(self):
         info = {"models": {"m": {"description": "d", "dimension": 2, "config": {"steps": 20, "sampler": ["dpm++", "ddim"]},
                                   "medgen": {"task": "denoise", "limits": {"steps": [1, 100]}}}}}
         model = medgen_client.parse_info(info)["m"]
         assert medgen_client.request_params(model, {"steps": 5, "sampler": "ddim"}) == {"steps": 5, "sampler": "ddim"}
         assert medgen_client.result_volume_name("MRHead", "denoise") == "MRHead (synthetic, denoise)"
         self.delayDisplay("MedGen client test passed")
+
+    def test_background_call(self):
+        call = background.BackgroundCall(lambda: 6 * 7)
+        assert call.wait(10) and call.result() == 42
+        self.delayDisplay("MedGen background call test passed")
+
+    def test_widget(self):
+        widget = slicer.modules.medgen.widgetRepresentation().self()
+        for name in ("serverLineEdit", "modelComboBox", "inputVolumeSelector", "maskSegmentSelector", "optionsWidget",
+                     "applyButton", "generateButton", "progressBar", "statusLabel"):
+            assert hasattr(widget.ui, name), f"{name} missing from Resources/UI/MedGen.ui"
+        self.delayDisplay("MedGen widget test passed")

@@ -1,7 +1,10 @@
 """Client of the monai_medgen MONAI Label app, for the 3D Slicer module ``MedGen.py`` and any Python.
 
 Standard library only (it runs inside Slicer's Python, which has no monai_medgen), and no Slicer: the request
-building, response parsing and volume naming here are tested by the main test suite against a real server.
+building, response parsing and volume naming here are tested by the main test suite against a real server.  It
+lives in the module's helper package ``MedGenLib`` because Slicer loads every ``.py`` file of a module folder as a
+module of its own; outside Slicer put ``scripts/slicer/MedGen`` on ``sys.path`` and
+``from MedGenLib import medgen_client``.
 
 - :func:`parse_info`: the models of ``GET /info/`` that this app serves, with their options (:class:`Option`:
   kind, default, choices, range) for the Slicer widgets;

@@ -1,0 +1,139 @@
+"""The out-of-distribution score (:mod:`monai_medgen.ood`, ``monai-medgen score``) on real images: degenerate inputs
+refused with a one-line message, the score is the model's bits/dim minus the codec's on the same 8-bit slice, and a
+held-out Colin27 slice scores as more typical than a noise image or a photograph under the trained 2D VDM."""
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_medgen import cli, ood
+from monai_medgen.metrics import png_bits_per_dim
+
+COLIN = "/usr/share/mricron/templates/ch2bet.nii.gz"
+VDM = Path(__file__).resolve().parents[1] / "bundles" / "vdm_brain_mri_2d"
+needs_colin = pytest.mark.skipif(not os.path.isfile(COLIN), reason="Colin27 (mricron-data: ch2bet.nii.gz) not installed")
+needs_vdm = pytest.mark.skipif(not (VDM / "models" / "model.pt").is_file(), reason="no trained vdm_brain_mri_2d weights")
+
+
+@pytest.fixture(scope="module")
+def colin_slice():
+    """An axial Colin27 slice through the ventricles (scanner units, 2D)."""
+    return np.asarray(nib.load(COLIN).dataobj, dtype=np.float32)[:, :, 95]
+
+
+@pytest.fixture(scope="module")
+def vdm():
+    _, network, inferer = cli._load_vdm(argparse.Namespace(bundle=str(VDM), device="cpu"), "score")
+    return network, inferer
+
+
+def _save(tmp_path, name, array) -> str:
+    path = tmp_path / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.eye(4)), str(path))
+    return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# degenerate inputs
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "image, fragment",
+    [
+        (np.full((64, 64), 7.0), "is constant (7 everywhere)"),
+        (np.zeros((64, 64, 8)), "is constant (0 everywhere)"),
+        (np.random.default_rng(0).random((4, 4)), "is too small to score: 4x4"),
+        (np.full((64, 64), 5.0) + 1e-4 * np.random.default_rng(0).random((64, 64)), "is near-constant"),
+        (-np.random.default_rng(0).random((32, 32)), "has no positive voxels"),
+        (np.where(np.eye(32) > 0, np.nan, 1.0), "NaN or infinite"),
+    ],
+)
+def test_degenerate_inputs_refused(image, fragment):
+    with pytest.raises(ValueError) as e:
+        ood.prepare_slices(image, name="scan.nii.gz")
+    assert str(e.value).startswith("scan.nii.gz ") and fragment in str(e.value)
+
+
+@needs_vdm
+@pytest.mark.parametrize("case", ["constant", "tiny"])
+def test_cli_refuses_degenerate_input_with_one_line(case, tmp_path, capsys):
+    image = np.full((64, 64), 100.0) if case == "constant" else np.random.default_rng(0).random((4, 4)) + 1
+    path = _save(tmp_path, case, image)
+    rc = cli.main(["score", "--bundle", str(VDM), "--input", path, "--device", "cpu", "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2 and len(lines) == 1, err
+    expected = "is constant (100 everywhere)" if case == "constant" else "is too small to score: 4x4"
+    assert lines[0].startswith(f"monai-medgen score: error: --input {path} ") and expected in lines[0]
+    assert not (tmp_path / "r.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the score on real images
+# ---------------------------------------------------------------------------------------------
+@needs_colin
+@needs_vdm
+def test_score_is_model_minus_codec_bits(colin_slice, vdm):
+    network, inferer = vdm
+    slices = ood.prepare_slices(colin_slice, 128, name="colin")
+    assert slices.shape == (1, 1, 128, 128) and 0 <= slices.min() and slices.max() <= 1
+    out = ood.score_slices(slices, network, inferer, num_time_samples=16, seed=3)
+    # the codec compresses exactly the 8-bit image the model reads
+    levels = ood.eight_bit(slices)
+    assert levels.dtype == np.uint8 and np.abs(levels - 255.0 * slices[:, 0]).max() <= 0.5 + 1e-4
+    np.testing.assert_allclose(out["codec_bpd"], [png_bits_per_dim(levels / 255.0)])
+    np.testing.assert_allclose(out["bpd"], ood.model_bits_per_dim(slices, network, inferer, 16, seed=3))
+    np.testing.assert_allclose(out["score"], out["bpd"] - out["codec_bpd"])
+    # a held-out brain slice: the model codes it in fewer bits than PNG (a negative score)
+    assert 1.0 < out["bpd"][0] < out["codec_bpd"][0] < 5.0
+
+
+@needs_colin
+@needs_vdm
+def test_cli_prints_and_writes_raw_codec_and_corrected(colin_slice, tmp_path, capsys):
+    path = _save(tmp_path, "colin", colin_slice)
+    report = tmp_path / "r.json"
+    rc = cli.main(["score", "--bundle", str(VDM), "--input", path, "--device", "cpu", "--json", str(report)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "| input | bits/dim | PNG bits/dim | score | flag |" in out
+    saved = json.loads(report.read_text())
+    row = saved["results"][0]
+    assert saved["codec"] == "png" and saved["threshold"] == ood.DEFAULT_THRESHOLDS["png"]
+    assert saved["threshold_source"] == "default"
+    assert row["score"] == pytest.approx(row["bpd"] - row["codec_bpd"])
+    assert row["out_of_distribution"] is False  # a held-out brain slice is not flagged
+    cells = [c.strip() for c in next(line for line in out.splitlines() if line.startswith(f"| {path}")).split("|")]
+    assert [float(c) for c in cells[2:5]] == pytest.approx([row["bpd"], row["codec_bpd"], row["score"]], abs=1e-3)
+
+
+@needs_colin
+@needs_vdm
+def test_brain_more_typical_than_noise_and_photograph(colin_slice, vdm):
+    import skimage.data
+
+    network, inferer = vdm
+    rng = np.random.default_rng(0)
+    images = {
+        "colin27": colin_slice,
+        "constant plus noise": 0.5 + 0.1 * rng.standard_normal((128, 128)),
+        "camera": skimage.data.camera(),
+    }
+    score = {k: ood.score_slices(ood.prepare_slices(v, name=k), network, inferer, num_time_samples=16)["score"][0]
+             for k, v in images.items()}
+    assert score["colin27"] < ood.DEFAULT_THRESHOLDS["png"] < min(score["constant plus noise"], score["camera"]), score
+
+
+@needs_colin
+def test_codecs_on_a_brain_slice(colin_slice):
+    slices = ood.prepare_slices(colin_slice, 128, name="colin")
+    png = ood.codec_bits_per_dim(slices, "png")
+    assert png.shape == (1,) and 2.0 < png[0] < 5.0
+    with pytest.raises(ValueError, match="codec must be one of"):
+        ood.codec_bits_per_dim(slices, "gif")
+    pytest.importorskip("imagecodecs")
+    assert ood.codec_bits_per_dim(slices, "jpegxl")[0] < png[0]  # the stronger codec
