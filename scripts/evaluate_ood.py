@@ -232,6 +232,12 @@ def _fmt(v: float) -> str:
     return f"{v:.3f}"
 
 
+def _shown(path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def report(items, scores, calibration, thresholds, args, model_sha: str, seconds: float) -> str:
     groups = list(dict.fromkeys(it["group"] for it in items))
     label = np.array([it["label"] for it in items], dtype=bool)
@@ -249,7 +255,7 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
         "PYTHONPATH=. python scripts/evaluate_ood.py" + (" --orientation-ratio" if "orientation" in scores else ""),
         "```",
         "",
-        f"Model: `{args.bundle}` (`models/model.pt` SHA-256 `{model_sha[:16]}...`), {args.time_samples} stratified "
+        f"Model: `{_shown(args.bundle)}` (`models/model.pt` SHA-256 `{model_sha[:16]}...`), {args.time_samples} stratified "
         f"diffusion times per slice, seed {args.seed}. Scores (bits/dim; higher = less typical):",
         "",
         "- **raw bits/dim**: the VDM's variational bound on the slice (what `score` reported before);",
