@@ -10,7 +10,7 @@
     monai-medgen restore --bundle bundles/cddpm_super_resolution_3d --input thick.nii.gz --output fine.nii.gz \\
         --factor 1,1,4
     monai-medgen generate --bundle bundles/vdm_brain_mri_2d --num 8 --output-dir samples/
-    monai-medgen score --bundle bundles/vdm_brain_mri_2d --input a.nii.gz b.mha --threshold 5
+    monai-medgen score --bundle bundles/vdm_brain_mri_2d --input a.nii.gz b.mha --codec jpegxl
 
 Every output is a new file (never an input) in the input's world space, marked synthetic in its header with a
 JSON provenance sidecar (model, bundle version, task, sampler, steps, seed, SHA-256 of the inputs).  A DICOM

@@ -31,6 +31,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -48,6 +49,11 @@ import torch
 from monai.data import MetaTensor
 from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_images
 from monai.utils import ensure_tuple
+
+# MONAI >= 1.6 builds a PydicomReader inside every LoadImage and, without a GPU image codec, warns on each one
+# ("nvImageCodec is not available"). It is noise on a CPU machine and breaks one-line error messages, so only
+# errors from that module are shown; DICOM decoding itself is unaffected (pydicom decodes on the CPU).
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 __all__ = [
     "new_mr_instance",

@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from monai_medgen.tasks.panel import TEMPLATES, pydicom_test_image
+
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATES = Path(os.environ.get("MONAI_MEDGEN_MRICRON", "/usr/share/mricron/templates"))
 CORRUPTIONS = ("noise", "bias field", "ghosting", "rotated 90", "upside down")
 GEOMETRIC = ("rotated 90", "upside down")
 # pydicom's bundled test images that are 2D grayscale pictures (copies of the same picture in other transfer
@@ -73,15 +73,6 @@ def mni152_slices(size: int = 128) -> np.ndarray:
     from monai_medgen.ood import prepare_slices
 
     return prepare_slices(load_mni152()[0], size, None, name="MNI152")
-
-
-def _pydicom_image(name: str) -> np.ndarray:
-    import pydicom
-
-    path = Path(pydicom.__file__).parent / "data" / "test_files" / name  # the package's own files only
-    ds = pydicom.dcmread(str(path))
-    a = ds.pixel_array.astype(np.float32)
-    return a * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
 
 
 def _nibabel_volume(name: str) -> np.ndarray:
@@ -148,7 +139,7 @@ def build_panel(size: int = 128, seed: int = 0) -> list[dict]:
         print(f"left out: macaque ({e})", file=sys.stderr)
     for name in PYDICOM_FILES:
         try:
-            add("pydicom", name, prepare_slices(_pydicom_image(name), size, name=name))
+            add("pydicom", name, prepare_slices(pydicom_test_image(name), size, name=name))
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             print(f"left out: {name} ({e})", file=sys.stderr)
     for name in NIBABEL_FILES:

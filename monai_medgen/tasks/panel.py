@@ -19,17 +19,18 @@ Images reserved for the project's independent evaluation are never used here.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PANEL", "load_panel", "tuning_image"]
+from monai_medgen.tasks.corpus import MRICRON_TEMPLATES
+
+__all__ = ["PANEL", "load_panel", "pydicom_test_image", "tuning_image"]
 
 PANEL = ("colin27_t1", "colin27_t2_sim", "colin27_pd_sim", "macaque_t1", "ct_small", "mr_small", "epi", "retina")
-TEMPLATES = Path(os.environ.get("MONAI_MEDGEN_MRICRON", "/usr/share/mricron/templates"))
+TEMPLATES = MRICRON_TEMPLATES
 # (T1 ms, T2 ms, PD) at 1.5 T, rounded literature values (Wansapura et al. 1999; Bojorquez et al. 2017)
 TISSUES = {"csf": (4000.0, 2000.0, 1.0), "gm": (1100.0, 95.0, 0.8), "wm": (650.0, 75.0, 0.65)}
 
@@ -75,13 +76,14 @@ def _spin_echo(t1_slice: np.ndarray, tr: float, te: float) -> np.ndarray:
     return _scale01(signal * brain)
 
 
-def _dicom(name: str) -> np.ndarray:
+def pydicom_test_image(name: str) -> np.ndarray:
+    """A 2D image of pydicom's own ``data/test_files`` (never the separate pydicom-data package), in stored
+    units after the rescale slope and intercept (Hounsfield units for CT)."""
     import pydicom
-    from pydicom.data import get_testdata_file
 
-    ds = pydicom.dcmread(get_testdata_file(name))
-    a = ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0))
-    return a
+    ds = pydicom.dcmread(str(Path(pydicom.__file__).parent / "data" / "test_files" / name))
+    a = ds.pixel_array.astype(np.float32)
+    return a * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
 
 
 def _panel_image(name: str) -> np.ndarray:
@@ -94,9 +96,9 @@ def _panel_image(name: str) -> np.ndarray:
     if name == "macaque_t1":
         return _crop_to_content(_scale01(_nifti_slice(TEMPLATES / "inia19-t1-brain.nii.gz", fraction=0.6)))
     if name == "ct_small":
-        return _scale01(_dicom("CT_small.dcm"))
+        return _scale01(pydicom_test_image("CT_small.dcm"))
     if name == "mr_small":
-        return _scale01(_dicom("MR_small.dcm"))
+        return _scale01(pydicom_test_image("MR_small.dcm"))
     if name == "epi":
         import nibabel
 
