@@ -26,7 +26,7 @@ from monai_medgen.tasks import (
 )
 from monai_medgen.tasks.corpus import TRAINING_ATLASES, TRAINING_PHOTOGRAPHS, TrainingCorpus
 from monai_medgen.tasks.restore import ResidualDiffusionInferer, restore_residual
-from monai_medgen.tasks.sampling import restoration_times
+from monai_medgen.tasks.sampling import NUM_FRAMES, frame_transform, restoration_times
 
 
 def _rel(a, b) -> float:
@@ -171,6 +171,39 @@ def test_residual_restorer_consistency_and_known_voxels(mni_slice):
     masked = truth * (1 - mask)
     out, std = ResidualRestorer(inferer, net, "inpaint", num_steps=2)(masked, mask=mask, num_samples=2)
     assert torch.equal(out[mask == 0], masked[mask == 0]) and float(std[mask == 0].abs().max()) == 0
+
+
+def test_self_ensemble_frames_consistency_and_known_voxels(mni_slice):
+    """Each sample of a self-ensemble is drawn in its own frame and mapped back: the frames invert, data
+    consistency and known voxels hold in the original frame, and sample 0 is the plain sample."""
+    for shape in ((1, 1, 5, 7), (1, 1, 3, 5, 7)):
+        x = torch.randn(shape)
+        for k in range(NUM_FRAMES):
+            assert torch.equal(frame_transform(frame_transform(x, k), k, inverse=True), x)
+        assert len({frame_transform(x, k).flatten().numpy().tobytes() for k in range(NUM_FRAMES)}) == NUM_FRAMES
+    net, inferer = _tiny("sr")
+    op = SuperResolution(4.0)
+    truth = mni_slice[..., :61, :70]  # not square: transposed frames change the padding
+    low = op.degrade(truth)
+    measured = op.base(low, truth.shape[2:])
+    plain = ResidualRestorer(inferer, net, "sr", num_steps=2)
+    ensemble = ResidualRestorer(inferer, net, "sr", num_steps=2, self_ensemble=True)
+    assert not plain.self_ensemble and ensemble.self_ensemble
+    one = [r(measured, project=lambda x: op.project(x, low), generator=torch.Generator().manual_seed(0))[0]
+           for r in (plain, ensemble)]
+    assert torch.equal(one[0], one[1])  # one sample: no frame change
+    mean, std = ensemble(measured, project=lambda x: op.project(x, low), num_samples=4,
+                         generator=torch.Generator().manual_seed(0))
+    assert mean.shape == truth.shape and float(std.max()) > 0 and _rel(op.degrade(mean), low) < 1e-3
+    net, inferer = _tiny("inpaint")
+    inferer.self_ensemble = True  # the bundle setting is read from the inferer
+    mask = torch.zeros_like(truth)
+    mask[..., 10:30, 20:50] = 1
+    masked = truth * (1 - mask)
+    restorer = ResidualRestorer(inferer, net, "inpaint", num_steps=2)
+    mean, std = restorer(masked, mask=mask, num_samples=3, generator=torch.Generator().manual_seed(1))
+    assert restorer.self_ensemble and torch.equal(mean[mask == 0], masked[mask == 0])
+    assert float(std[mask == 0].abs().max()) == 0
 
 
 def test_residual_restorer_tiles_large_images():

@@ -145,7 +145,8 @@ def evaluate_panel(
                 t0 = time.perf_counter()
                 mean, _ = restorer(measured, project=project, mask=mask, num_samples=num_samples,
                                    generator=torch.Generator().manual_seed(i), value_range=(0.0, 1.0))
-                results[f"model (mean of {num_samples})"] = (mean.clamp(0, 1), time.perf_counter() - t0, num_steps * num_samples)
+                label = f"model (mean of {num_samples}{', self-ensemble' if restorer.self_ensemble else ''})"
+                results[label] = (mean.clamp(0, 1), time.perf_counter() - t0, num_steps * num_samples)
             scored = {m: _score(scenario, m, out, s, n, truth, measured, extra, name) for m, (out, s, n) in results.items()}
             rows += list(scored.values())
             lines += [f"| {name} | {m} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['sharpness']:.2f} | {r['consistency']:.1e} | "

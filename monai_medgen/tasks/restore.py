@@ -46,12 +46,14 @@ class ResidualDiffusionInferer(ConditionalDiffusionInferer):
         tile_above: image side above which tiles are used.
         data_dims: what the bundle restores: 2 (images; volumes slice by slice) or 3 (volumes, e.g. thick slices
             through their planes), whatever the network's own ``spatial_dims``.
+        self_ensemble: draw the samples of a multi-sample restoration in flipped / transposed frames and map them
+            back before averaging (:class:`~monai_medgen.tasks.ResidualRestorer`); one sample is unchanged.
         Other arguments: as :class:`ConditionalDiffusionInferer`.
     """
 
     def __init__(
         self, family: str = "sr", start_time: float = 0.5, tile_size: int = 256, tile_above: int = 512, data_dims: int = 2,
-        **kwargs,
+        self_ensemble: bool = False, **kwargs,
     ):
         super().__init__(**kwargs)
         if data_dims not in (2, 3):
@@ -59,6 +61,7 @@ class ResidualDiffusionInferer(ConditionalDiffusionInferer):
         self.data_dims = int(data_dims)
         self.family, self.start_time = family, float(start_time)
         self.tile_size, self.tile_above = int(tile_size), int(tile_above)
+        self.self_ensemble = bool(self_ensemble)
 
 
 def fine_grid_affine(affine, shape: Sequence[int], size: Sequence[int]) -> torch.Tensor:

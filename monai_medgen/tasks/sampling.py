@@ -8,6 +8,11 @@ at t = 1 is the model's regression estimate of the residual, one large step then
 faster" starts, here from the model's own estimate).  After every prediction of the clean image the data
 consistency hook maps it back onto the measurement (super-resolution: exact range-null-space projection; inpainting:
 the known voxels), so the output, degraded again, equals the input.
+
+With ``self_ensemble`` the samples of a multi-sample restoration are drawn in different frames of the image
+(2D: the eight flips and transposes of the square's symmetry group; 3D: the eight axis flips) and mapped back
+before they are averaged, so the mean also averages out what the network does differently by orientation
+(the geometric self-ensemble of image restoration networks). One sample is always drawn in the image's own frame.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from monai.inferers import sliding_window_inference
 from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, sample_loop
 from monai_medgen.tasks.blind import make_condition
 
-__all__ = ["ResidualRestorer", "restoration_times"]
+__all__ = ["NUM_FRAMES", "ResidualRestorer", "frame_transform", "restoration_times"]
 
 
 def _size_multiple(network) -> int:
@@ -29,6 +34,26 @@ def _size_multiple(network) -> int:
     net = getattr(network, "module", network)
     levels = getattr(getattr(net, "unet", None), "block_out_channels", None)
     return 2 ** (len(levels) - 1) if levels else 8
+
+
+def frame_transform(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """``x`` (B, C, *spatial) in frame ``k`` of :data:`NUM_FRAMES` (0: as it is), or back from it (``inverse``).
+    2D: bit 0 flips W, bit 1 flips H, bit 2 transposes H and W (applied last, so undone first); 3D: bits flip
+    the three axes."""
+    if x.ndim == 5:
+        dims = [d for b, d in enumerate((-1, -2, -3)) if k >> b & 1]
+        return x.flip(dims) if dims else x
+    flips = [d for b, d in enumerate((-1, -2)) if k >> b & 1]
+    if inverse and k & 4:
+        x = x.transpose(-1, -2)
+    if flips:
+        x = x.flip(flips)
+    if not inverse and k & 4:
+        x = x.transpose(-1, -2)
+    return x
+
+
+NUM_FRAMES = 8
 
 
 def restoration_times(num_steps: int, start_time: float, num_train_steps: int) -> torch.Tensor:
@@ -61,6 +86,8 @@ class ResidualRestorer:
         overlap: tile overlap fraction.
         speed: the network call's speed options (``channels_last``, ``autocast``, ``compile``; see
             :func:`monai_medgen.samplers.accelerated`), all off by default.
+        self_ensemble: draw sample k of a multi-sample call in frame k (flips / transposes) and map it back;
+            None: the inferer's ``self_ensemble`` attribute (a bundle setting), else off.
     """
 
     def __init__(
@@ -74,6 +101,7 @@ class ResidualRestorer:
         patch_size: int | None = None,
         overlap: float = 0.25,
         speed: dict | None = None,
+        self_ensemble: bool | None = None,
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -83,6 +111,7 @@ class ResidualRestorer:
         self.sampler, self.patch_size, self.overlap = sampler, patch_size, float(overlap)
         self.times = restoration_times(num_steps, start_time, inferer.num_train_timesteps)
         self.speed = dict(speed or {})
+        self.self_ensemble = bool(getattr(inferer, "self_ensemble", False) if self_ensemble is None else self_ensemble)
 
     def _eps_fn(self, cond: torch.Tensor) -> Callable:
         eps_model = self.inferer.eps_model(self.network, accelerated(self.network, **self.speed) if self.speed else None)
@@ -141,6 +170,26 @@ class ResidualRestorer:
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        self.inferer.schedule.to(measured.device)
+        samples = []
+        for i in range(num_samples):
+            k = i % NUM_FRAMES if self.self_ensemble else 0
+            if k == 0:
+                samples.append(self._sample(measured, project, mask, generator, verbose, value_range))
+                continue
+            framed_project = None if project is None else (lambda x, k=k: frame_transform(project(frame_transform(x, k, True)), k))
+            framed_mask = None if mask is None else frame_transform(mask, k)
+            x = self._sample(frame_transform(measured, k), framed_project, framed_mask, generator, verbose, value_range)
+            samples.append(frame_transform(x, k, inverse=True))
+        stack = torch.stack(samples)
+        mean, std = stack.mean(0), (stack.std(0) if num_samples > 1 else torch.zeros_like(stack[0]))
+        if mask is not None and num_samples > 1:  # a mean of equal values can round: known voxels exactly as given
+            known = mask.to(measured) < 0.5
+            mean, std = torch.where(known, measured, mean), torch.where(known, torch.zeros_like(std), std)
+        return mean, std
+
+    def _sample(self, measured, project, mask, generator, verbose, value_range) -> torch.Tensor:
+        """One sample (B, 1, *spatial) in [0, 1] units, in the frame of ``measured``."""
         device = measured.device
         spatial = tuple(measured.shape[2:])
         multiple = _size_multiple(self.network)
@@ -155,30 +204,25 @@ class ResidualRestorer:
             mask = None if mask is None else F.pad(mask.to(measured), pads, mode="constant", value=0.0)
         cond, base = make_condition(self.family, measured, mask=mask)
         known = None if mask is None else (mask.to(measured) < 0.5)
-        self.inferer.schedule.to(device)
-        samples = []
-        for _ in range(num_samples):
 
-            def hook(r: torch.Tensor) -> torch.Tensor:
-                if known is not None:
-                    r = torch.where(known, torch.zeros_like(r), r)
-                if project is None:
-                    return r
-                out = r.clone()
-                out[inner] = 2 * (project(base[inner] + r[inner] / 2) - base[inner])
-                return out
-
-            z = batched_randn(measured.shape, generator, device=device, dtype=measured.dtype)
-            out = sample_loop(
-                self._eps_fn(cond), z, self.inferer.schedule, self.times, sampler=self.sampler,
-                generator=generator, clip_x0=(-2.0, 2.0), verbose=verbose, desc=f"restore ({self.family})",
-                x0_hook=hook,
-            )
-            x = base + hook(out.sample) / 2
-            if value_range is not None:
-                x = self._into_range(x, value_range, project, inner)
+        def hook(r: torch.Tensor) -> torch.Tensor:
             if known is not None:
-                x = torch.where(known, measured, x)
-            samples.append(x[inner])
-        stack = torch.stack(samples)
-        return stack.mean(0), (stack.std(0) if num_samples > 1 else torch.zeros_like(stack[0]))
+                r = torch.where(known, torch.zeros_like(r), r)
+            if project is None:
+                return r
+            out = r.clone()
+            out[inner] = 2 * (project(base[inner] + r[inner] / 2) - base[inner])
+            return out
+
+        z = batched_randn(measured.shape, generator, device=device, dtype=measured.dtype)
+        out = sample_loop(
+            self._eps_fn(cond), z, self.inferer.schedule, self.times, sampler=self.sampler,
+            generator=generator, clip_x0=(-2.0, 2.0), verbose=verbose, desc=f"restore ({self.family})",
+            x0_hook=hook,
+        )
+        x = base + hook(out.sample) / 2
+        if value_range is not None:
+            x = self._into_range(x, value_range, project, inner)
+        if known is not None:
+            x = torch.where(known, measured, x)
+        return x[inner]
