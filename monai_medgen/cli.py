@@ -131,14 +131,17 @@ def check_device(device: str) -> str:
         if not torch.cuda.is_available():
             raise CLIError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                           f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}).")
+            raise CLIError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})."
+            )
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise CLIError(f"--device {device}: MPS is not available on this machine; use --device cpu.")
     elif dev.type != "cpu":
-        raise CLIError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r} (a {dev.type!r} device cannot "
-                       "run the model).")
+        raise CLIError(
+            f"--device must be 'cpu', 'cuda' or 'cuda:N', got {device!r} (a {dev.type!r} device cannot run the model)."
+        )
     return str(dev)
 
 
@@ -151,22 +154,30 @@ def check_compile_backend(backend: str | None) -> str | None:
     try:
         known = sorted(set(torch._dynamo.list_backends(exclude_tags=())))
     except Exception as e:  # torch without dynamo (some platforms)
-        raise CLIError(f"--compile {backend}: torch.compile is not available here ({_one_line(e)}); omit --compile.") from e
+        raise CLIError(
+            f"--compile {backend}: torch.compile is not available here ({_one_line(e)}); omit --compile."
+        ) from e
     if backend not in known:
         common = [b for b in ("inductor", "eager", "aot_eager", "cudagraphs") if b in known]
-        raise CLIError(f"--compile {backend}: not a torch.compile backend; expected e.g. {', '.join(common)} (all "
-                       f"{len(known)}: torch._dynamo.list_backends()), or --compile alone for inductor.")
+        raise CLIError(
+            f"--compile {backend}: not a torch.compile backend; expected e.g. {', '.join(common)} (all "
+            f"{len(known)}: torch._dynamo.list_backends()), or --compile alone for inductor."
+        )
     return backend
 
 
 def check_number(option: str, value, minimum=None, maximum=None, integer: bool = False):
     """``value`` after checking that it is a finite number (an integer with ``integer``) in [minimum, maximum];
     the error names ``option``."""
+
     def shown(v) -> str:
         return str(int(v)) if integer else f"{v:g}"
 
-    bounds = ("" if minimum is None else f" >= {shown(minimum)}") + (
-        "" if maximum is None or minimum is None else " and") + ("" if maximum is None else f" <= {shown(maximum)}")
+    bounds = (
+        ("" if minimum is None else f" >= {shown(minimum)}")
+        + ("" if maximum is None or minimum is None else " and")
+        + ("" if maximum is None else f" <= {shown(maximum)}")
+    )
     kind = "an integer" if integer else "a finite number"
     try:
         number = float(value)
@@ -222,7 +233,8 @@ def describe_os_error(error: OSError) -> str:
     }
     hint = hints.get(error.errno, "")
     return f"{where + ': ' if where else ''}{reason}{f' (errno {error.errno})' if error.errno else ''}" + (
-        f"; {hint}." if hint else ".")
+        f"; {hint}." if hint else "."
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -256,7 +268,9 @@ class Bundle:
 
         root = Path(folder).expanduser()
         if not root.is_dir():
-            raise CLIError(f"--bundle {folder} is not a folder: expected a MONAI bundle folder such as bundles/vdm_brain_mri_2d.")
+            raise CLIError(
+                f"--bundle {folder} is not a folder: expected a MONAI bundle folder such as bundles/vdm_brain_mri_2d."
+            )
         config = root / "configs" / "inference.yaml"
         if not config.is_file():
             raise CLIError(f"--bundle {folder} has no configs/inference.yaml: expected a MONAI bundle folder.")
@@ -315,8 +329,14 @@ def _load_weights(bundle: Bundle, network, schedule=None) -> None:
         raise CLIError(f"--bundle {bundle.root}: {e}") from e
 
 
-def read_input(path: str, arg: str, spatial_dims=None, series_uid: str | None = None, max_voxels: int | None = MAX_VOXELS,
-               series_option: str | None = None):
+def read_input(
+    path: str,
+    arg: str,
+    spatial_dims=None,
+    series_uid: str | None = None,
+    max_voxels: int | None = MAX_VOXELS,
+    series_option: str | None = None,
+):
     """``io.read_image`` with one channel, refused from the header alone when larger than ``max_voxels``; errors
     prefixed with the argument.  A DICOM folder of several series is refused with the list of its series (UID,
     description, number of slices) and, where the command has one, the option that picks one."""
@@ -325,12 +345,21 @@ def read_input(path: str, arg: str, spatial_dims=None, series_uid: str | None = 
     try:
         img = io.read_image(path, spatial_dims=spatial_dims, channels=1, series_uid=series_uid, max_voxels=max_voxels)
     except io.MultipleSeriesError as e:
-        listing = "; ".join(f"{s.uid} {s.description!r} ({s.num_slices} slices)" if s.description else
-                            f"{s.uid} ({s.num_slices} slices)" for s in e.series)
-        how = (f"choose one with {series_option} UID" if series_option else
-               "give a folder holding one series (copy that series' files into a folder of its own)")
-        raise CLIError(f"{arg} {path} holds {len(e.series)} DICOM series, which are never merged into one volume; "
-                       f"{how}. Its series (SeriesInstanceUID, description, slices): {listing}.") from e
+        listing = "; ".join(
+            f"{s.uid} {s.description!r} ({s.num_slices} slices)"
+            if s.description
+            else f"{s.uid} ({s.num_slices} slices)"
+            for s in e.series
+        )
+        how = (
+            f"choose one with {series_option} UID"
+            if series_option
+            else "give a folder holding one series (copy that series' files into a folder of its own)"
+        )
+        raise CLIError(
+            f"{arg} {path} holds {len(e.series)} DICOM series, which are never merged into one volume; "
+            f"{how}. Its series (SeriesInstanceUID, description, slices): {listing}."
+        ) from e
     except ValueError as e:
         message = _one_line(e)
         if "cannot find a suitable reader" in message:  # MONAI lists every reader's traceback: say it plainly
@@ -342,7 +371,9 @@ def read_input(path: str, arg: str, spatial_dims=None, series_uid: str | None = 
             message += " Crop or resample it first."
         raise CLIError(f"{arg}: {message}") from e
     if img.ndim not in (3, 4):
-        raise CLIError(f"{arg} {path} must be a 2D image or a 3D volume with one channel, got shape {tuple(img.shape)}.")
+        raise CLIError(
+            f"{arg} {path} must be a 2D image or a 3D volume with one channel, got shape {tuple(img.shape)}."
+        )
     return img
 
 
@@ -383,9 +414,12 @@ def check_output_size(image, factor, spatial_dims: int, input_path: str, input_s
     too_many = math.prod(out) > MAX_VOXELS
     if not (too_wide or too_many):
         return
-    limit = (f"this 2D bundle restores slices of at most {MAX_SLICE_PIXELS} pixels (512 x 512), as its attention "
-             "memory grows with the square of a slice's size" if too_wide else
-             f"restoring takes at most {MAX_VOXELS} voxels (512^3) in all")
+    limit = (
+        f"this 2D bundle restores slices of at most {MAX_SLICE_PIXELS} pixels (512 x 512), as its attention "
+        "memory grows with the square of a slice's size"
+        if too_wide
+        else f"restoring takes at most {MAX_VOXELS} voxels (512^3) in all"
+    )
     grid = "x".join(str(n) for n in out)
     if out != shape:
         raise CLIError(
@@ -416,19 +450,25 @@ def check_output_target(arg: str, target: str, inputs: dict, overwrite: bool, si
             continue
         src_resolved = Path(src).expanduser().resolve()
         if src_resolved == resolved:
-            raise CLIError(f"{arg} {target} is the {src_arg} file: refusing to overwrite an input; choose another path.")
+            raise CLIError(
+                f"{arg} {target} is the {src_arg} file: refusing to overwrite an input; choose another path."
+            )
         if os.path.isdir(src) and src_resolved in resolved.parents:
             raise CLIError(f"{arg} {target} lies inside the {src_arg} DICOM series folder; choose another path.")
         if resolved.is_dir() and resolved in src_resolved.parents:
-            raise CLIError(f"{arg} {target} holds the {src_arg} {src}: refusing to replace a folder with an input in it.")
+            raise CLIError(
+                f"{arg} {target} holds the {src_arg} {src}: refusing to replace a folder with an input in it."
+            )
     paths = [(arg, resolved)] + ([(f"{arg}'s provenance sidecar", Path(str(resolved) + ".json"))] if sidecar else [])
     for what, path in paths:
         if not (path.exists() or path.is_symlink()):
             continue
         why = io.replace_refusal(path)
         if why is not None:
-            raise CLIError(f"{what} {path} already exists and {why}; refusing to replace it (even with --overwrite): "
-                           "choose another path.")
+            raise CLIError(
+                f"{what} {path} already exists and {why}; refusing to replace it (even with --overwrite): "
+                "choose another path."
+            )
         empty_dir = path.is_dir() and not any(path.iterdir())
         if not overwrite and not empty_dir:
             raise CLIError(f"{what} {path} already exists; pass --overwrite to replace it.")
@@ -444,11 +484,15 @@ def check_uncertainty_target(output: str, uncertainty: str | None, dicom_output:
         return
     out, unc = Path(output).expanduser().resolve(), Path(uncertainty).expanduser().resolve()
     if unc == out or unc == Path(str(out) + ".json") or out == Path(str(unc) + ".json"):
-        raise CLIError(f"--uncertainty {uncertainty} is the --output {output} (or its sidecar): the standard deviation "
-                       "map would replace the result; choose another path.")
+        raise CLIError(
+            f"--uncertainty {uncertainty} is the --output {output} (or its sidecar): the standard deviation "
+            "map would replace the result; choose another path."
+        )
     if dicom_output == bool(_image_suffix(uncertainty)):
-        raise CLIError("--uncertainty must be of the same kind as --output (both image files ending with .nii.gz, "
-                       ".nii, .nrrd or .mha, or both DICOM series folders).")
+        raise CLIError(
+            "--uncertainty must be of the same kind as --output (both image files ending with .nii.gz, "
+            ".nii, .nrrd or .mha, or both DICOM series folders)."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,11 +538,15 @@ def _restore(args) -> int:
     if args.dicomweb:
         return _restore_from_dicomweb(args)
     if args.study_uid is not None:
-        raise CLIError("--study-uid applies to --dicomweb (the study of the series read from the server); a DICOM "
-                       "folder --input is chosen from with --series-uid alone.")
+        raise CLIError(
+            "--study-uid applies to --dicomweb (the study of the series read from the server); a DICOM "
+            "folder --input is chosen from with --series-uid alone."
+        )
     if not args.output:
-        raise CLIError("--output is required: the restored file, or a new folder for a derived DICOM series (only with "
-                       "--dicomweb may it be left out: the derived series then goes back to the server).")
+        raise CLIError(
+            "--output is required: the restored file, or a new folder for a derived DICOM series (only with "
+            "--dicomweb may it be left out: the derived series then goes back to the server)."
+        )
     return _restore_local(args)
 
 
@@ -514,8 +562,9 @@ def _restore_from_dicomweb(args) -> int:
     check_common_numbers(args)  # everything that needs no network first
     Bundle(args.bundle, check_device(args.device), "restore")  # its folder, configs and weights are there
     if args.series_uid is None:
-        raise CLIError("--dicomweb needs --series-uid UID: the SeriesInstanceUID of the series to restore "
-                       "(--study-uid optional).")
+        raise CLIError(
+            "--dicomweb needs --series-uid UID: the SeriesInstanceUID of the series to restore (--study-uid optional)."
+        )
     for option, uid in (("--series-uid", args.series_uid), ("--study-uid", args.study_uid)):
         if uid is not None:
             try:
@@ -524,8 +573,10 @@ def _restore_from_dicomweb(args) -> int:
                 raise CLIError(str(e)) from e
     store = not args.output
     if store and args.uncertainty:
-        raise CLIError("--uncertainty with --dicomweb needs --output (local files): only the restored series is stored "
-                       "on the server.")
+        raise CLIError(
+            "--uncertainty with --dicomweb needs --output (local files): only the restored series is stored "
+            "on the server."
+        )
     try:
         client = dicomweb.DICOMwebClient(args.dicomweb, what="--dicomweb")
         ref = client.find_series(args.series_uid, args.study_uid)
@@ -536,8 +587,11 @@ def _restore_from_dicomweb(args) -> int:
     except ValueError as e:  # DICOMwebError and a malformed URL, both naming --dicomweb
         raise CLIError(str(e)) from e
     count = f", {ref.num_instances} instance(s)" if ref.num_instances is not None else ""
-    print(f"{PROG} restore: reading series {ref.series_uid} ({ref.modality or '?'} {ref.description!r}{count}) of study "
-          f"{ref.study_uid} from {client.url}", file=sys.stderr)
+    print(
+        f"{PROG} restore: reading series {ref.series_uid} ({ref.modality or '?'} {ref.description!r}{count}) of study "
+        f"{ref.study_uid} from {client.url}",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory(prefix="monai_medgen_dicomweb_") as tmp:
         folder = Path(tmp) / "series"
         try:
@@ -568,12 +622,18 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
     if args.series_uid is not None and not os.path.isdir(args.input):
         raise CLIError(f"--series-uid applies to a DICOM folder --input; {args.input} is not a folder.")
     if args.samples > 1 and not args.uncertainty:
-        print(f"{PROG} restore: note: --samples {args.samples} without --uncertainty: only the mean is written.",
-              file=sys.stderr)
+        print(
+            f"{PROG} restore: note: --samples {args.samples} without --uncertainty: only the mean is written.",
+            file=sys.stderr,
+        )
     if args.uncertainty and args.samples < 2:
-        raise CLIError(f"--uncertainty needs --samples N with N >= 2 (the standard deviation of N samples), got {args.samples}.")
+        raise CLIError(
+            f"--uncertainty needs --samples N with N >= 2 (the standard deviation of N samples), got {args.samples}."
+        )
     if not os.path.exists(args.input):
-        raise CLIError(f"--input {args.input}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder).")
+        raise CLIError(
+            f"--input {args.input}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder)."
+        )
     bundle = Bundle(args.bundle, device, "restore")
     task = str(bundle.require("task", "restoration (cddpm_*)"))
     if task not in TASKS:
@@ -629,14 +689,22 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
         io.remove_stale_temporaries(Path(target).expanduser().resolve().parent)
 
     common = dict(
-        factor=factor, sampler=args.sampler or bundle.get("sampler", "dpm++"),
-        num_steps=args.steps or int(bundle.get("num_steps", 20)), num_samples=args.samples, seed=args.seed,
-        device=device, channels_last=bool(getattr(args, "channels_last", False)),
-        autocast=getattr(args, "autocast", None), compile=compile_backend or False,
+        factor=factor,
+        sampler=args.sampler or bundle.get("sampler", "dpm++"),
+        num_steps=args.steps or int(bundle.get("num_steps", 20)),
+        num_samples=args.samples,
+        seed=args.seed,
+        device=device,
+        channels_last=bool(getattr(args, "channels_last", False)),
+        autocast=getattr(args, "autocast", None),
+        compile=compile_backend or False,
     )
     if spatial_dims == 3:
-        common.update(patch_size=bundle.get("patch_size", (64, 64, 64)), overlap=float(bundle.get("overlap", 0.25)),
-                      sw_batch_size=int(bundle.get("sw_batch_size", 1)))
+        common.update(
+            patch_size=bundle.get("patch_size", (64, 64, 64)),
+            overlap=float(bundle.get("overlap", 0.25)),
+            sw_batch_size=int(bundle.get("sw_batch_size", 1)),
+        )
     print(
         f"{PROG} restore: {bundle.name} ({task}) {shown} -> {server.url + ' (STOW-RS)' if store else output} "
         f"[{common['sampler']}, {common['num_steps']} "
@@ -645,8 +713,18 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
     )
     if not dicom_input:
         result = restore_file(
-            network, inferer, task, args.input, output, mask_path=args.mask, uncertainty_path=args.uncertainty,
-            model_name=bundle.name, bundle_version=bundle.version, overwrite=args.overwrite, verbose=True, **common,
+            network,
+            inferer,
+            task,
+            args.input,
+            output,
+            mask_path=args.mask,
+            uncertainty_path=args.uncertainty,
+            model_name=bundle.name,
+            bundle_version=bundle.version,
+            overwrite=args.overwrite,
+            verbose=True,
+            **common,
         )
         print(result["output"])
         if result.get("uncertainty"):
@@ -661,13 +739,23 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
 
     inputs = [p for p in (args.input, args.mask) if p]
     provenance = io.Provenance(
-        model=bundle.name, bundle_version=bundle.version,
-        task={"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint"}[task], sampler=common["sampler"],
-        steps=int(common["num_steps"]), seed=int(args.seed), input_checksum=io.sha256_of(inputs),
-        extra={"num_samples": int(args.samples), "factor": factor if np.isscalar(factor) else list(factor),
-               **({"series_uid": str(image.meta.get("SeriesInstanceUID", ""))} if dicom_input else {}),
-               **({"dicomweb": {"url": server.url, "study_uid": source.study_uid, "series_uid": source.series_uid}}
-                  if source is not None else {})},
+        model=bundle.name,
+        bundle_version=bundle.version,
+        task={"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint"}[task],
+        sampler=common["sampler"],
+        steps=int(common["num_steps"]),
+        seed=int(args.seed),
+        input_checksum=io.sha256_of(inputs),
+        extra={
+            "num_samples": int(args.samples),
+            "factor": factor if np.isscalar(factor) else list(factor),
+            **({"series_uid": str(image.meta.get("SeriesInstanceUID", ""))} if dicom_input else {}),
+            **(
+                {"dicomweb": {"url": server.url, "study_uid": source.study_uid, "series_uid": source.series_uid}}
+                if source is not None
+                else {}
+            ),
+        },
     )
     unc_prov = dataclasses.replace(provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"})
 
@@ -679,8 +767,9 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
         if result is None or not target:
             continue
         if dicom_output:  # existing targets were checked above: empty, or a derived series written here
-            written = io.write_dicom_series(as_series(result), args.input, target, provenance=prov, overwrite=True,
-                                            series_uid=args.series_uid)
+            written = io.write_dicom_series(
+                as_series(result), args.input, target, provenance=prov, overwrite=True, series_uid=args.series_uid
+            )
             if store and target == output:
                 print(_store_derived_series(server, source, written))
             else:
@@ -698,10 +787,15 @@ def _store_derived_series(server, source, folder: str) -> str:
     try:
         stored = server.store_instances(files, study_uid=source.study_uid)
     except dicomweb.DICOMwebError as e:
-        raise CLIError(f"{e} The derived series may be stored in part (a new series; nothing else on the server was "
-                       "changed); run again with --output to keep the result as local files.") from e
-    print(f"{PROG} restore: stored the derived series {stored.series_uid} ({len(stored.sop_instance_uids)} instance(s), "
-          f"marked synthetic) in study {stored.study_uid} on {server.url}", file=sys.stderr)
+        raise CLIError(
+            f"{e} The derived series may be stored in part (a new series; nothing else on the server was "
+            "changed); run again with --output to keep the result as local files."
+        ) from e
+    print(
+        f"{PROG} restore: stored the derived series {stored.series_uid} ({len(stored.sop_instance_uids)} instance(s), "
+        f"marked synthetic) in study {stored.study_uid} on {server.url}",
+        file=sys.stderr,
+    )
     return stored.url
 
 
@@ -732,10 +826,14 @@ def _check_output_dir(args) -> None:
 
     folder = Path(args.output_dir).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise CLIError(f"--output-dir {args.output_dir} is a file; expected a folder (new or existing) for the samples.")
+        raise CLIError(
+            f"--output-dir {args.output_dir} is a file; expected a folder (new or existing) for the samples."
+        )
     if folder.is_dir():
         names = [f"sample_{i:03d}_synthetic.nii.gz{ext}" for i in range(args.num) for ext in ("", ".json")]
-        existing = [n for n in (*names, "samples.png", "sampling.gif") if (folder / n).exists() or (folder / n).is_symlink()]
+        existing = [
+            n for n in (*names, "samples.png", "sampling.gif") if (folder / n).exists() or (folder / n).is_symlink()
+        ]
         if existing and not args.overwrite:
             more = f" and {len(existing) - 1} more file(s)" if len(existing) > 1 else ""
             raise CLIError(
@@ -745,8 +843,11 @@ def _check_output_dir(args) -> None:
         earlier = [n for n in existing if n.endswith(".nii.gz") and io.replace_refusal(folder / n) is None]
         for name in existing:
             if name.endswith((".png", ".gif")):
-                why = None if earlier and not (folder / name).is_symlink() else (
-                    "the folder holds no earlier synthetic sample it would belong to")
+                why = (
+                    None
+                    if earlier and not (folder / name).is_symlink()
+                    else ("the folder holds no earlier synthetic sample it would belong to")
+                )
             else:
                 why = io.replace_refusal(folder / name)
             if why is not None:
@@ -777,14 +878,21 @@ def check_reference_size(path: str, spatial_dims: int) -> None:
     if len(size) < spatial_dims:
         return  # read_input / generate name the dimensionality
     if min(size) < MIN_AXIS_VOXELS:
-        raise CLIError(f"--reference {path} is too small: samples would be {grid} voxels; at least {MIN_AXIS_VOXELS} per "
-                       "axis are needed.")
+        raise CLIError(
+            f"--reference {path} is too small: samples would be {grid} voxels; at least {MIN_AXIS_VOXELS} per "
+            "axis are needed."
+        )
     limit = MAX_SLICE_PIXELS if spatial_dims == 2 else MAX_GENERATE_VOXELS
     if math.prod(size) > limit:
-        what = f"{MAX_SLICE_PIXELS} pixels (512 x 512) per 2D sample" if spatial_dims == 2 else (
-            f"{MAX_GENERATE_VOXELS} voxels (256^3) per 3D sample")
-        raise CLIError(f"--reference {path} is too large: samples take its size ({grid}), and generate makes at most "
-                       f"{what}; give a smaller (cropped or resampled) reference.")
+        what = (
+            f"{MAX_SLICE_PIXELS} pixels (512 x 512) per 2D sample"
+            if spatial_dims == 2
+            else (f"{MAX_GENERATE_VOXELS} voxels (256^3) per 3D sample")
+        )
+        raise CLIError(
+            f"--reference {path} is too large: samples take its size ({grid}), and generate makes at most "
+            f"{what}; give a smaller (cropped or resampled) reference."
+        )
 
 
 def _generate(args) -> int:
@@ -815,13 +923,24 @@ def _generate(args) -> int:
         io.remove_stale_temporaries(Path(args.output_dir).expanduser())
     sampler = args.sampler or bundle.get("sampler", "ancestral")
     steps = args.steps or int(bundle.get("num_steps", 256))
-    print(f"{PROG} generate: {bundle.name}: {args.num} image(s), {sampler} {steps} steps, seed {args.seed}",
-          file=sys.stderr)
+    print(
+        f"{PROG} generate: {bundle.name}: {args.num} image(s), {sampler} {steps} steps, seed {args.seed}",
+        file=sys.stderr,
+    )
     result = generate(
-        network, inferer, args.output_dir, num_samples=args.num, num_steps=steps, seed=args.seed,
-        class_label=args.class_label, guidance_scale=args.guidance, sampler=sampler,
-        image_size=bundle.get("image_size", 128), spacing=bundle.get("spacing", 1.0),
-        batch_size=min(args.num, int(bundle.get("batch_size", 16))), device=bundle.device,
+        network,
+        inferer,
+        args.output_dir,
+        num_samples=args.num,
+        num_steps=steps,
+        seed=args.seed,
+        class_label=args.class_label,
+        guidance_scale=args.guidance,
+        sampler=sampler,
+        image_size=bundle.get("image_size", 128),
+        spacing=bundle.get("spacing", 1.0),
+        batch_size=min(args.num, int(bundle.get("batch_size", 16))),
+        device=bundle.device,
         reference_image=args.reference,
     )
     for path in result["nifti"]:
@@ -853,8 +972,10 @@ def _check_json_output(args) -> None:
     for path in args.input:
         src = Path(path).expanduser().resolve()
         if src == target or src in target.parents:
-            raise CLIError(f"--json {args.json} is (inside) the --input {path}: refusing to overwrite an input; "
-                           "choose another path.")
+            raise CLIError(
+                f"--json {args.json} is (inside) the --input {path}: refusing to overwrite an input; "
+                "choose another path."
+            )
     if target.is_dir():
         raise CLIError(f"--json {args.json} is a folder; expected a file name for the JSON report.")
     if target.exists():
@@ -863,8 +984,10 @@ def _check_json_output(args) -> None:
         except (ValueError, UnicodeDecodeError):
             report = None
         if not (isinstance(report, dict) and {"bundle", "results"} <= set(report)):
-            raise CLIError(f"--json {args.json} already exists and is not an earlier report of 'monai-medgen score'; "
-                           "refusing to replace it: choose another path.")
+            raise CLIError(
+                f"--json {args.json} already exists and is not an earlier report of 'monai-medgen score'; "
+                "refusing to replace it: choose another path."
+            )
     from monai_medgen import io
 
     try:
@@ -889,7 +1012,9 @@ def _score(args) -> int:
         raise CLIError("--codec jpegxl needs the imagecodecs package (pip install imagecodecs); or use --codec png.")
     for path in args.input:
         if not os.path.exists(path):
-            raise CLIError(f"--input {path}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder).")
+            raise CLIError(
+                f"--input {path}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder)."
+            )
     if args.json:
         _check_json_output(args)
     bundle, network, inferer = _load_vdm(args, "score")
@@ -901,30 +1026,58 @@ def _score(args) -> int:
     inputs = [(path, _slices_of(path, size, args.num_slices)) for path in args.input]
     rows = []
     for path, slices in inputs:
-        per_slice = ood.score_slices(slices, network, inferer, codec=args.codec, num_time_samples=args.time_samples,
-                                     seed=args.seed, device=bundle.device)
-        row = {"input": path, **{k: float(np.mean(v)) for k, v in per_slice.items()}, "num_slices": int(slices.shape[0])}
+        per_slice = ood.score_slices(
+            slices,
+            network,
+            inferer,
+            codec=args.codec,
+            num_time_samples=args.time_samples,
+            seed=args.seed,
+            device=bundle.device,
+        )
+        row = {
+            "input": path,
+            **{k: float(np.mean(v)) for k, v in per_slice.items()},
+            "num_slices": int(slices.shape[0]),
+        }
         row["out_of_distribution"] = bool(row["score"] > threshold)
-        row.update({f"per_slice_{k}" if k != "bpd" else "per_slice": [float(x) for x in v] for k, v in per_slice.items()})
+        row.update(
+            {f"per_slice_{k}" if k != "bpd" else "per_slice": [float(x) for x in v] for k, v in per_slice.items()}
+        )
         rows.append(row)
-        print(f"{PROG} score: {path}: score {row['score']:.3f} = {row['bpd']:.3f} - {row['codec_bpd']:.3f} ({args.codec}) "
-              f"bits/dim ({row['num_slices']} slice(s))", file=sys.stderr)
+        print(
+            f"{PROG} score: {path}: score {row['score']:.3f} = {row['bpd']:.3f} - {row['codec_bpd']:.3f} ({args.codec}) "
+            f"bits/dim ({row['num_slices']} slice(s))",
+            file=sys.stderr,
+        )
     codec = args.codec.upper() if args.codec == "png" else "JPEG-XL"
     lines = [f"| input | bits/dim | {codec} bits/dim | score | flag |", "|---|---|---|---|---|"]
-    lines += [f"| {r['input']} | {r['bpd']:.3f} | {r['codec_bpd']:.3f} | {r['score']:.3f} | "
-              f"{'OUT OF DISTRIBUTION' if r['out_of_distribution'] else ''} |" for r in rows]
+    lines += [
+        f"| {r['input']} | {r['bpd']:.3f} | {r['codec_bpd']:.3f} | {r['score']:.3f} | "
+        f"{'OUT OF DISTRIBUTION' if r['out_of_distribution'] else ''} |"
+        for r in rows
+    ]
     print("\n".join(lines))
     source = "--threshold" if args.threshold is not None else "default"
     n = sum(r["out_of_distribution"] for r in rows)
-    print(f"\nscore = model bits/dim - lossless {codec} bits/dim of the same 8-bit slices (lower = more typical). "
-          f"{n} of {len(rows)} input(s) flagged out of distribution (score > {threshold:g}, {source}).")
+    print(
+        f"\nscore = model bits/dim - lossless {codec} bits/dim of the same 8-bit slices (lower = more typical). "
+        f"{n} of {len(rows)} input(s) flagged out of distribution (score > {threshold:g}, {source})."
+    )
     if args.json:
         from monai_medgen import io
 
-        report = {"bundle": bundle.name, "bundle_version": bundle.version, "codec": args.codec,
-                  "score": f"model bits/dim minus lossless {args.codec} bits/dim (Serra et al. 2020)",
-                  "threshold": threshold, "threshold_source": source, "num_time_samples": args.time_samples,
-                  "seed": args.seed, "results": rows}
+        report = {
+            "bundle": bundle.name,
+            "bundle_version": bundle.version,
+            "codec": args.codec,
+            "score": f"model bits/dim minus lossless {args.codec} bits/dim (Serra et al. 2020)",
+            "threshold": threshold,
+            "threshold_source": source,
+            "num_time_samples": args.time_samples,
+            "seed": args.seed,
+            "results": rows,
+        }
         # written beside the target and renamed: an interrupted run leaves the previous report whole
         io.write_text_atomically(args.json, json.dumps(report, indent=2))
     return 0
@@ -938,7 +1091,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default is None or action.default is False or "default" in text or action.default is argparse.SUPPRESS:
+        if (
+            action.default is None
+            or action.default is False
+            or "default" in text
+            or action.default is argparse.SUPPRESS
+        ):
             return text
         return super()._get_help_string(action)
 
@@ -954,78 +1112,144 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = _HelpFormatter
 
     r = sub.add_parser(
-        "restore", formatter_class=fmt, help="denoise, inpaint or super-resolve an image with a cddpm_* bundle",
+        "restore",
+        formatter_class=fmt,
+        help="denoise, inpaint or super-resolve an image with a cddpm_* bundle",
         description="Restore a NIfTI, NRRD or MHA file or a DICOM series folder with a trained conditional DDPM "
         "bundle (cddpm_denoising_2d, cddpm_inpainting_2d, cddpm_super_resolution_2d/3d). The output keeps the "
         "input's world space, is marked synthetic in its header and gets a JSON provenance sidecar; a DICOM "
         "series restored to a folder becomes a new derived series.",
     )
-    r.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder (configs/inference.yaml, models/model.pt)")
+    r.add_argument(
+        "--bundle", required=True, metavar="DIR", help="bundle folder (configs/inference.yaml, models/model.pt)"
+    )
     source = r.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", metavar="IN", help="NIfTI/NRRD/MHA file or DICOM series folder")
-    source.add_argument("--dicomweb", metavar="URL",
-                        help="instead of --input: the DICOMweb root of a PACS (e.g. Orthanc's "
-                        "http://127.0.0.1:8042/dicom-web) holding the series --series-uid; without --output the derived "
-                        "series is stored back into its study (STOW-RS). Credentials: http://user@host:8042/dicom-web "
-                        f"with the password in ${DICOMWEB_PASSWORD_ENV}")
-    r.add_argument("--output", metavar="OUT",
-                   help="output file (.nii.gz, .nii, .nrrd, .mha); for a DICOM series input a new folder gives a "
-                   "derived DICOM series; an existing folder (non-DICOM input) gets <input>_<task>_synthetic; with "
-                   "--dicomweb optional (left out: the derived series goes back to the server)")
+    source.add_argument(
+        "--dicomweb",
+        metavar="URL",
+        help="instead of --input: the DICOMweb root of a PACS (e.g. Orthanc's "
+        "http://127.0.0.1:8042/dicom-web) holding the series --series-uid; without --output the derived "
+        "series is stored back into its study (STOW-RS). Credentials: http://user@host:8042/dicom-web "
+        f"with the password in ${DICOMWEB_PASSWORD_ENV}",
+    )
+    r.add_argument(
+        "--output",
+        metavar="OUT",
+        help="output file (.nii.gz, .nii, .nrrd, .mha); for a DICOM series input a new folder gives a "
+        "derived DICOM series; an existing folder (non-DICOM input) gets <input>_<task>_synthetic; with "
+        "--dicomweb optional (left out: the derived series goes back to the server)",
+    )
     r.add_argument("--mask", metavar="M", help="inpainting: 0/1 image on the input's grid, 1 = missing")
-    r.add_argument("--series-uid", default=None, metavar="UID",
-                   help="the SeriesInstanceUID of the series to restore: required with --dicomweb; for a DICOM folder "
-                   "--input holding several series, the one to restore (such a folder is refused with the list of "
-                   "its series otherwise)")
-    r.add_argument("--study-uid", default=None, metavar="UID",
-                   help="with --dicomweb: the StudyInstanceUID of --series-uid (optional: the server is asked)")
-    r.add_argument("--samples", type=_positive_int, default=1, metavar="N",
-                   help="samples to average; with N >= 2 and --uncertainty the per-voxel std is written")
+    r.add_argument(
+        "--series-uid",
+        default=None,
+        metavar="UID",
+        help="the SeriesInstanceUID of the series to restore: required with --dicomweb; for a DICOM folder "
+        "--input holding several series, the one to restore (such a folder is refused with the list of "
+        "its series otherwise)",
+    )
+    r.add_argument(
+        "--study-uid",
+        default=None,
+        metavar="UID",
+        help="with --dicomweb: the StudyInstanceUID of --series-uid (optional: the server is asked)",
+    )
+    r.add_argument(
+        "--samples",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="samples to average; with N >= 2 and --uncertainty the per-voxel std is written",
+    )
     r.add_argument("--uncertainty", metavar="U", help="output for the standard deviation map (needs --samples >= 2)")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (same seed, same result)")
     r.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the bundle's)")
-    r.add_argument("--steps", type=_positive_int, default=None, metavar="K", help="sampling steps (default: the bundle's)")
-    r.add_argument("--factor", type=_factor, default=None, metavar="F",
-                   help="super-resolution: how many times finer the output grid is; one number (in-plane for 2D "
-                   "models, every axis for 3D models) or one per axis, e.g. 1,1,4 (3D models: 4 mm slices to 1 mm); "
-                   "1 if the input is already on the fine grid (default: the bundle's)")
+    r.add_argument(
+        "--steps", type=_positive_int, default=None, metavar="K", help="sampling steps (default: the bundle's)"
+    )
+    r.add_argument(
+        "--factor",
+        type=_factor,
+        default=None,
+        metavar="F",
+        help="super-resolution: how many times finer the output grid is; one number (in-plane for 2D "
+        "models, every axis for 3D models) or one per axis, e.g. 1,1,4 (3D models: 4 mm slices to 1 mm); "
+        "1 if the input is already on the fine grid (default: the bundle's)",
+    )
     r.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
-    r.add_argument("--overwrite", action="store_true",
-                   help="replace earlier outputs of monai-medgen (never an input, nor a file or folder not marked synthetic)")
-    r.add_argument("--channels-last", action="store_true",
-                   help="speed option: channels_last memory format for the network and its inputs (same results)")
-    r.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
-                   help="speed option: run the network in bf16 (CPUs, recent GPUs) or fp16 (GPUs) under autocast; "
-                   "results differ at that precision")
-    r.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                   help="speed option: torch.compile the network (default backend inductor; compiling takes a while)")
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace earlier outputs of monai-medgen (never an input, nor a file or folder not marked synthetic)",
+    )
+    r.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="speed option: channels_last memory format for the network and its inputs (same results)",
+    )
+    r.add_argument(
+        "--autocast",
+        choices=("bf16", "fp16"),
+        default=None,
+        help="speed option: run the network in bf16 (CPUs, recent GPUs) or fp16 (GPUs) under autocast; "
+        "results differ at that precision",
+    )
+    r.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="speed option: torch.compile the network (default backend inductor; compiling takes a while)",
+    )
     r.set_defaults(func=_restore)
 
     g = sub.add_parser(
-        "generate", formatter_class=fmt, help="generate synthetic images with a VDM bundle",
+        "generate",
+        formatter_class=fmt,
+        help="generate synthetic images with a VDM bundle",
         description="Generate 2D images with a trained VDM bundle (e.g. bundles/vdm_brain_mri_2d): one NIfTI per "
         "sample marked synthetic with a provenance sidecar, a PNG grid and a sampling GIF in --output-dir.",
     )
     g.add_argument("--bundle", required=True, metavar="DIR", help="VDM bundle folder")
-    g.add_argument("--class", dest="class_label", type=int, default=None, metavar="C",
-                   help="class label of a class-conditional model (0..num_classes-1)")
-    g.add_argument("--guidance", type=float, default=0.0, metavar="W", help="classifier-free guidance scale (needs --class)")
+    g.add_argument(
+        "--class",
+        dest="class_label",
+        type=int,
+        default=None,
+        metavar="C",
+        help="class label of a class-conditional model (0..num_classes-1)",
+    )
+    g.add_argument(
+        "--guidance", type=float, default=0.0, metavar="W", help="classifier-free guidance scale (needs --class)"
+    )
     g.add_argument("--num", type=_positive_int, default=8, metavar="N", help="number of images")
     g.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the samples")
-    g.add_argument("--reference", metavar="IMG", default=None,
-                   help="NIfTI/NRRD/MHA file or DICOM series whose in-plane size and geometry the samples take")
+    g.add_argument(
+        "--reference",
+        metavar="IMG",
+        default=None,
+        help="NIfTI/NRRD/MHA file or DICOM series whose in-plane size and geometry the samples take",
+    )
     g.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
-    g.add_argument("--steps", type=_positive_int, default=None, metavar="K", help="sampling steps (default: the bundle's)")
+    g.add_argument(
+        "--steps", type=_positive_int, default=None, metavar="K", help="sampling steps (default: the bundle's)"
+    )
     g.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the bundle's)")
     g.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace earlier samples in --output-dir (never files that are not marked synthetic)")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace earlier samples in --output-dir (never files that are not marked synthetic)",
+    )
     g.set_defaults(func=_generate)
 
     from monai_medgen import ood
 
     s = sub.add_parser(
-        "score", formatter_class=fmt,
+        "score",
+        formatter_class=fmt,
         help="out-of-distribution score of images under a VDM bundle (complexity-corrected bits/dim)",
         description="Out-of-distribution / quality-assurance score of each input under a trained VDM bundle: "
         "score = the model's bits/dim (variational bound) minus the bits/dim of a lossless codec (PNG by default) on "
@@ -1041,18 +1265,36 @@ def build_parser() -> argparse.ArgumentParser:
         f"{ood.MIN_INPLANE} x {ood.MIN_INPLANE} in-plane, constant or near-constant, no positive voxels) are refused.",
     )
     s.add_argument("--bundle", required=True, metavar="DIR", help="VDM bundle folder")
-    s.add_argument("--input", required=True, nargs="+", metavar="IN", help="NIfTI/NRRD/MHA files or DICOM series folders")
-    s.add_argument("--threshold", type=float, default=None, metavar="T",
-                   help="flag inputs whose score is above T bits/dim (default: the calibrated threshold of --codec, "
-                   + ", ".join(f"{v:g} for {k}" for k, v in ood.DEFAULT_THRESHOLDS.items()) + ")")
-    s.add_argument("--codec", choices=ood.CODECS, default=ood.DEFAULT_CODEC,
-                   help="lossless codec of the complexity correction: png (Pillow) or jpegxl (lossless, effort 9; "
-                   "needs imagecodecs; separates better on the evaluation panel)")
+    s.add_argument(
+        "--input", required=True, nargs="+", metavar="IN", help="NIfTI/NRRD/MHA files or DICOM series folders"
+    )
+    s.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="flag inputs whose score is above T bits/dim (default: the calibrated threshold of --codec, "
+        + ", ".join(f"{v:g} for {k}" for k, v in ood.DEFAULT_THRESHOLDS.items())
+        + ")",
+    )
+    s.add_argument(
+        "--codec",
+        choices=ood.CODECS,
+        default=ood.DEFAULT_CODEC,
+        help="lossless codec of the complexity correction: png (Pillow) or jpegxl (lossless, effort 9; "
+        "needs imagecodecs; separates better on the evaluation panel)",
+    )
     s.add_argument("--json", metavar="OUT", help="also write the results as JSON")
-    s.add_argument("--num-slices", type=_positive_int, default=16, metavar="N",
-                   help="evenly spaced axial brain slices per volume")
-    s.add_argument("--time-samples", type=_positive_int, default=16, metavar="K",
-                   help="stratified diffusion times per slice (more: less variance)")
+    s.add_argument(
+        "--num-slices", type=_positive_int, default=16, metavar="N", help="evenly spaced axial brain slices per volume"
+    )
+    s.add_argument(
+        "--time-samples",
+        type=_positive_int,
+        default=16,
+        metavar="K",
+        help="stratified diffusion times per slice (more: less variance)",
+    )
     s.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the estimate")
     s.add_argument("--device", default=_default_device(), help="cpu, cuda or cuda:N")
     s.set_defaults(func=_score)
@@ -1093,14 +1335,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"{PROG} {args.command}: error: out of memory; use a smaller input (crop it) or fewer --samples.",
-              file=sys.stderr)
+        print(
+            f"{PROG} {args.command}: error: out of memory; use a smaller input (crop it) or fewer --samples.",
+            file=sys.stderr,
+        )
         return 2
     except RuntimeError as e:
         if "out of memory" not in str(e).lower():
             raise
-        print(f"{PROG} {args.command}: error: out of memory on {getattr(args, 'device', 'the device')} "
-              f"({_one_line(e)[:200]}); use a smaller input (crop it), fewer --samples or --device cpu.", file=sys.stderr)
+        print(
+            f"{PROG} {args.command}: error: out of memory on {getattr(args, 'device', 'the device')} "
+            f"({_one_line(e)[:200]}); use a smaller input (crop it), fewer --samples or --device cpu.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)

@@ -177,7 +177,9 @@ def demo_slices(
         slices, index = volume_slices(vol, size, plane, num_slices, min_fraction)
         label = PLANES.index(plane)
         for s, i in zip(slices, index):
-            items.append({"image": s[None].astype(np.float32), "label": label, "plane": plane, "slice": int(i), "source": source})
+            items.append(
+                {"image": s[None].astype(np.float32), "label": label, "plane": plane, "slice": int(i), "source": source}
+            )
     return items
 
 
@@ -255,14 +257,25 @@ def user_slices(
         vol = _load_scaled(entry)
         extra = {k: v for k, v in entry.items() if k != "image"}
         if vol.ndim == 2 or (vol.ndim == 3 and 1 in vol.shape):
-            img = resize_volume(_pad_to_square(vol.reshape(vol.shape[0], -1) if vol.ndim == 3 else vol, (0, 1))[None], (size, size))
-            items.append({"image": img.astype(np.float32), "label": extra.get("label", 0), "source": entry["image"], **extra})
+            img = resize_volume(
+                _pad_to_square(vol.reshape(vol.shape[0], -1) if vol.ndim == 3 else vol, (0, 1))[None], (size, size)
+            )
+            items.append(
+                {"image": img.astype(np.float32), "label": extra.get("label", 0), "source": entry["image"], **extra}
+            )
             continue
         for plane in planes:
             slices, index = volume_slices(vol, size, plane, num_slices)
             for s, i in zip(slices, index):
                 items.append(
-                    {"label": PLANES.index(plane), "plane": plane, **extra, "image": s[None].astype(np.float32), "slice": int(i), "source": entry["image"]}
+                    {
+                        "label": PLANES.index(plane),
+                        "plane": plane,
+                        **extra,
+                        "image": s[None].astype(np.float32),
+                        "slice": int(i),
+                        "source": entry["image"],
+                    }
                 )
     return items
 

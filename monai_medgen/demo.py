@@ -59,10 +59,12 @@ def _run(config: Path | list, bundle: Path, **overrides) -> dict:
     from monai.bundle import run
 
     files = [str(c) for c in config] if isinstance(config, list) else str(config)
-    return run(config_file=files, bundle_root=str(bundle), logging_file=str(bundle / "configs" / "logging.conf"), **overrides)
+    return run(
+        config_file=files, bundle_root=str(bundle), logging_file=str(bundle / "configs" / "logging.conf"), **overrides
+    )
 
 
-PLANES = ("axial", "coronal", "sagittal")   # the class-conditional bundle's demo classes 0, 1, 2
+PLANES = ("axial", "coronal", "sagittal")  # the class-conditional bundle's demo classes 0, 1, 2
 RESTORE_IMAGES = ("colin27_t1", "mr_small", "ct_small", "retina")
 
 
@@ -72,15 +74,22 @@ def restore_demo(out: Path, size: int = 160) -> list[dict]:
     from monai_medgen.tasks.figure import restoration_figure
 
     if load_colin27_available() is False:
-        print("Colin27 not found (Debian: apt-get install mricron-data): restoring pydicom's and scikit-image's images only")
-    results = restoration_figure(bundle_dir("cddpm_super_resolution_2d").parent, out / "restoration.png", "sr4",
-                                 RESTORE_IMAGES, size)
-    print(f"\n4x super-resolution of images never used in training ({out / 'restoration.png'}: input | best classical | "
-          "ours | truth)\n")
+        print(
+            "Colin27 not found (Debian: apt-get install mricron-data): restoring pydicom's and scikit-image's images only"
+        )
+    results = restoration_figure(
+        bundle_dir("cddpm_super_resolution_2d").parent, out / "restoration.png", "sr4", RESTORE_IMAGES, size
+    )
+    print(
+        f"\n4x super-resolution of images never used in training ({out / 'restoration.png'}: input | best classical | "
+        "ours | truth)\n"
+    )
     print("| held-out image | best classical: PSNR dB / SSIM | ours, 1 sample: PSNR dB / SSIM |\n|---|---|---|")
     for r in results:
-        print(f"| {r['image']} | {r['classical']} {r['classical_psnr']:.2f} / {r['classical_ssim']:.3f} | "
-              f"{r['ours_psnr']:.2f} / {r['ours_ssim']:.3f} |")
+        print(
+            f"| {r['image']} | {r['classical']} {r['classical_psnr']:.2f} / {r['classical_ssim']:.3f} | "
+            f"{r['ours_psnr']:.2f} / {r['ours_ssim']:.3f} |"
+        )
     return results
 
 
@@ -102,21 +111,34 @@ def generate_demo(out: Path, num_samples: int = 4, num_steps: int = 50, device: 
     ncols = int(np.ceil(np.sqrt(num_samples)))
     for label, plane in enumerate(PLANES):
         folder = out / "generate" / plane
-        _run(bundle / "configs" / "inference.yaml", bundle, output_dir=str(folder), class_label=label, image_size=size,
-             num_samples=num_samples, batch_size=num_samples, num_steps=num_steps, **(device or {}))
+        _run(
+            bundle / "configs" / "inference.yaml",
+            bundle,
+            output_dir=str(folder),
+            class_label=label,
+            image_size=size,
+            num_samples=num_samples,
+            batch_size=num_samples,
+            num_steps=num_steps,
+            **(device or {}),
+        )
         grid = np.asarray(Image.open(folder / "samples.png").convert("L"))
         tiles = []
         for i in range(num_samples):  # cut the samples out of the bundle's square grid and lay them in one row
             r, c = divmod(i, ncols)
             y, x = pad + r * (size + pad), pad + c * (size + pad)
-            tiles += [grid[y:y + size, x:x + size], np.zeros((size, pad), np.uint8)]
-        row = Image.fromarray(np.concatenate(tiles, 1)).resize((2 * len(tiles) // 2 * (size + pad), 2 * size), Image.BILINEAR)
+            tiles += [grid[y : y + size, x : x + size], np.zeros((size, pad), np.uint8)]
+        row = Image.fromarray(np.concatenate(tiles, 1)).resize(
+            (2 * len(tiles) // 2 * (size + pad), 2 * size), Image.BILINEAR
+        )
         strip = Image.new("L", (row.width, 14), 0)
         ImageDraw.Draw(strip).text((2, 1), f"{plane} (class {label})", fill=255)
         rows += [np.asarray(strip), np.asarray(row)]
     Image.fromarray(np.concatenate(rows, 0)).save(out / "generation.png")
-    print(f"\ngenerated {num_samples} slices per plane ({', '.join(PLANES)}): {out / 'generation.png'} "
-          f"(+ NIfTI files marked synthetic under {out / 'generate'})")
+    print(
+        f"\ngenerated {num_samples} slices per plane ({', '.join(PLANES)}): {out / 'generation.png'} "
+        f"(+ NIfTI files marked synthetic under {out / 'generate'})"
+    )
     return out / "generation.png"
 
 
@@ -134,53 +156,98 @@ def _heldout_dataset(out: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     image = load_panel(("mr_small",))["mr_small"][0, 0].numpy()
     nib.save(nib.Nifti1Image(np.ascontiguousarray(image[:, :, None]), np.eye(4)), str(folder / "mr_small.nii.gz"))
-    print("Colin27 not found: the trained model is scored on pydicom's MR_small slice (one 64x64 head MR of "
-          "another subject) instead")
+    print(
+        "Colin27 not found: the trained model is scored on pydicom's MR_small slice (one 64x64 head MR of "
+        "another subject) instead"
+    )
     return str(folder)
 
 
-def train_demo(out: Path, bundle: Path, epochs: int, epoch_length: int, num_samples: int, sample_steps: int,
-               device: dict, extra: dict) -> dict:
+def train_demo(
+    out: Path,
+    bundle: Path,
+    epochs: int,
+    epoch_length: int,
+    num_samples: int,
+    sample_steps: int,
+    device: dict,
+    extra: dict,
+) -> dict:
     """Part 3: train, evaluate and sample ``bundle`` through its own configs; returns the evaluation entries."""
     model = out / "model.pt"
     # no sample grids during training (the inference step below draws the samples); --extra sample_interval=K
     train_overrides = {"sample_interval": 0, **extra}
     t0 = time.time()
-    _run(bundle / "configs" / "train.yaml", bundle, output_dir=str(out / "runs"), model_path=str(model),
-         max_epochs=epochs, epoch_length=epoch_length, resume=False, **device, **train_overrides)
+    _run(
+        bundle / "configs" / "train.yaml",
+        bundle,
+        output_dir=str(out / "runs"),
+        model_path=str(model),
+        max_epochs=epochs,
+        epoch_length=epoch_length,
+        resume=False,
+        **device,
+        **train_overrides,
+    )
     train_s = time.time() - t0
     heldout = _heldout_dataset(out)
     eval_overrides = {"dataset_dir": heldout, **extra} if heldout else extra
-    _run(bundle / "configs" / "evaluate.yaml", bundle, model_path=str(model), output_file=str(out / "evaluation.json"),
-         **device, **eval_overrides)
+    _run(
+        bundle / "configs" / "evaluate.yaml",
+        bundle,
+        model_path=str(model),
+        output_file=str(out / "evaluation.json"),
+        **device,
+        **eval_overrides,
+    )
     evaluation = {}
     if (out / "evaluation.json").is_file():  # VDM bundles write it; other bundles print their table only
         with open(out / "evaluation.json") as f:
             evaluation = json.load(f)
-    _run(bundle / "configs" / "inference.yaml", bundle, model_path=str(model), output_dir=str(out / "samples"),
-         num_samples=num_samples, sampler="dpm++", num_steps=sample_steps, **device, **extra)
+    _run(
+        bundle / "configs" / "inference.yaml",
+        bundle,
+        model_path=str(model),
+        output_dir=str(out / "samples"),
+        num_samples=num_samples,
+        sampler="dpm++",
+        num_steps=sample_steps,
+        **device,
+        **extra,
+    )
     return {
-        "bundle": str(bundle), "iterations": epochs * epoch_length, "train_seconds": round(train_s, 1),
+        "bundle": str(bundle),
+        "iterations": epochs * epoch_length,
+        "train_seconds": round(train_s, 1),
         "heldout": "colin27" if not heldout else "pydicom MR_small",
         **{k: evaluation.get(k) for k in ("bpd", "png_bpd", "diffusion", "prior", "reconstruction")},
-        "samples_png": str(out / "samples" / "samples.png"), "model": str(model),
+        "samples_png": str(out / "samples" / "samples.png"),
+        "model": str(model),
     }
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", default="vdm_brain_mri_2d", help="VDM bundle trained in part 3 (name under bundles/ or folder)")
+    p.add_argument(
+        "--bundle", default="vdm_brain_mri_2d", help="VDM bundle trained in part 3 (name under bundles/ or folder)"
+    )
     p.add_argument("--epochs", type=int, default=10, help="training epochs of 100 iterations (default 10)")
     p.add_argument("--epoch-length", type=int, default=100, help="iterations per epoch (default 100)")
     p.add_argument("--output-dir", default="outputs/quickstart")
     p.add_argument("--num-samples", type=int, default=16, help="samples drawn from the model trained in part 3")
     p.add_argument("--sample-steps", type=int, default=32, help="DPM-Solver++ steps for those samples")
     p.add_argument("--skip-training", action="store_true", help="run parts 1 and 2 only (committed weights)")
-    p.add_argument("--short", action="store_true",
-                   help="a few seconds per part: tiny training, few samples and steps (for CI); the restoration is unchanged")
+    p.add_argument(
+        "--short",
+        action="store_true",
+        help="a few seconds per part: tiny training, few samples and steps (for CI); the restoration is unchanged",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
-        "--extra", nargs="*", default=[], metavar="KEY=VALUE",
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
         help="further config overrides for the three runs of part 3, values in YAML (e.g. batch_size=8 image_size=64)",
     )
     args = p.parse_args(argv)
@@ -198,28 +265,44 @@ def main(argv=None) -> dict:
     extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.extra)}
     if args.short:
         args.epochs, args.epoch_length, args.num_samples, args.sample_steps = 1, 2, 2, 2
-        extra = {"image_size": 32, "crop_size": 16, "num_slices": 2, "num_time_samples": 2, "batch_size": 2,
-                 "val_interval": 0, **extra}
+        extra = {
+            "image_size": 32,
+            "crop_size": 16,
+            "num_slices": 2,
+            "num_time_samples": 2,
+            "batch_size": 2,
+            "val_interval": 0,
+            **extra,
+        }
 
     t0 = time.time()
     restoration = restore_demo(out)
-    generation = generate_demo(out, num_samples=2 if args.short else 4, num_steps=5 if args.short else 50, device=device)
+    generation = generate_demo(
+        out, num_samples=2 if args.short else 4, num_steps=5 if args.short else 50, device=device
+    )
     first_s = time.time() - t0
     print(f"\nrestoration and generation with the committed weights: {first_s:.0f} s")
-    summary = {"restoration": restoration, "restoration_png": str(out / "restoration.png"),
-               "generation_png": str(generation), "restore_generate_seconds": round(first_s, 1)}
+    summary = {
+        "restoration": restoration,
+        "restoration_png": str(out / "restoration.png"),
+        "generation_png": str(generation),
+        "restore_generate_seconds": round(first_s, 1),
+    }
     if not args.skip_training:
         print(f"\ntraining {bundle.name} ({args.epochs * args.epoch_length} iterations) ...")
-        summary.update(train_demo(out, bundle, args.epochs, args.epoch_length, args.num_samples, args.sample_steps,
-                                  device, extra))
+        summary.update(
+            train_demo(out, bundle, args.epochs, args.epoch_length, args.num_samples, args.sample_steps, device, extra)
+        )
     summary["total_seconds"] = round(time.time() - t0, 1)
     with open(out / "summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\nquick start done in {summary['total_seconds'] / 60:.1f} min; summary: {out / 'summary.json'}")
     if not args.skip_training:
-        print(f"{bundle.name}: {summary['iterations']} iterations trained in {summary['train_seconds'] / 60:.1f} min, "
-              f"{summary['bpd']:.3f} bits/dim on {summary['heldout']} (lossless PNG {summary['png_bpd']:.3f}); "
-              f"samples {summary['samples_png']}")
+        print(
+            f"{bundle.name}: {summary['iterations']} iterations trained in {summary['train_seconds'] / 60:.1f} min, "
+            f"{summary['bpd']:.3f} bits/dim on {summary['heldout']} (lossless PNG {summary['png_bpd']:.3f}); "
+            f"samples {summary['samples_png']}"
+        )
     return summary
 
 

@@ -95,8 +95,10 @@ def check_uid(value, what: str = "uid") -> str:
         ValueError: naming ``what``.
     """
     if not isinstance(value, str) or len(value) > 64 or not _UID_RE.match(value):
-        raise ValueError(f"{what} must be a DICOM UID (digits separated by dots, at most 64 characters, e.g. "
-                         f"1.2.826.0.1.3680043.8.498.1), got {value!r}.")
+        raise ValueError(
+            f"{what} must be a DICOM UID (digits separated by dots, at most 64 characters, e.g. "
+            f"1.2.826.0.1.3680043.8.498.1), got {value!r}."
+        )
     return value
 
 
@@ -127,8 +129,12 @@ class StoredSeries:
     url: str
 
     def as_dict(self) -> dict:
-        return {"StudyInstanceUID": self.study_uid, "SeriesInstanceUID": self.series_uid,
-                "instances": len(self.sop_instance_uids), "url": self.url}
+        return {
+            "StudyInstanceUID": self.study_uid,
+            "SeriesInstanceUID": self.series_uid,
+            "instances": len(self.sop_instance_uids),
+            "url": self.url,
+        }
 
 
 def parse_multipart_related(body: bytes, content_type: str) -> list[tuple[dict, bytes]]:
@@ -176,12 +182,20 @@ class DICOMwebClient:
         ValueError: naming ``what`` for a URL that is not http(s) with a host.
     """
 
-    def __init__(self, url: str, timeout: float = 120.0, username: str | None = None, password: str | None = None,
-                 what: str = "url"):
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 120.0,
+        username: str | None = None,
+        password: str | None = None,
+        what: str = "url",
+    ):
         parts = urllib.parse.urlsplit(str(url).strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{what} must be the http(s) address of a DICOMweb root such as "
-                             f"http://127.0.0.1:8042/dicom-web, got {url!r}.")
+            raise ValueError(
+                f"{what} must be the http(s) address of a DICOMweb root such as "
+                f"http://127.0.0.1:8042/dicom-web, got {url!r}."
+            )
         if parts.query or parts.fragment:
             raise ValueError(f"{what} must be a DICOMweb root without a query or fragment, got {url!r}.")
         try:
@@ -208,8 +222,9 @@ class DICOMwebClient:
         return f"DICOMwebClient({self.url!r}{', user ' + repr(self.username) if self.username else ''})"
 
     # ---- transport ------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, query: dict | None = None, headers: dict | None = None,
-                 body: bytes | None = None) -> tuple[int, dict, bytes]:
+    def _request(
+        self, method: str, path: str, query: dict | None = None, headers: dict | None = None, body: bytes | None = None
+    ) -> tuple[int, dict, bytes]:
         address = self.url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         request = urllib.request.Request(address, data=body, method=method, headers=dict(headers or {}))
         if self._auth:
@@ -223,27 +238,37 @@ class DICOMwebClient:
                 detail = " ".join(e.read(2000).decode("utf-8", "replace").split())[:300]
             raise DICOMwebError(self._http_message(e.code, e.reason, method, path, detail), e.code) from None
         except TimeoutError:
-            raise DICOMwebError(f"{self.what} {self.url}: the server did not answer {method} {path} within "
-                                f"{self.timeout:g} s; check that it runs and is not overloaded.") from None
+            raise DICOMwebError(
+                f"{self.what} {self.url}: the server did not answer {method} {path} within "
+                f"{self.timeout:g} s; check that it runs and is not overloaded."
+            ) from None
         except urllib.error.URLError as e:
             reason = getattr(e, "reason", e)
-            raise DICOMwebError(f"{self.what} {self.url}: cannot reach the server ({reason}); check the address and "
-                                "that the PACS (e.g. Orthanc with its DICOMweb plugin) is running.") from None
+            raise DICOMwebError(
+                f"{self.what} {self.url}: cannot reach the server ({reason}); check the address and "
+                "that the PACS (e.g. Orthanc with its DICOMweb plugin) is running."
+            ) from None
         except (ConnectionError, OSError) as e:
-            raise DICOMwebError(f"{self.what} {self.url}: the connection failed during {method} {path} "
-                                f"({type(e).__name__}: {e}).") from None
+            raise DICOMwebError(
+                f"{self.what} {self.url}: the connection failed during {method} {path} ({type(e).__name__}: {e})."
+            ) from None
 
     def _http_message(self, status: int, reason, method: str, path: str, detail: str) -> str:
         where = f"{self.what} {self.url}: {method} {path} answered HTTP {status} {reason or ''}".rstrip()
         if status == 401:
-            how = ("give the user as http://user@host/... with the password in $" + PASSWORD_ENV) if not self._auth \
+            how = (
+                ("give the user as http://user@host/... with the password in $" + PASSWORD_ENV)
+                if not self._auth
                 else "the server refused the user name or password"
+            )
             return f"{where}: authentication required or refused; {how}."
         if status == 403:
             return f"{where}: this user may not do that on the server."
         if status == 404:
-            return (f"{where}: not found; is {self.url} the DICOMweb root (for Orthanc http://host:8042/dicom-web, with "
-                    "the orthanc-dicomweb plugin loaded)?")
+            return (
+                f"{where}: not found; is {self.url} the DICOMweb root (for Orthanc http://host:8042/dicom-web, with "
+                "the orthanc-dicomweb plugin loaded)?"
+            )
         return f"{where}{': ' + detail if detail else ''}."
 
     def _json(self, path: str, query: dict | None = None) -> list:
@@ -253,11 +278,15 @@ class DICOMwebClient:
         try:
             data = json.loads(body)
         except ValueError:
-            raise DICOMwebError(f"{self.what} {self.url}: GET {path} did not answer DICOM JSON (Content-Type "
-                                f"{headers.get('content-type')!r}); is this a DICOMweb root?") from None
+            raise DICOMwebError(
+                f"{self.what} {self.url}: GET {path} did not answer DICOM JSON (Content-Type "
+                f"{headers.get('content-type')!r}); is this a DICOMweb root?"
+            ) from None
         if not isinstance(data, list):
-            raise DICOMwebError(f"{self.what} {self.url}: GET {path} answered a JSON {type(data).__name__}, expected "
-                                "a list of DICOM JSON objects.")
+            raise DICOMwebError(
+                f"{self.what} {self.url}: GET {path} answered a JSON {type(data).__name__}, expected "
+                "a list of DICOM JSON objects."
+            )
         return data
 
     # ---- QIDO-RS ----------------------------------------------------------------------------------
@@ -294,13 +323,19 @@ class DICOMwebClient:
             raise SeriesNotFound(f"no series with SeriesInstanceUID {series_uid}{where} on {self.url}.")
         studies = {dicom_json_value(s, STUDY_UID, study_uid) for s in found}
         if len(studies) != 1 or None in studies:
-            raise DICOMwebError(f"{self.what} {self.url}: series {series_uid} is listed in {len(studies)} studies; give "
-                                "its StudyInstanceUID.")
+            raise DICOMwebError(
+                f"{self.what} {self.url}: series {series_uid} is listed in {len(studies)} studies; give "
+                "its StudyInstanceUID."
+            )
         item = found[0]
         count = dicom_json_value(item, NUM_INSTANCES)
-        return SeriesRef(study_uid=studies.pop(), series_uid=series_uid, modality=str(dicom_json_value(item, MODALITY, "")),
-                         description=str(dicom_json_value(item, SERIES_DESCRIPTION, "")),
-                         num_instances=int(count) if count is not None else None)
+        return SeriesRef(
+            study_uid=studies.pop(),
+            series_uid=series_uid,
+            modality=str(dicom_json_value(item, MODALITY, "")),
+            description=str(dicom_json_value(item, SERIES_DESCRIPTION, "")),
+            num_instances=int(count) if count is not None else None,
+        )
 
     # ---- WADO-RS ----------------------------------------------------------------------------------
     def _series_path(self, study_uid: str, series_uid: str) -> str:
@@ -327,8 +362,11 @@ class DICOMwebClient:
             parts = parse_multipart_related(body, headers.get("content-type", ""))
         except ValueError as e:
             raise DICOMwebError(f"{self.what} {self.url}: GET {path}: {e}") from None
-        instances = [content for head, content in parts if content[128:132] == b"DICM"
-                     or "dicom" in head.get("content-type", "application/dicom")]
+        instances = [
+            content
+            for head, content in parts
+            if content[128:132] == b"DICM" or "dicom" in head.get("content-type", "application/dicom")
+        ]
         if not instances:
             raise DICOMwebError(f"{self.what} {self.url}: GET {path} returned no DICOM instance.")
         target = Path(folder)
@@ -365,8 +403,9 @@ class DICOMwebClient:
         series = {str(h.SeriesInstanceUID) for h in headers}
         studies = {str(h.StudyInstanceUID) for h in headers}
         if len(series) != 1 or len(studies) != 1:
-            raise ValueError(f"files must hold one series of one study, got {len(series)} series in {len(studies)} "
-                             "studies.")
+            raise ValueError(
+                f"files must hold one series of one study, got {len(series)} series in {len(studies)} studies."
+            )
         expected = [str(h.SOPInstanceUID) for h in headers]
         path = f"/studies/{check_uid(study_uid, 'study_uid')}" if study_uid else "/studies"
         stored, url = set(), ""
@@ -383,31 +422,49 @@ class DICOMwebClient:
                 url = self._stow(path, batch, stored) or url
         missing = [uid for uid in expected if uid not in stored]
         if missing:
-            raise DICOMwebError(f"{self.what} {self.url}: STOW-RS accepted the request but does not list {len(missing)} "
-                                f"of {len(expected)} instances as stored (e.g. {missing[0]}).")
+            raise DICOMwebError(
+                f"{self.what} {self.url}: STOW-RS accepted the request but does not list {len(missing)} "
+                f"of {len(expected)} instances as stored (e.g. {missing[0]})."
+            )
         study, series_uid = studies.pop(), series.pop()
-        return StoredSeries(study_uid=study, series_uid=series_uid, sop_instance_uids=tuple(expected),
-                            url=f"{self.url}/studies/{study}/series/{series_uid}")
+        return StoredSeries(
+            study_uid=study,
+            series_uid=series_uid,
+            sop_instance_uids=tuple(expected),
+            url=f"{self.url}/studies/{study}/series/{series_uid}",
+        )
 
     def _stow(self, path: str, instances: list[bytes], stored: set) -> str:
         boundary = f"monai_medgen-{secrets.token_hex(16)}"
-        body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
-                        for data in instances) + b"--" + boundary.encode() + b"--\r\n"
+        body = (
+            b"".join(
+                b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+                for data in instances
+            )
+            + b"--"
+            + boundary.encode()
+            + b"--\r\n"
+        )
         content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-        _, headers, answer = self._request("POST", path, headers={"Content-Type": content_type, "Accept": _DICOM_JSON},
-                                           body=body)
+        _, headers, answer = self._request(
+            "POST", path, headers={"Content-Type": content_type, "Accept": _DICOM_JSON}, body=body
+        )
         try:
             result = json.loads(answer) if answer.strip() else {}
         except ValueError:
-            raise DICOMwebError(f"{self.what} {self.url}: POST {path} (STOW-RS) answered no DICOM JSON (Content-Type "
-                                f"{headers.get('content-type')!r}).") from None
+            raise DICOMwebError(
+                f"{self.what} {self.url}: POST {path} (STOW-RS) answered no DICOM JSON (Content-Type "
+                f"{headers.get('content-type')!r})."
+            ) from None
         if isinstance(result, list):
             result = result[0] if result else {}
         failed = (result.get(FAILED_SOP_SEQUENCE) or {}).get("Value") or []
         if failed:
             reasons = sorted({str(dicom_json_value(item, FAILURE_REASON, "?")) for item in failed})
-            raise DICOMwebError(f"{self.what} {self.url}: the server refused {len(failed)} of {len(instances)} instances "
-                                f"(STOW-RS failure reason(s) {', '.join(reasons)}).")
+            raise DICOMwebError(
+                f"{self.what} {self.url}: the server refused {len(failed)} of {len(instances)} instances "
+                f"(STOW-RS failure reason(s) {', '.join(reasons)})."
+            )
         for item in (result.get(REFERENCED_SOP_SEQUENCE) or {}).get("Value") or []:
             uid = dicom_json_value(item, REFERENCED_SOP_UID)
             if uid:
@@ -427,8 +484,11 @@ def find_orthanc() -> tuple[str | None, str | None]:
     binary = next((found for name in ORTHANC_BINARIES if (found := shutil.which(name))), None)
     plugin = next((p for p in DICOMWEB_PLUGINS if os.path.isfile(p)), None)
     if plugin is None:
-        plugin = next((str(p) for p in sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*"))), None) \
-            if os.path.isdir("/usr/lib/orthanc") else None
+        plugin = (
+            next((str(p) for p in sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*"))), None)
+            if os.path.isdir("/usr/lib/orthanc")
+            else None
+        )
     return binary, plugin
 
 
@@ -501,11 +561,20 @@ class OrthancServer:
         """The Orthanc configuration written to ``folder/orthanc.json``."""
         storage = str((self.folder / "storage").resolve())
         return {
-            "Name": "monai_medgen-test", "StorageDirectory": storage, "IndexDirectory": storage,
-            "HttpPort": self.port, "RemoteAccessAllowed": False, "DicomServerEnabled": False,
-            "AuthenticationEnabled": True, "RegisteredUsers": {self.username: self.password},
-            "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "HttpThreadsCount": 4, "ConcurrentJobs": 1, "SaveJobs": False, "StorageCompression": False,
+            "Name": "monai_medgen-test",
+            "StorageDirectory": storage,
+            "IndexDirectory": storage,
+            "HttpPort": self.port,
+            "RemoteAccessAllowed": False,
+            "DicomServerEnabled": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {self.username: self.password},
+            "Plugins": [plugin],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "HttpThreadsCount": 4,
+            "ConcurrentJobs": 1,
+            "SaveJobs": False,
+            "StorageCompression": False,
         }
 
     def _log_tail(self, chars: int = 3000) -> str:
@@ -518,24 +587,34 @@ class OrthancServer:
         binary, plugin = find_orthanc()
         if binary is None or plugin is None:
             missing = "Orthanc" if binary is None else "Orthanc's DICOMweb plugin"
-            raise FileNotFoundError(f"{missing} is not installed; on Debian/Ubuntu: apt-get install orthanc "
-                                    "orthanc-dicomweb.")
+            raise FileNotFoundError(
+                f"{missing} is not installed; on Debian/Ubuntu: apt-get install orthanc orthanc-dicomweb."
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "orthanc.json"
         config.write_text(json.dumps(self.config(plugin), indent=2))
         config.chmod(0o600)  # it holds the password
         with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen([binary, str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(self.folder))
+            self.process = subprocess.Popen(
+                [binary, str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(self.folder),
+            )
         start = time.perf_counter()
         auth = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode("ascii")
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"Orthanc exited with status {self.process.returncode} before answering; its log "
-                                       f"({self.log_path}) ends with:\n{self._log_tail()}")
-                request = urllib.request.Request(f"{self.dicomweb_url}/studies", headers={"Authorization": auth,
-                                                                                          "Accept": _DICOM_JSON})
+                    raise RuntimeError(
+                        f"Orthanc exited with status {self.process.returncode} before answering; its log "
+                        f"({self.log_path}) ends with:\n{self._log_tail()}"
+                    )
+                request = urllib.request.Request(
+                    f"{self.dicomweb_url}/studies", headers={"Authorization": auth, "Accept": _DICOM_JSON}
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=5) as answer:
                         answer.read()
@@ -543,8 +622,10 @@ class OrthancServer:
                 except (urllib.error.URLError, OSError):
                     pass
                 if time.perf_counter() - start > self.startup_timeout:
-                    raise RuntimeError(f"Orthanc did not answer {self.dicomweb_url} within {self.startup_timeout:.0f} s; "
-                                       f"its log ({self.log_path}) ends with:\n{self._log_tail()}")
+                    raise RuntimeError(
+                        f"Orthanc did not answer {self.dicomweb_url} within {self.startup_timeout:.0f} s; "
+                        f"its log ({self.log_path}) ends with:\n{self._log_tail()}"
+                    )
                 time.sleep(0.2)
         except BaseException:
             self.stop()

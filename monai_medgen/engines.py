@@ -185,7 +185,10 @@ def slice_training_transforms(crop_size: int | None = None, flip: bool = True, i
     flip (axis 0 of the RAS-ordered arrays from :mod:`monai_medgen.data`)."""
     from monai.transforms import Compose, EnsureTyped, RandFlipd, RandSpatialCropd, ScaleIntensityRanged
 
-    chain = [EnsureTyped(keys=image_key, track_meta=False), ScaleIntensityRanged(image_key, 0.0, 1.0, -1.0, 1.0, clip=True)]
+    chain = [
+        EnsureTyped(keys=image_key, track_meta=False),
+        ScaleIntensityRanged(image_key, 0.0, 1.0, -1.0, 1.0, clip=True),
+    ]
     if crop_size:
         chain.append(RandSpatialCropd(image_key, roi_size=crop_size, random_size=False))
     if flip:
@@ -224,12 +227,21 @@ def build_vdm_trainer(
 
     set_determinism(seed)
     loader = DataLoader(
-        Dataset(items, transform=slice_training_transforms(crop_size)), batch_size=batch_size, shuffle=True, drop_last=True
+        Dataset(items, transform=slice_training_transforms(crop_size)),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
     )
     optimizer, lr_lambda = vdm_optimizer(network, inferer, lr=lr, warmup_steps=warmup_steps, total_steps=total_steps)
     handlers = [
         LrScheduleHandler(torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda), epoch_level=False, print_lr=False),
-        StatsHandler(name="monai_medgen.train", tag_name="loss", output_transform=from_engine(["loss"], first=True), iteration_log=lambda engine, _: engine.state.iteration % log_every == 0, epoch_log=False),
+        StatsHandler(
+            name="monai_medgen.train",
+            tag_name="loss",
+            output_transform=from_engine(["loss"], first=True),
+            iteration_log=lambda engine, _: engine.state.iteration % log_every == 0,
+            epoch_log=False,
+        ),
     ]
     trainer = SupervisedTrainer(
         device=torch.device(device),
@@ -273,7 +285,9 @@ def evaluate_bpd(inferer, network, images01, num_time_samples: int = 16, batch_s
     x = torch.as_tensor(np.asarray(images01), dtype=torch.float32) * 2 - 1
     sums: dict = {}
     for i in range(0, len(x), int(batch_size)):
-        out = inferer.bits_per_dim(x[i : i + int(batch_size)], network, num_time_samples=num_time_samples, generator=gen)
+        out = inferer.bits_per_dim(
+            x[i : i + int(batch_size)], network, num_time_samples=num_time_samples, generator=gen
+        )
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v.sum())
     return {k: v / len(x) for k, v in sums.items()}

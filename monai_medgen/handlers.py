@@ -24,7 +24,10 @@ def make_grid(images: torch.Tensor, ncols: int | None = None, value_range=(-1.0,
         h, w, d = images.shape[2:]
         views = [images[:, :1, h // 2], images[:, :1, :, w // 2], images[:, :1, :, :, d // 2]]
         size = max(max(v.shape[-2:]) for v in views)
-        views = [torch.nn.functional.pad(v, (0, size - v.shape[-1], 0, size - v.shape[-2]), value=value_range[0]) for v in views]
+        views = [
+            torch.nn.functional.pad(v, (0, size - v.shape[-1], 0, size - v.shape[-2]), value=value_range[0])
+            for v in views
+        ]
         images = torch.cat(views, dim=-1)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W) or (B, C, H, W, D), got {tuple(images.shape)}.")
@@ -71,7 +74,9 @@ class SampleGridHandler:
         summary_writer: optional ``torch.utils.tensorboard.SummaryWriter``.
     """
 
-    def __init__(self, sample_fn: Callable, output_dir: str, interval: int = 1, summary_writer=None, tag: str = "samples"):
+    def __init__(
+        self, sample_fn: Callable, output_dir: str, interval: int = 1, summary_writer=None, tag: str = "samples"
+    ):
         self.sample_fn, self.output_dir, self.interval = sample_fn, output_dir, max(1, int(interval))
         self.writer, self.tag = summary_writer, tag
 
@@ -83,7 +88,7 @@ class SampleGridHandler:
     def __call__(self, engine) -> None:
         epoch = engine.state.epoch
         out = self.sample_fn()
-        samples, frames = (out if isinstance(out, tuple) else (out, None))
+        samples, frames = out if isinstance(out, tuple) else (out, None)
         path = save_grid_png(samples, os.path.join(self.output_dir, f"{self.tag}_epoch_{epoch}.png"))
         if frames:
             save_gif(list(frames) + [samples], os.path.join(self.output_dir, f"{self.tag}_epoch_{epoch}.gif"))

@@ -294,8 +294,9 @@ def replace_refusal(path: str | os.PathLike) -> str | None:
     return "it is not marked synthetic (not an output of monai_medgen: a scan or a file of the user)"
 
 
-def _check_output(output: str | os.PathLike, inputs: Sequence, overwrite: bool, what: str = "output",
-                  sidecar: bool = False) -> Path:
+def _check_output(
+    output: str | os.PathLike, inputs: Sequence, overwrite: bool, what: str = "output", sidecar: bool = False
+) -> Path:
     """Resolved output path after refusing inputs, (unless ``overwrite``) existing files, and (always) existing
     files that are not outputs of this module (:func:`replace_refusal`); with ``sidecar`` the same for
     ``output + ".json"``."""
@@ -314,8 +315,10 @@ def _check_output(output: str | os.PathLike, inputs: Sequence, overwrite: bool, 
             continue
         why = replace_refusal(path)
         if why is not None:
-            raise ValueError(f"{kind} {str(path)!r} already exists and {why}; refusing to replace it (even with "
-                             "overwrite): choose another path.")
+            raise ValueError(
+                f"{kind} {str(path)!r} already exists and {why}; refusing to replace it (even with "
+                "overwrite): choose another path."
+            )
         if not overwrite:
             raise ValueError(f"{kind} {str(path)!r} already exists; pass overwrite=True to replace it.")
     if not out.parent.is_dir():
@@ -575,15 +578,19 @@ def check_affine(affine, spatial_dims: int | None = None, what: str = "image") -
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 2:
         raise ValueError(f"{what}: its affine must be a square (d+1)x(d+1) matrix, got shape {a.shape}.")
     if not np.isfinite(a).all():
-        raise ValueError(f"{what}: its affine (voxel-to-world geometry) holds NaN or infinite values, so voxel "
-                         "positions are unknown; fix the header (e.g. sform/qform) first.")
+        raise ValueError(
+            f"{what}: its affine (voxel-to-world geometry) holds NaN or infinite values, so voxel "
+            "positions are unknown; fix the header (e.g. sform/qform) first."
+        )
     nd = a.shape[0] - 1 if spatial_dims is None else min(int(spatial_dims), a.shape[0] - 1)
     block = a[:-1, :nd]
     singular = np.linalg.svd(block, compute_uv=False)
     if singular.size == 0 or singular.min() <= 1e-6 * max(1.0, float(singular.max())):
         sizes = np.linalg.norm(block, axis=0)
-        raise ValueError(f"{what}: its affine is degenerate (zero determinant: voxel sizes {np.round(sizes, 4).tolist()} "
-                         "mm or axes not independent), so it maps the voxels onto a plane or line; fix the header first.")
+        raise ValueError(
+            f"{what}: its affine is degenerate (zero determinant: voxel sizes {np.round(sizes, 4).tolist()} "
+            "mm or axes not independent), so it maps the voxels onto a plane or line; fix the header first."
+        )
     return a
 
 
@@ -685,8 +692,9 @@ def read_image(
                 raise
             header_error, header_shape, header_affine = e, (), None
         if max_voxels is not None and math.prod(header_shape) > int(max_voxels):
-            raise ValueError(f"{str(path)!r} is too large: {'x'.join(map(str, header_shape))} voxels, more than "
-                             f"{int(max_voxels)}.")
+            raise ValueError(
+                f"{str(path)!r} is too large: {'x'.join(map(str, header_shape))} voxels, more than {int(max_voxels)}."
+            )
         if header_affine is not None:  # MONAI's NibabelReader replaces a NaN affine by the identity: check the file's
             check_affine(header_affine, min(3, max(1, len(header_shape))), what=repr(str(path)))
     if p.is_dir():
@@ -916,7 +924,9 @@ def _write_sitk(data: np.ndarray, affine: np.ndarray, filename: str, provenance:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(filename))).free
         if free < 1 << 20:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename) from e
-        raise OSError(errno.EIO, f"{os.strerror(errno.EIO)} (SimpleITK: {' '.join(str(e).split())[:200]})", filename) from e
+        raise OSError(
+            errno.EIO, f"{os.strerror(errno.EIO)} (SimpleITK: {' '.join(str(e).split())[:200]})", filename
+        ) from e
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1019,8 +1029,12 @@ def list_dicom_series(folder: str | os.PathLike) -> list[DicomSeries]:
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
         if uid not in groups:
             number = getattr(ds, "SeriesNumber", None)
-            groups[uid] = DicomSeries(uid, str(getattr(ds, "SeriesDescription", "") or "").strip(),
-                                      None if number in (None, "") else int(number), [])
+            groups[uid] = DicomSeries(
+                uid,
+                str(getattr(ds, "SeriesDescription", "") or "").strip(),
+                None if number in (None, "") else int(number),
+                [],
+            )
         groups[uid].files.append(f)
     return sorted(groups.values(), key=lambda g: (g.number is None, g.number or 0, g.uid))
 
@@ -1040,13 +1054,16 @@ def select_dicom_series(folder: str | os.PathLike, series_uid: str | None = None
     if series_uid is not None:
         chosen = [s for s in series if s.uid == str(series_uid).strip()]
         if not chosen:
-            raise ValueError(f"{str(folder)!r} holds no series with SeriesInstanceUID {series_uid!r}; "
-                             f"its series: {listing}.")
+            raise ValueError(
+                f"{str(folder)!r} holds no series with SeriesInstanceUID {series_uid!r}; its series: {listing}."
+            )
         return chosen[0]
     if len(series) > 1:
         raise MultipleSeriesError(
             f"{str(folder)!r} holds {len(series)} DICOM series, which must not be merged into one volume; choose one "
-            f"by its SeriesInstanceUID: {listing}.", series)
+            f"by its SeriesInstanceUID: {listing}.",
+            series,
+        )
     return series[0]
 
 
@@ -1094,15 +1111,19 @@ def dicom_series_geometry(slices: Sequence, where: str = "DICOM series") -> tupl
     iops = np.stack([_floats(ds, "ImageOrientationPatient", 6, where) for ds in slices])
     ipps = np.stack([_floats(ds, "ImagePositionPatient", 3, where) for ds in slices])
     if "PixelSpacing" not in slices[0] or any("PixelSpacing" not in ds for ds in slices):
-        raise ValueError(f"{where}: PixelSpacing is missing, so the voxel size is unknown (a reader would assume "
-                         "1 mm); refusing to guess the geometry.")
+        raise ValueError(
+            f"{where}: PixelSpacing is missing, so the voxel size is unknown (a reader would assume "
+            "1 mm); refusing to guess the geometry."
+        )
     spacings = np.stack([_floats(ds, "PixelSpacing", 2, where) for ds in slices])
     if np.any(spacings <= 0):
         raise ValueError(f"{where}: PixelSpacing must be positive, got {spacings[spacings.min(1).argmin()].tolist()}.")
     if np.abs(iops - iops[0]).max() > 1e-4:
         kinds = {tuple(np.round(v, 4)) for v in iops}
-        raise ValueError(f"{where} mixes {len(kinds)} slice orientations (ImageOrientationPatient differs between "
-                         "slices): not one volume; split the series.")
+        raise ValueError(
+            f"{where} mixes {len(kinds)} slice orientations (ImageOrientationPatient differs between "
+            "slices): not one volume; split the series."
+        )
     if np.abs(spacings - spacings[0]).max() > 1e-4:
         raise ValueError(f"{where} mixes pixel spacings (PixelSpacing differs between slices): not one volume.")
     sizes = {(int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))) for ds in slices}
@@ -1183,7 +1204,10 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, dtype) -> MetaTenso
         if array.ndim != 2:
             raise ValueError(f"{where}: {f.name} holds {array.shape} pixels; expected one grey-level frame per file.")
         if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-            slope, intercept = float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
+            slope, intercept = (
+                float(getattr(ds, "RescaleSlope", 1) or 1),
+                float(getattr(ds, "RescaleIntercept", 0) or 0),
+            )
             array = array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
             rescaled = True
         arrays.append(array.T)  # (columns, rows)
@@ -1194,9 +1218,13 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, dtype) -> MetaTenso
         volume = volume.astype(dtype)
     affine = _lps_ras(lps)
     meta = {
-        "filename_or_obj": str(folder), "original_affine": affine.copy(),
-        "spatial_shape": np.asarray(volume.shape), "space": "RAS", "original_channel_dim": float("nan"),
-        "SeriesInstanceUID": series.uid, "SeriesDescription": series.description,
+        "filename_or_obj": str(folder),
+        "original_affine": affine.copy(),
+        "spatial_shape": np.asarray(volume.shape),
+        "space": "RAS",
+        "original_channel_dim": float("nan"),
+        "SeriesInstanceUID": series.uid,
+        "SeriesDescription": series.description,
         "Modality": str(getattr(headers[0], "Modality", "")),
     }
     return MetaTensor(torch.as_tensor(np.ascontiguousarray(volume)[None]), affine=torch.as_tensor(affine), meta=meta)

@@ -138,7 +138,9 @@ def ssim(x, y, data_range: float = 1.0, win_size: int = 11) -> torch.Tensor:
     x, y = _pair(x, y, "x", "y")
     if min(x.shape[2:]) < win_size:
         raise ValueError(f"x must be at least win_size={win_size} along every spatial axis, got {tuple(x.shape)}.")
-    metric = SSIMMetric(spatial_dims=x.ndim - 2, data_range=_check_range(data_range), win_size=win_size, reduction="none")
+    metric = SSIMMetric(
+        spatial_dims=x.ndim - 2, data_range=_check_range(data_range), win_size=win_size, reduction="none"
+    )
     return metric(x, y).reshape(-1)
 
 

@@ -74,13 +74,17 @@ def check_scorable(image, name: str = "image", min_inplane: int = MIN_INPLANE) -
     if a.ndim not in (2, 3):
         raise ValueError(f"{name} must be a 2D image or a 3D volume, got shape {tuple(a.shape)}.")
     if min(a.shape[:2]) < min_inplane:
-        raise ValueError(f"{name} is too small to score: {shown} voxels; at least {min_inplane} x {min_inplane} "
-                         "in-plane are needed (the model scores 2D slices of anatomy).")
+        raise ValueError(
+            f"{name} is too small to score: {shown} voxels; at least {min_inplane} x {min_inplane} "
+            "in-plane are needed (the model scores 2D slices of anatomy)."
+        )
     if not np.isfinite(a).all():
         raise ValueError(f"{name} holds NaN or infinite values; expected finite intensities.")
     if float(a.max()) == float(a.min()):
-        raise ValueError(f"{name} is constant ({float(a.max()):g} everywhere): expected an image whose intensities "
-                         "vary; there is nothing to score.")
+        raise ValueError(
+            f"{name} is constant ({float(a.max()):g} everywhere): expected an image whose intensities "
+            "vary; there is nothing to score."
+        )
     if not (a > 0).any():
         raise ValueError(f"{name} has no positive voxels: expected a magnitude image (e.g. MRI).")
     return a
@@ -120,8 +124,10 @@ def prepare_slices(image, size: int = 128, num_slices: int | None = 16, name: st
     if (spread < MIN_LEVEL_STD).any():
         which = int(np.argmin(spread))
         where = "" if a.ndim == 2 else f" (axial slice {int(index[which])})"
-        raise ValueError(f"{name} is near-constant{where}: its 8-bit levels vary with a standard deviation of "
-                         f"{spread[which]:.2f}; expected at least {MIN_LEVEL_STD:g} (an image, not a flat field).")
+        raise ValueError(
+            f"{name} is near-constant{where}: its 8-bit levels vary with a standard deviation of "
+            f"{spread[which]:.2f}; expected at least {MIN_LEVEL_STD:g} (an image, not a flat field)."
+        )
     return slices[:, None].astype(np.float32)
 
 

@@ -107,7 +107,9 @@ def training_transforms(
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
     chain = [EnsureTyped(keys="image", track_meta=False)]
     if crop_size and spatial_dims == 3:
-        chain.append(RandWeightedCropd("image", w_key="image", spatial_size=(int(crop_size),) * 3, num_samples=int(num_crops)))
+        chain.append(
+            RandWeightedCropd("image", w_key="image", spatial_size=(int(crop_size),) * 3, num_samples=int(num_crops))
+        )
     elif crop_size:
         chain.append(RandSpatialCropd("image", roi_size=int(crop_size), random_size=False))
     if flip:
@@ -120,8 +122,13 @@ def training_transforms(
         area = float((crop_size or image_size) ** 2)
         chain.append(
             RandInpaintingMaskd(
-                "image", mask_type="box", min_fraction=min(TRAIN_HOLE_AREA[0] / area, 0.5),
-                max_fraction=min(TRAIN_HOLE_AREA[1] / area, 0.5), num_boxes=(1, 2), cond_key="cond", mask_key="mask",
+                "image",
+                mask_type="box",
+                min_fraction=min(TRAIN_HOLE_AREA[0] / area, 0.5),
+                max_fraction=min(TRAIN_HOLE_AREA[1] / area, 0.5),
+                num_boxes=(1, 2),
+                cond_key="cond",
+                mask_key="mask",
             )
         )
     chain.append(ScaleIntensityRanged(["image", "cond"], 0.0, 1.0, -1.0, 1.0))
@@ -160,7 +167,11 @@ class TestSet:
     def first(self, n: int) -> TestSet:
         """The first ``n`` slices (their noise seeds and masks unchanged)."""
         return TestSet(
-            self.truth[:n], self.shown[:n], self.cond[:n], self.measurement[:n], self.degrade_fn,
+            self.truth[:n],
+            self.shown[:n],
+            self.cond[:n],
+            self.measurement[:n],
+            self.degrade_fn,
             None if self.mask is None else self.mask[:n],
         )
 
@@ -194,8 +205,10 @@ def make_test_set(
 
         def add_noise(x: torch.Tensor) -> torch.Tensor:
             return torch.stack(
-                [torch.as_tensor(RandMixedNoise(NOISE_SIGMA, SALT_PEPPER, low=0.0, high=1.0, seed=seed + i)(xi))
-                 for i, xi in enumerate(x)]
+                [
+                    torch.as_tensor(RandMixedNoise(NOISE_SIGMA, SALT_PEPPER, low=0.0, high=1.0, seed=seed + i)(xi))
+                    for i, xi in enumerate(x)
+                ]
             )
 
         noisy = add_noise(truth)
@@ -282,7 +295,9 @@ def tv_denoise(images: torch.Tensor, weight: float) -> torch.Tensor:
 def nlm_denoise(images: torch.Tensor, h: float) -> torch.Tensor:
     """Non-local means (5x5 patches, 13x13 search, noise sigma given) of (N, 1, H, W) slices, clipped to [0, 1]."""
     return _per_slice(
-        lambda a: _skimage().denoise_nl_means(a, h=h, sigma=NOISE_SIGMA, patch_size=5, patch_distance=6, fast_mode=True),
+        lambda a: _skimage().denoise_nl_means(
+            a, h=h, sigma=NOISE_SIGMA, patch_size=5, patch_distance=6, fast_mode=True
+        ),
         images,
     )
 
@@ -349,13 +364,24 @@ def restore_slices(
         idx = slice(start, min(n, start + step))
         gens = [torch.Generator(device="cpu").manual_seed(int(seed) + i) for i in range(idx.start, idx.stop)]
         noise = torch.cat([torch.randn((1, *test.truth.shape[1:]), generator=g) for g in gens]).to(device)
-        gen = [torch.Generator(device=device).manual_seed(int(seed) + i + SAMPLER_SEED_OFFSET) for i in range(idx.start, idx.stop)]
+        gen = [
+            torch.Generator(device=device).manual_seed(int(seed) + i + SAMPLER_SEED_OFFSET)
+            for i in range(idx.start, idx.stop)
+        ]
         inpaint = {}
         if test.mask is not None:
             inpaint = {"mask": test.mask[idx].to(device), "known": test.known()[idx].to(device)}
         out = inferer.sample(
-            noise, network, sampler=sampler, num_steps=int(num_steps), condition=test.cond[idx].to(device),
-            num_samples=int(num_samples), generator=gen, verbose=False, **inpaint, **speed,
+            noise,
+            network,
+            sampler=sampler,
+            num_steps=int(num_steps),
+            condition=test.cond[idx].to(device),
+            num_samples=int(num_samples),
+            generator=gen,
+            verbose=False,
+            **inpaint,
+            **speed,
         )
         mean, std = out if num_samples > 1 else (out, torch.zeros_like(out))
         means.append(mean.float().cpu() * 0.5 + 0.5)
@@ -390,14 +416,26 @@ class RestorationInferer(Inferer):
             extra = {"mask": cond[:, 1:2], "known": cond[:, :1]}
         with torch.no_grad():
             return self.inferer.sample(
-                noise, network, sampler=self.sampler, num_steps=self.num_steps, condition=cond, generator=g,
-                verbose=False, **extra,
+                noise,
+                network,
+                sampler=self.sampler,
+                num_steps=self.num_steps,
+                condition=cond,
+                generator=g,
+                verbose=False,
+                **extra,
             )
 
 
 def restoration_sample_fn(
-    inferer, network, items: Sequence[dict], task: str = "sr", num_steps: int = 20, sampler: str = "dpm++",
-    seed: int = 0, num_frames: int = 20,
+    inferer,
+    network,
+    items: Sequence[dict],
+    task: str = "sr",
+    num_steps: int = 20,
+    sampler: str = "dpm++",
+    seed: int = 0,
+    num_frames: int = 20,
 ) -> Callable:
     """A no-argument callable for :class:`monai_medgen.handlers.SampleGridHandler`: restores the held-out
     ``items`` (``{"image": condition, "label": truth}`` from :func:`validation_items`) from a fixed seed and
@@ -414,9 +452,16 @@ def restoration_sample_fn(
         extra = {"mask": cond[:, 1:2], "known": cond[:, :1]} if task == "inpaint" else {}
         with torch.no_grad():
             out, frames = inferer.sample(
-                noise, network, sampler=sampler, num_steps=int(num_steps), condition=cond, generator=g,
-                verbose=False, save_intermediates=True,
-                intermediate_steps=max(1, int(num_steps) // max(1, num_frames)), **extra,
+                noise,
+                network,
+                sampler=sampler,
+                num_steps=int(num_steps),
+                condition=cond,
+                generator=g,
+                verbose=False,
+                save_intermediates=True,
+                intermediate_steps=max(1, int(num_steps) // max(1, num_frames)),
+                **extra,
             )
         rows = torch.stack([cond[:, :1], out, truth], 1).flatten(0, 1)
         frame_rows = [torch.stack([cond[:, :1], f.to(dev), truth], 1).flatten(0, 1) for f in frames]
@@ -598,16 +643,40 @@ def restore_image(
             raise ValueError(f"task {task!r} does not match the model, which restores {inferer.family!r}.")
         known_mask = _check_mask(mask, img) if task == "inpaint" else None
         return restore_residual(
-            network, inferer, img, mask=known_mask, factor=factor, num_steps=num_steps, num_samples=int(num_samples),
-            seed=seed, sampler=sampler, device=device, verbose=verbose,
-            speed={"channels_last": channels_last, "autocast": autocast, "compile": compile}, progress=progress,
+            network,
+            inferer,
+            img,
+            mask=known_mask,
+            factor=factor,
+            num_steps=num_steps,
+            num_samples=int(num_samples),
+            seed=seed,
+            sampler=sampler,
+            device=device,
+            verbose=verbose,
+            speed={"channels_last": channels_last, "autocast": autocast, "compile": compile},
+            progress=progress,
         )
     speed = {"channels_last": channels_last, "autocast": autocast, "compile": compile}
     if int(getattr(getattr(network, "module", network), "spatial_dims", 2)) == 3:
         with VolumeProgress(1, False, progress) as done:  # the sampler's own bar spans the volume
             restored = _restore_volume(
-                network, inferer, task, img, mask, factor, sampler, num_steps, num_samples, seed, device, verbose,
-                patch_size, overlap, sw_batch_size, speed,
+                network,
+                inferer,
+                task,
+                img,
+                mask,
+                factor,
+                sampler,
+                num_steps,
+                num_samples,
+                seed,
+                device,
+                verbose,
+                patch_size,
+                overlap,
+                sw_batch_size,
+                speed,
             )
             done.update(1)
         return restored
@@ -645,11 +714,21 @@ def restore_image(
         else:
             cond = s
         ks = range(start, start + s.shape[0])  # slice k: its own starting and sampler noise
-        noise = torch.cat([torch.randn((1, *s.shape[1:]), generator=torch.Generator().manual_seed(int(seed) + k)) for k in ks])
+        noise = torch.cat(
+            [torch.randn((1, *s.shape[1:]), generator=torch.Generator().manual_seed(int(seed) + k)) for k in ks]
+        )
         gen = [torch.Generator(device=dev).manual_seed(int(seed) + k + SAMPLER_SEED_OFFSET) for k in ks]
         out = inferer.sample(
-            noise.to(dev), network, sampler=sampler, num_steps=int(num_steps), condition=cond.to(dev),
-            num_samples=int(num_samples), generator=gen, verbose=verbose, **extra, **speed,
+            noise.to(dev),
+            network,
+            sampler=sampler,
+            num_steps=int(num_steps),
+            condition=cond.to(dev),
+            num_samples=int(num_samples),
+            generator=gen,
+            verbose=verbose,
+            **extra,
+            **speed,
         )
         mean, std = out if int(num_samples) > 1 else (out, None)
         crop = (..., slice(pad[2], pad[2] + h), slice(pad[0], pad[0] + w))
@@ -671,8 +750,22 @@ def restore_image(
 
 
 def _restore_volume(
-    network, inferer, task, img, mask, factor, sampler, num_steps, num_samples, seed, device, verbose, patch_size,
-    overlap, sw_batch_size, speed=None,
+    network,
+    inferer,
+    task,
+    img,
+    mask,
+    factor,
+    sampler,
+    num_steps,
+    num_samples,
+    seed,
+    device,
+    verbose,
+    patch_size,
+    overlap,
+    sw_batch_size,
+    speed=None,
 ) -> tuple[MetaTensor, MetaTensor | None]:
     """:func:`restore_image` for a 3D network: the whole volume, the network over overlapping patches."""
     if img.ndim != 4:
@@ -707,9 +800,19 @@ def _restore_volume(
     noise = torch.randn(x.shape, generator=g).to(dev)
     gen = torch.Generator(device=dev).manual_seed(int(seed) + SAMPLER_SEED_OFFSET)
     out = inferer.sample(
-        noise, network, sampler=sampler, num_steps=int(num_steps), condition=cond.to(dev), num_samples=int(num_samples),
-        generator=gen, verbose=verbose, patch_size=patch, overlap=float(overlap), sw_batch_size=int(sw_batch_size),
-        **kwargs, **(speed or {}),
+        noise,
+        network,
+        sampler=sampler,
+        num_steps=int(num_steps),
+        condition=cond.to(dev),
+        num_samples=int(num_samples),
+        generator=gen,
+        verbose=verbose,
+        patch_size=patch,
+        overlap=float(overlap),
+        sw_batch_size=int(sw_batch_size),
+        **kwargs,
+        **(speed or {}),
     )
     mean, std = out if int(num_samples) > 1 else (out, None)
     crop = (0, slice(None)) + tuple(slice(left, left + n) for left, n in zip(lefts, shape))
@@ -776,15 +879,38 @@ def restore_file(
     elif task == "inpaint":
         raise ValueError("mask is required for inpainting: pass a mask file (1 = missing) of the image's geometry.")
     restored, std = restore_image(
-        network, inferer, task, image, mask=mask, factor=factor, sampler=sampler, num_steps=num_steps,
-        num_samples=num_samples, seed=seed, device=device, verbose=verbose, patch_size=patch_size, overlap=overlap,
-        sw_batch_size=sw_batch_size, channels_last=channels_last, autocast=autocast, compile=compile, progress=progress,
+        network,
+        inferer,
+        task,
+        image,
+        mask=mask,
+        factor=factor,
+        sampler=sampler,
+        num_steps=num_steps,
+        num_samples=num_samples,
+        seed=seed,
+        device=device,
+        verbose=verbose,
+        patch_size=patch_size,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        channels_last=channels_last,
+        autocast=autocast,
+        compile=compile,
+        progress=progress,
     )
     provenance = io.Provenance(
-        model=model_name or type(getattr(network, "module", network)).__name__, bundle_version=bundle_version,
-        task={"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint"}[task], sampler=sampler,
-        steps=int(num_steps), seed=int(seed), input_checksum=io.sha256_of(inputs),
-        extra={"num_samples": int(num_samples), "factor": factor if np.isscalar(factor) else [float(f) for f in factor]},
+        model=model_name or type(getattr(network, "module", network)).__name__,
+        bundle_version=bundle_version,
+        task={"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint"}[task],
+        sampler=sampler,
+        steps=int(num_steps),
+        seed=int(seed),
+        input_checksum=io.sha256_of(inputs),
+        extra={
+            "num_samples": int(num_samples),
+            "factor": factor if np.isscalar(factor) else [float(f) for f in factor],
+        },
     )
     out = io.write_image(restored, output_path, provenance=provenance, overwrite=overwrite, inputs=inputs)
     unc = None
@@ -799,7 +925,9 @@ def restore_file(
 # ---------------------------------------------------------------------------------------------
 # the bundles' inference and evaluation
 # ---------------------------------------------------------------------------------------------
-def demo_input(task: str, output_dir, num_slices: int = 4, size: int = 128, factor: float = SR_FACTOR, seed: int = 1000) -> dict:
+def demo_input(
+    task: str, output_dir, num_slices: int = 4, size: int = 128, factor: float = SR_FACTOR, seed: int = 1000
+) -> dict:
     """Write a degraded demo input from the held-out Colin27 brain: ``num_slices`` axial slices at ``size`` x
     ``size`` (181 mm field of view) stacked as a volume, degraded for ``task`` with the test-set parameters
     (4x coarser in-plane for ``"sr"``, noise for ``"denoise"``, the central hole for ``"inpaint"``, whose mask
@@ -864,8 +992,11 @@ def demo_volume_input(output_dir, factor: Sequence[float] = (1, 1, 4), crop: Seq
     truth = MetaTensor(torch.as_tensor(vol)[None], affine=torch.as_tensor(affine))
     low = SimulateLowResolution([float(f) for f in factors]).downsample(truth)
     os.makedirs(str(output_dir), exist_ok=True)
-    paths = {"truth": os.path.join(str(output_dir), "demo_truth.nii.gz"), "mask": "",
-             "input": os.path.join(str(output_dir), "demo_input.nii.gz")}
+    paths = {
+        "truth": os.path.join(str(output_dir), "demo_truth.nii.gz"),
+        "mask": "",
+        "input": os.path.join(str(output_dir), "demo_input.nii.gz"),
+    }
     for key, img, text in (("truth", truth, "Colin27 1 mm (ground truth)"), ("input", low, "Colin27 thick slices")):
         out = nib.Nifti1Image(np.asarray(img[0], dtype=np.float32), np.asarray(img.affine, dtype=np.float64))
         out.header["descrip"] = text.encode()
@@ -920,10 +1051,25 @@ def run_inference(
     out = os.path.join(str(output_dir), f"{name}_{task}_synthetic.nii.gz")
     unc = os.path.join(str(output_dir), f"{name}_{task}_std.nii.gz") if int(num_samples) > 1 else None
     result = restore_file(
-        network, inferer, task, input_image, out, mask_path=mask_image or None, uncertainty_path=unc,
-        factor=factor if task == "sr" else 1.0, sampler=sampler, num_steps=num_steps, num_samples=num_samples,
-        seed=seed, model_name=model_name, bundle_version=bundle_version, overwrite=True, device=device,
-        patch_size=patch_size, overlap=overlap, sw_batch_size=sw_batch_size,
+        network,
+        inferer,
+        task,
+        input_image,
+        out,
+        mask_path=mask_image or None,
+        uncertainty_path=unc,
+        factor=factor if task == "sr" else 1.0,
+        sampler=sampler,
+        num_steps=num_steps,
+        num_samples=num_samples,
+        seed=seed,
+        model_name=model_name,
+        bundle_version=bundle_version,
+        overwrite=True,
+        device=device,
+        patch_size=patch_size,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
     )
     if demo:
         truth = io.read_image(paths["truth"])
@@ -940,8 +1086,12 @@ def run_inference(
     return result
 
 
-COLUMNS = (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3), ("sharpness", "rel. sharpness", 3),
-           ("consistency", "data consistency (dB)", 2))
+COLUMNS = (
+    ("psnr", "PSNR (dB)", 2),
+    ("ssim", "SSIM", 3),
+    ("sharpness", "rel. sharpness", 3),
+    ("consistency", "data consistency (dB)", 2),
+)
 
 
 def format_table(task: str, rows: Sequence[tuple[str, dict]]) -> str:
@@ -956,8 +1106,11 @@ def format_table(task: str, rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-INPUT_LABEL = {"sr": "degraded input (4x low-res, nearest)", "denoise": "degraded input (noisy)",
-               "inpaint": "degraded input (hole filled with 0)"}
+INPUT_LABEL = {
+    "sr": "degraded input (4x low-res, nearest)",
+    "denoise": "degraded input (noisy)",
+    "inpaint": "degraded input (hole filled with 0)",
+}
 
 
 def evaluate_model(
@@ -1003,8 +1156,15 @@ def evaluate_model(
     rows.append((ours, score(mean, test)))
     table = format_table(task, rows)
     print(table, flush=True)
-    return {"rows": rows, "table": table, "mean": mean, "std": std, "test": test, "classical": classical,
-            "seconds": seconds}
+    return {
+        "rows": rows,
+        "table": table,
+        "mean": mean,
+        "std": std,
+        "test": test,
+        "classical": classical,
+        "seconds": seconds,
+    }
 
 
 def peak_memory_mb() -> float:
@@ -1049,8 +1209,20 @@ def evaluate_volume(
     paths = demo_volume_input(output_dir, factor=factor, crop=crop)
     out = os.path.join(str(output_dir), "demo_input_sr_synthetic.nii.gz")
     res = restore_file(
-        network, inferer, "sr", paths["input"], out, factor=factor, sampler=sampler, num_steps=num_steps, seed=seed,
-        patch_size=patch_size, overlap=overlap, sw_batch_size=sw_batch_size, overwrite=True, device=device,
+        network,
+        inferer,
+        "sr",
+        paths["input"],
+        out,
+        factor=factor,
+        sampler=sampler,
+        num_steps=num_steps,
+        seed=seed,
+        patch_size=patch_size,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        overwrite=True,
+        device=device,
         model_name="cddpm_super_resolution_3d",
     )
     truth = io.read_image(paths["truth"]).as_tensor()[None]
@@ -1065,10 +1237,12 @@ def evaluate_volume(
         a, t = img[sel].clamp(0, 1), truth[sel]
         rows.append((label, float(psnr(a, t)[0]), float(ssim(a, t)[0]), float(relative_sharpness(a, t)[0])))
     shape = tuple(int(s) for s in truth.shape[2:])
-    print(f"Colin27 {shape[0]}x{shape[1]}x{shape[2]} at 1 mm from {list(factor)}-times coarser slices, brain box "
-          f"{tuple(b.stop - b.start for b in box)}; patches {list(patch_size) if patch_size else 'none'}, overlap "
-          f"{overlap}; restoration {res['seconds']:.0f} s, peak resident memory {peak_memory_mb():.0f} MB "
-          f"(torch threads {torch.get_num_threads()}).\n")
+    print(
+        f"Colin27 {shape[0]}x{shape[1]}x{shape[2]} at 1 mm from {list(factor)}-times coarser slices, brain box "
+        f"{tuple(b.stop - b.start for b in box)}; patches {list(patch_size) if patch_size else 'none'}, overlap "
+        f"{overlap}; restoration {res['seconds']:.0f} s, peak resident memory {peak_memory_mb():.0f} MB "
+        f"(torch threads {torch.get_num_threads()}).\n"
+    )
     print("| method | PSNR (dB) | SSIM | rel. sharpness |\n|---|---|---|---|")
     for label, p, s_, sh in rows:
         print(f"| {label} | {p:.2f} | {s_:.3f} | {sh:.3f} |")

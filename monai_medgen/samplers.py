@@ -149,9 +149,13 @@ def batched_randn(shape: Sequence[int], generator: Generators = None, device=Non
         return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
     gens = list(generator)
     if not gens or shape[0] % len(gens):
-        raise ValueError(f"generator must be one torch.Generator or a list whose length divides the batch {shape[0]}, got {len(gens)}.")
+        raise ValueError(
+            f"generator must be one torch.Generator or a list whose length divides the batch {shape[0]}, got {len(gens)}."
+        )
     one = (1, *shape[1:])
-    return torch.cat([torch.randn(one, generator=gens[i % len(gens)], device=device, dtype=dtype) for i in range(shape[0])])
+    return torch.cat(
+        [torch.randn(one, generator=gens[i % len(gens)], device=device, dtype=dtype) for i in range(shape[0])]
+    )
 
 
 # ---------------------------------------------------------------------------------------------

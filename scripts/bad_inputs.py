@@ -38,168 +38,374 @@ FAST = ["--steps", "2", "--device", "cpu"]
 
 # (case, arguments with {placeholders}, fragment the message must contain)
 CASES = [
-    ("unreadable file (not an image)", "restore --bundle {den} --input {junk} --output {out}/o.nii.gz",
-     "--input: could not read"),
-    ("unreadable input folder (no DICOM files)", "restore --bundle {den} --input {empty_dir} --output {out}/o.nii.gz",
-     "--input"),
-    ("truncated NIfTI", "restore --bundle {den} --input {truncated_nii} --output {out}/o.nii.gz", "--input: could not read"),
-    ("truncated NIfTI (gzip)", "restore --bundle {den} --input {truncated_niigz} --output {out}/o.nii.gz",
-     "--input: could not read"),
-    ("truncated NRRD", "restore --bundle {den} --input {truncated_nrrd} --output {out}/o.nrrd", "--input: could not read"),
+    (
+        "unreadable file (not an image)",
+        "restore --bundle {den} --input {junk} --output {out}/o.nii.gz",
+        "--input: could not read",
+    ),
+    (
+        "unreadable input folder (no DICOM files)",
+        "restore --bundle {den} --input {empty_dir} --output {out}/o.nii.gz",
+        "--input",
+    ),
+    (
+        "truncated NIfTI",
+        "restore --bundle {den} --input {truncated_nii} --output {out}/o.nii.gz",
+        "--input: could not read",
+    ),
+    (
+        "truncated NIfTI (gzip)",
+        "restore --bundle {den} --input {truncated_niigz} --output {out}/o.nii.gz",
+        "--input: could not read",
+    ),
+    (
+        "truncated NRRD",
+        "restore --bundle {den} --input {truncated_nrrd} --output {out}/o.nrrd",
+        "--input: could not read",
+    ),
     ("truncated MHA", "restore --bundle {den} --input {truncated_mha} --output {out}/o.mha", "--input: could not read"),
-    ("truncated slice in a DICOM series", "restore --bundle {den} --input {truncated_series} --output {out}/derived",
-     "--input"),
-    ("missing input file", "restore --bundle {den} --input {out}/nothing.nii.gz --output {out}/o.nii.gz",
-     "no such file"),
-    ("2D image for a 3D bundle", "restore --bundle {sr3d} --input {slice2d} --output {out}/o.nii.gz --factor 1,1,4",
-     "must be a 3D volume"),
-    ("two channels for a one-channel bundle", "restore --bundle {den} --input {two_channels} --output {out}/o.nii.gz",
-     "channel"),
-    ("4D series (time) for a one-channel bundle", "restore --bundle {den} --input {time_series} --output {out}/o.nii.gz",
-     "channel"),
+    (
+        "truncated slice in a DICOM series",
+        "restore --bundle {den} --input {truncated_series} --output {out}/derived",
+        "--input",
+    ),
+    (
+        "missing input file",
+        "restore --bundle {den} --input {out}/nothing.nii.gz --output {out}/o.nii.gz",
+        "no such file",
+    ),
+    (
+        "2D image for a 3D bundle",
+        "restore --bundle {sr3d} --input {slice2d} --output {out}/o.nii.gz --factor 1,1,4",
+        "must be a 3D volume",
+    ),
+    (
+        "two channels for a one-channel bundle",
+        "restore --bundle {den} --input {two_channels} --output {out}/o.nii.gz",
+        "channel",
+    ),
+    (
+        "4D series (time) for a one-channel bundle",
+        "restore --bundle {den} --input {time_series} --output {out}/o.nii.gz",
+        "channel",
+    ),
     ("NaN voxels", "restore --bundle {den} --input {nan} --output {out}/o.nii.gz", "NaN or infinite"),
     ("infinite voxels", "restore --bundle {den} --input {inf} --output {out}/o.nii.gz", "NaN or infinite"),
-    ("NaN voxels in the mask", "restore --bundle {inp} --input {nifti} --mask {nan_mask} --output {out}/o.nii.gz",
-     "--mask"),
+    (
+        "NaN voxels in the mask",
+        "restore --bundle {inp} --input {nifti} --mask {nan_mask} --output {out}/o.nii.gz",
+        "--mask",
+    ),
     ("empty mask", "restore --bundle {inp} --input {nifti} --mask {empty_mask} --output {out}/o.nii.gz", "is empty"),
     ("full mask", "restore --bundle {inp} --input {nifti} --mask {full_mask} --output {out}/o.nii.gz", "is full"),
-    ("mask of another shape", "restore --bundle {inp} --input {nifti} --mask {small_mask} --output {out}/o.nii.gz",
-     "must have the image's shape"),
-    ("mask of another geometry (shifted 5 mm)",
-     "restore --bundle {inp} --input {nifti} --mask {shifted_mask} --output {out}/o.nii.gz", "voxel grid"),
-    ("inpainting bundle without a mask", "restore --bundle {inp} --input {nifti} --output {out}/o.nii.gz",
-     "--mask is required"),
-    ("mask for a denoising bundle", "restore --bundle {den} --input {nifti} --mask {mask} --output {out}/o.nii.gz",
-     "--mask is for inpainting"),
-    ("super-resolution factor below 1", "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 0.5",
-     "--factor"),
-    ("factor too large for the volume", "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 64",
-     "--factor 64"),
-    ("through-plane factor for a 2D model",
-     "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 1,1,4", "2D model"),
-    ("two factors for a 3D model", "restore --bundle {sr3d} --input {nifti} --output {out}/o.nii.gz --factor 1,4",
-     "3 numbers"),
-    ("factor with a DICOM series output",
-     "restore --bundle {sr2d} --input {series} --output {out}/derived --factor 2", "keeps the input series' grid"),
-    ("factor for a denoising bundle", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --factor 2",
-     "super-resolution bundles only"),
-    ("unknown class label (unconditional model)",
-     "generate --bundle {vdm} --class 3 --num 1 --output-dir {out}/gen", "model is unconditional"),
-    ("unknown class label (3-class model)", "generate --bundle {vdm3} --class 7 --num 1 --output-dir {out}/gen",
-     "not a class of this model"),
-    ("negative class label", "generate --bundle {vdm3} --class -1 --num 1 --output-dir {out}/gen",
-     "not a class of this model"),
+    (
+        "mask of another shape",
+        "restore --bundle {inp} --input {nifti} --mask {small_mask} --output {out}/o.nii.gz",
+        "must have the image's shape",
+    ),
+    (
+        "mask of another geometry (shifted 5 mm)",
+        "restore --bundle {inp} --input {nifti} --mask {shifted_mask} --output {out}/o.nii.gz",
+        "voxel grid",
+    ),
+    (
+        "inpainting bundle without a mask",
+        "restore --bundle {inp} --input {nifti} --output {out}/o.nii.gz",
+        "--mask is required",
+    ),
+    (
+        "mask for a denoising bundle",
+        "restore --bundle {den} --input {nifti} --mask {mask} --output {out}/o.nii.gz",
+        "--mask is for inpainting",
+    ),
+    (
+        "super-resolution factor below 1",
+        "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 0.5",
+        "--factor",
+    ),
+    (
+        "factor too large for the volume",
+        "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 64",
+        "--factor 64",
+    ),
+    (
+        "through-plane factor for a 2D model",
+        "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 1,1,4",
+        "2D model",
+    ),
+    (
+        "two factors for a 3D model",
+        "restore --bundle {sr3d} --input {nifti} --output {out}/o.nii.gz --factor 1,4",
+        "3 numbers",
+    ),
+    (
+        "factor with a DICOM series output",
+        "restore --bundle {sr2d} --input {series} --output {out}/derived --factor 2",
+        "keeps the input series' grid",
+    ),
+    (
+        "factor for a denoising bundle",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --factor 2",
+        "super-resolution bundles only",
+    ),
+    (
+        "unknown class label (unconditional model)",
+        "generate --bundle {vdm} --class 3 --num 1 --output-dir {out}/gen",
+        "model is unconditional",
+    ),
+    (
+        "unknown class label (3-class model)",
+        "generate --bundle {vdm3} --class 7 --num 1 --output-dir {out}/gen",
+        "not a class of this model",
+    ),
+    (
+        "negative class label",
+        "generate --bundle {vdm3} --class -1 --num 1 --output-dir {out}/gen",
+        "not a class of this model",
+    ),
     ("guidance without a class", "generate --bundle {vdm3} --guidance 2 --num 1 --output-dir {out}/gen", "--class"),
-    ("bundle folder without weights", "restore --bundle {untrained} --input {nifti} --output {out}/o.nii.gz",
-     "has no weights at"),
-    ("bundle with truncated weights", "restore --bundle {truncated_weights} --input {nifti} --output {out}/o.nii.gz",
-     "truncated or corrupted"),
-    ("bundle with weights of another network", "restore --bundle {wrong_weights} --input {nifti} --output {out}/o.nii.gz",
-     "do not fit the network"),
-    ("folder that is not a bundle", "restore --bundle {out} --input {nifti} --output {out}/o.nii.gz",
-     "has no configs/inference.yaml"),
+    (
+        "bundle folder without weights",
+        "restore --bundle {untrained} --input {nifti} --output {out}/o.nii.gz",
+        "has no weights at",
+    ),
+    (
+        "bundle with truncated weights",
+        "restore --bundle {truncated_weights} --input {nifti} --output {out}/o.nii.gz",
+        "truncated or corrupted",
+    ),
+    (
+        "bundle with weights of another network",
+        "restore --bundle {wrong_weights} --input {nifti} --output {out}/o.nii.gz",
+        "do not fit the network",
+    ),
+    (
+        "folder that is not a bundle",
+        "restore --bundle {out} --input {nifti} --output {out}/o.nii.gz",
+        "has no configs/inference.yaml",
+    ),
     ("restoration bundle for score", "score --bundle {den} --input {nifti}", "is not a VDM bundle"),
     ("unreadable file for score", "score --bundle {vdm} --input {nifti} {junk}", "--input: could not read"),
     ("NaN voxels for score", "score --bundle {vdm} --input {nan}", "NaN or infinite"),
-    ("score report over an input", "score --bundle {vdm} --input {nifti} --json {nifti}", "refusing to overwrite an input"),
+    (
+        "score report over an input",
+        "score --bundle {vdm} --input {nifti} --json {nifti}",
+        "refusing to overwrite an input",
+    ),
     ("score report over another file", "score --bundle {vdm} --input {nifti} --json {existing}", "already exists"),
-    ("output equal to input", "restore --bundle {den} --input {nifti} --output {nifti}",
-     "refusing to overwrite an input"),
-    ("output equal to input (other spelling)", "restore --bundle {den} --input {nifti} --output {nifti_other_spelling}",
-     "refusing to overwrite an input"),
-    ("output equal to the mask", "restore --bundle {inp} --input {nifti} --mask {mask} --output {mask}",
-     "refusing to overwrite an input"),
-    ("output inside the input DICOM series", "restore --bundle {den} --input {series} --output {series}/derived",
-     "lies inside the --input DICOM series"),
+    (
+        "output equal to input",
+        "restore --bundle {den} --input {nifti} --output {nifti}",
+        "refusing to overwrite an input",
+    ),
+    (
+        "output equal to input (other spelling)",
+        "restore --bundle {den} --input {nifti} --output {nifti_other_spelling}",
+        "refusing to overwrite an input",
+    ),
+    (
+        "output equal to the mask",
+        "restore --bundle {inp} --input {nifti} --mask {mask} --output {mask}",
+        "refusing to overwrite an input",
+    ),
+    (
+        "output inside the input DICOM series",
+        "restore --bundle {den} --input {series} --output {series}/derived",
+        "lies inside the --input DICOM series",
+    ),
     ("existing output", "restore --bundle {den} --input {nifti} --output {existing}", "already exists"),
-    ("existing output folder of other files (DICOM)",
-     "restore --bundle {den} --input {series} --output {user_folder} --overwrite", "refusing to replace it"),
+    (
+        "existing output folder of other files (DICOM)",
+        "restore --bundle {den} --input {series} --output {user_folder} --overwrite",
+        "refusing to replace it",
+    ),
     ("existing samples in --output-dir", "generate --bundle {vdm} --num 1 --output-dir {samples_dir}", "already holds"),
-    ("--overwrite over a file not marked synthetic",
-     "generate --bundle {vdm} --num 1 --output-dir {samples_dir} --overwrite", "not marked synthetic"),
+    (
+        "--overwrite over a file not marked synthetic",
+        "generate --bundle {vdm} --num 1 --output-dir {samples_dir} --overwrite",
+        "not marked synthetic",
+    ),
     ("--output-dir that is a file", "generate --bundle {vdm} --num 1 --output-dir {nifti}", "is a file"),
-    ("uncertainty map without samples", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --uncertainty "
-     "{out}/u.nii.gz", "--samples"),
+    (
+        "uncertainty map without samples",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --uncertainty {out}/u.nii.gz",
+        "--samples",
+    ),
     ("output with an unknown suffix", "restore --bundle {den} --input {nifti} --output {out}/o.png", "must end with"),
-    ("CUDA device on a machine without one", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz "
-     "--device cuda", "CUDA is not available"),
+    (
+        "CUDA device on a machine without one",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --device cuda",
+        "CUDA is not available",
+    ),
     # issue 14, command line: nothing replaced that monai-medgen did not write
-    ("--overwrite over a user's scan (file output)",
-     "restore --bundle {den} --input {nifti} --output {existing} --overwrite", "not marked synthetic"),
-    ("--overwrite over a user's scan as --uncertainty", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz "
-     "--samples 2 --uncertainty {existing} --overwrite", "not marked synthetic"),
-    ("a user's <output>.json beside a new output",
-     "restore --bundle {den} --input {nifti} --output {with_json}/result.nii.gz", "not a monai_medgen provenance sidecar"),
-    ("a user's <output>.json, with --overwrite",
-     "restore --bundle {den} --input {nifti} --output {with_json}/result.nii.gz --overwrite",
-     "not a monai_medgen provenance sidecar"),
-    ("--overwrite over a derived series folder holding a user's file",
-     "restore --bundle {den} --input {series} --output {derived_plus} --overwrite", "not a derived series"),
-    ("--overwrite over pictures in a folder without earlier samples",
-     "generate --bundle {vdm} --num 1 --output-dir {pictures_dir} --overwrite", "holds no earlier synthetic sample"),
-    ("--uncertainty equal to --output", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --samples 2 "
-     "--uncertainty {out}/o.nii.gz", "would replace the result"),
-    ("--uncertainty of another kind than --output", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz "
-     "--samples 2 --uncertainty {out}/u.png", "same kind as --output"),
+    (
+        "--overwrite over a user's scan (file output)",
+        "restore --bundle {den} --input {nifti} --output {existing} --overwrite",
+        "not marked synthetic",
+    ),
+    (
+        "--overwrite over a user's scan as --uncertainty",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz "
+        "--samples 2 --uncertainty {existing} --overwrite",
+        "not marked synthetic",
+    ),
+    (
+        "a user's <output>.json beside a new output",
+        "restore --bundle {den} --input {nifti} --output {with_json}/result.nii.gz",
+        "not a monai_medgen provenance sidecar",
+    ),
+    (
+        "a user's <output>.json, with --overwrite",
+        "restore --bundle {den} --input {nifti} --output {with_json}/result.nii.gz --overwrite",
+        "not a monai_medgen provenance sidecar",
+    ),
+    (
+        "--overwrite over a derived series folder holding a user's file",
+        "restore --bundle {den} --input {series} --output {derived_plus} --overwrite",
+        "not a derived series",
+    ),
+    (
+        "--overwrite over pictures in a folder without earlier samples",
+        "generate --bundle {vdm} --num 1 --output-dir {pictures_dir} --overwrite",
+        "holds no earlier synthetic sample",
+    ),
+    (
+        "--uncertainty equal to --output",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --samples 2 --uncertainty {out}/o.nii.gz",
+        "would replace the result",
+    ),
+    (
+        "--uncertainty of another kind than --output",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --samples 2 --uncertainty {out}/u.png",
+        "same kind as --output",
+    ),
     # DICOM series and geometry
-    ("DICOM folder holding two series", "restore --bundle {den} --input {two_series} --output {out}/o.nii.gz",
-     "holds 2 DICOM series"),
+    (
+        "DICOM folder holding two series",
+        "restore --bundle {den} --input {two_series} --output {out}/o.nii.gz",
+        "holds 2 DICOM series",
+    ),
     ("DICOM folder holding two series (score)", "score --bundle {vdm} --input {two_series}", "holds 2 DICOM series"),
-    ("--series-uid not in the folder",
-     "restore --bundle {den} --input {two_series} --series-uid 1.2.3.4 --output {out}/o.nii.gz",
-     "no series with SeriesInstanceUID"),
-    ("--series-uid for a file input", "restore --bundle {den} --input {nifti} --series-uid 1.2.3.4 --output {out}/o.nii.gz",
-     "--series-uid applies to a DICOM folder"),
-    ("DICOM series of mixed orientations", "restore --bundle {den} --input {mixed_orientation} --output {out}/o.nii.gz",
-     "slice orientations"),
-    ("DICOM series with duplicate slice positions",
-     "restore --bundle {den} --input {duplicate_positions} --output {out}/o.nii.gz", "duplicate slice positions"),
-    ("DICOM series without PixelSpacing",
-     "restore --bundle {den} --input {no_pixel_spacing} --output {out}/o.nii.gz", "PixelSpacing is missing"),
-    ("DICOM series with unevenly spaced slices",
-     "restore --bundle {den} --input {uneven_spacing} --output {out}/o.nii.gz", "not evenly spaced"),
+    (
+        "--series-uid not in the folder",
+        "restore --bundle {den} --input {two_series} --series-uid 1.2.3.4 --output {out}/o.nii.gz",
+        "no series with SeriesInstanceUID",
+    ),
+    (
+        "--series-uid for a file input",
+        "restore --bundle {den} --input {nifti} --series-uid 1.2.3.4 --output {out}/o.nii.gz",
+        "--series-uid applies to a DICOM folder",
+    ),
+    (
+        "DICOM series of mixed orientations",
+        "restore --bundle {den} --input {mixed_orientation} --output {out}/o.nii.gz",
+        "slice orientations",
+    ),
+    (
+        "DICOM series with duplicate slice positions",
+        "restore --bundle {den} --input {duplicate_positions} --output {out}/o.nii.gz",
+        "duplicate slice positions",
+    ),
+    (
+        "DICOM series without PixelSpacing",
+        "restore --bundle {den} --input {no_pixel_spacing} --output {out}/o.nii.gz",
+        "PixelSpacing is missing",
+    ),
+    (
+        "DICOM series with unevenly spaced slices",
+        "restore --bundle {den} --input {uneven_spacing} --output {out}/o.nii.gz",
+        "not evenly spaced",
+    ),
     ("zero-determinant affine", "restore --bundle {den} --input {zero_det} --output {out}/o.nii.gz", "degenerate"),
-    ("NaN affine", "restore --bundle {den} --input {nan_affine} --output {out}/o.nii.gz",
-     "affine (voxel-to-world geometry) holds NaN"),
-    ("NaN affine as generate --reference", "generate --bundle {vdm} --num 1 --reference {nan_affine} --output-dir "
-     "{out}/gen", "affine (voxel-to-world geometry) holds NaN"),
+    (
+        "NaN affine",
+        "restore --bundle {den} --input {nan_affine} --output {out}/o.nii.gz",
+        "affine (voxel-to-world geometry) holds NaN",
+    ),
+    (
+        "NaN affine as generate --reference",
+        "generate --bundle {vdm} --num 1 --reference {nan_affine} --output-dir {out}/gen",
+        "affine (voxel-to-world geometry) holds NaN",
+    ),
     ("1x1x1 input", "restore --bundle {den} --input {tiny} --output {out}/o.nii.gz", "too small to restore"),
     ("1x1x1 input for score", "score --bundle {vdm} --input {tiny}", "too small to score"),
-    ("generate --reference too large", "generate --bundle {vdm} --num 1 --reference {huge_reference} --output-dir "
-     "{out}/gen", "is too large"),
-    ("generate --reference too small", "generate --bundle {vdm} --num 1 --reference {tiny} --output-dir {out}/gen",
-     "is too small"),
+    (
+        "generate --reference too large",
+        "generate --bundle {vdm} --num 1 --reference {huge_reference} --output-dir {out}/gen",
+        "is too large",
+    ),
+    (
+        "generate --reference too small",
+        "generate --bundle {vdm} --num 1 --reference {tiny} --output-dir {out}/gen",
+        "is too small",
+    ),
     # the machine
-    ("read-only output folder", "restore --bundle {den} --input {nifti} --output {read_only}/o.nii.gz",
-     "cannot write into its folder"),
-    ("full output folder (disk full while writing)", "restore --bundle {den} --input {nifti} --output {full}/o.nii.gz",
-     "No space left on device"),
+    (
+        "read-only output folder",
+        "restore --bundle {den} --input {nifti} --output {read_only}/o.nii.gz",
+        "cannot write into its folder",
+    ),
+    (
+        "full output folder (disk full while writing)",
+        "restore --bundle {den} --input {nifti} --output {full}/o.nii.gz",
+        "No space left on device",
+    ),
     ("meta device", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --device meta", "--device must be"),
-    ("unknown --compile backend", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --compile bogus",
-     "not a torch.compile backend"),
+    (
+        "unknown --compile backend",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --compile bogus",
+        "not a torch.compile backend",
+    ),
     # numbers
-    ("--guidance nan", "generate --bundle {vdm3} --class 1 --guidance nan --num 1 --output-dir {out}/gen",
-     "--guidance must be a finite number"),
-    ("--guidance inf", "generate --bundle {vdm3} --class 1 --guidance inf --num 1 --output-dir {out}/gen",
-     "--guidance must be a finite number"),
-    ("--guidance out of range", "generate --bundle {vdm3} --class 1 --guidance 1e9 --num 1 --output-dir {out}/gen",
-     "--guidance must be"),
-    ("negative --guidance", "generate --bundle {vdm3} --class 1 --guidance -1 --num 1 --output-dir {out}/gen",
-     "--guidance must be"),
+    (
+        "--guidance nan",
+        "generate --bundle {vdm3} --class 1 --guidance nan --num 1 --output-dir {out}/gen",
+        "--guidance must be a finite number",
+    ),
+    (
+        "--guidance inf",
+        "generate --bundle {vdm3} --class 1 --guidance inf --num 1 --output-dir {out}/gen",
+        "--guidance must be a finite number",
+    ),
+    (
+        "--guidance out of range",
+        "generate --bundle {vdm3} --class 1 --guidance 1e9 --num 1 --output-dir {out}/gen",
+        "--guidance must be",
+    ),
+    (
+        "negative --guidance",
+        "generate --bundle {vdm3} --class 1 --guidance -1 --num 1 --output-dir {out}/gen",
+        "--guidance must be",
+    ),
     ("negative --seed", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --seed -1", "--seed must be"),
-    ("--seed beyond 2^32", "generate --bundle {vdm} --num 1 --seed 99999999999999 --output-dir {out}/gen",
-     "--seed must be"),
-    ("--steps beyond the limit", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --steps 10000000",
-     "--steps must be"),
-    ("--samples beyond the limit", "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --samples 100000",
-     "--samples must be"),
+    (
+        "--seed beyond 2^32",
+        "generate --bundle {vdm} --num 1 --seed 99999999999999 --output-dir {out}/gen",
+        "--seed must be",
+    ),
+    (
+        "--steps beyond the limit",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --steps 10000000",
+        "--steps must be",
+    ),
+    (
+        "--samples beyond the limit",
+        "restore --bundle {den} --input {nifti} --output {out}/o.nii.gz --samples 100000",
+        "--samples must be",
+    ),
     ("--num beyond the limit", "generate --bundle {vdm} --num 10000000 --output-dir {out}/gen", "--num must be"),
     ("--factor inf", "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor inf", "--factor"),
-    ("--factor nan per axis", "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 1,nan,2",
-     "--factor"),
+    (
+        "--factor nan per axis",
+        "restore --bundle {sr2d} --input {nifti} --output {out}/o.nii.gz --factor 1,nan,2",
+        "--factor",
+    ),
     ("--threshold nan", "score --bundle {vdm} --input {nifti} --threshold nan", "--threshold must be a finite number"),
-    ("--time-samples beyond the limit", "score --bundle {vdm} --input {nifti} --time-samples 10000000",
-     "--time-samples must be"),
+    (
+        "--time-samples beyond the limit",
+        "score --bundle {vdm} --input {nifti} --time-samples 10000000",
+        "--time-samples must be",
+    ),
 ]
 
 
@@ -231,8 +437,15 @@ def _write_sitk(vol: np.ndarray, affine: np.ndarray, path: Path) -> None:
     sitk.WriteImage(im, str(path), False)  # uncompressed, so a cut file is cut inside the voxel data
 
 
-def write_series(folder: Path, volume: np.ndarray, affine: np.ndarray, prefix: str = "IM", description: str = "T1",
-                 study: str | None = None, edit=None) -> str:
+def write_series(
+    folder: Path,
+    volume: np.ndarray,
+    affine: np.ndarray,
+    prefix: str = "IM",
+    description: str = "T1",
+    study: str | None = None,
+    edit=None,
+) -> str:
     """An MR DICOM series (uint16, one file per slice) with the volume's geometry, files ``<prefix>_<k>.dcm``;
     ``edit(ds, k)`` may change slice ``k`` before it is saved.  Returns its SeriesInstanceUID."""
     from pydicom.uid import generate_uid
@@ -447,8 +660,11 @@ def make_bundles(root: Path) -> dict[str, str]:
         parser = ConfigParser()
         parser.read_config(str(vdm / "configs" / "inference.yaml"))
         parser["device"] = "cpu"
-        save_model(b["vdm"] / "models" / "model.pt", parser.get_parsed_content("network"),
-                   parser.get_parsed_content("schedule"))
+        save_model(
+            b["vdm"] / "models" / "model.pt",
+            parser.get_parsed_content("network"),
+            parser.get_parsed_content("schedule"),
+        )
     # a class-conditional VDM (three classes), initial weights
     b["vdm3"] = root / "vdm_three_classes"
     shutil.copytree(vdm / "configs", b["vdm3"] / "configs")
@@ -457,8 +673,9 @@ def make_bundles(root: Path) -> dict[str, str]:
     parser = ConfigParser()
     parser.read_config(str(config))
     parser["device"] = "cpu"
-    save_model(b["vdm3"] / "models" / "model.pt", parser.get_parsed_content("network"),
-               parser.get_parsed_content("schedule"))
+    save_model(
+        b["vdm3"] / "models" / "model.pt", parser.get_parsed_content("network"), parser.get_parsed_content("schedule")
+    )
     b["untrained"] = root / "untrained"
     shutil.copytree(REPO / "bundles" / "cddpm_denoising_2d" / "configs", b["untrained"] / "configs")
     b["truncated_weights"] = _restoration_bundle(root, "cddpm_denoising_2d", "truncated_weights")
@@ -495,8 +712,13 @@ def make_machine_folders(root: Path) -> dict[str, str]:
     mount = shutil.which("mount")
 
     def mounted(folder: Path, options: str) -> bool:
-        return bool(mount) and subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                                              capture_output=True).returncode == 0
+        return (
+            bool(mount)
+            and subprocess.run(
+                [mount, "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+            ).returncode
+            == 0
+        )
 
     if root_user:
         if mounted(ro, "ro,size=64k"):
@@ -552,15 +774,26 @@ def argv_for(template: str, names: dict[str, str]) -> list[str]:
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
 
 
 def run_case(argv: list[str], work: Path, umask: int | None = None) -> tuple[int, str, str, float]:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "monai_medgen.cli", *argv], cwd=str(work), env=_env(),
-                          capture_output=True, text=True, timeout=600,
-                          preexec_fn=None if umask is None else (lambda: os.umask(umask)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai_medgen.cli", *argv],
+        cwd=str(work),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+    )
     return proc.returncode, proc.stderr, proc.stdout, time.perf_counter() - start
 
 
@@ -593,8 +826,14 @@ def check_series_uid(work: Path, names: dict[str, str]) -> dict:
         if io.read_provenance(out).extra.get("series_uid") != t2.uid:
             problems.append("provenance lacks the series UID")
     result = f"{out.relative_to(work)}: {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, series {t2.uid[-8:]} (T2 FLAIR) only"
-    return {"check": "--series-uid picks one series of a folder of two", "argv": argv, "rc": rc,
-            "seen": _last_line(stderr, stdout), "result": result, "problems": problems}
+    return {
+        "check": "--series-uid picks one series of a folder of two",
+        "argv": argv,
+        "rc": rc,
+        "seen": _last_line(stderr, stdout),
+        "result": result,
+        "problems": problems,
+    }
 
 
 def _mode(path: Path) -> str:
@@ -621,10 +860,17 @@ def check_umask(work: Path, names: dict[str, str]) -> dict:
             modes.append(f"{path.relative_to(folder)} {_mode(path)}")
             if _mode(path) != mode:
                 problems.append(f"{path.name} has mode {_mode(path)}, expected {mode}")
-    result = "umask 027 -> " + ", ".join(modes[:3] + ([f"the {len(modes) - 3} files in it (slices, sidecar) 640"]
-                                                        if len(modes) > 3 else []))
-    return {"check": "outputs honour the umask (027)", "argv": argv, "rc": rc_all, "seen": seen, "result": result,
-            "problems": problems}
+    result = "umask 027 -> " + ", ".join(
+        modes[:3] + ([f"the {len(modes) - 3} files in it (slices, sidecar) 640"] if len(modes) > 3 else [])
+    )
+    return {
+        "check": "outputs honour the umask (027)",
+        "argv": argv,
+        "rc": rc_all,
+        "seen": seen,
+        "result": result,
+        "problems": problems,
+    }
 
 
 _KILLED_WRITER = """
@@ -649,8 +895,13 @@ def check_kill_cleanup(work: Path, names: dict[str, str]) -> dict:
     folder = work / "out" / "killed"
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("a file of the user's\n")
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(folder / "first.nii.gz")], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(folder / "first.nii.gz")],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = proc.stdout.readline()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -666,8 +917,14 @@ def check_kill_cleanup(work: Path, names: dict[str, str]) -> dict:
     if "notes.txt" not in left or "second.nii.gz" not in left:
         problems.append(f"folder holds {left}")
     result = f"{len(orphans)} orphan(s) of the killed run removed; folder now: {', '.join(left)}"
-    return {"check": "temporary files of a killed (SIGKILL) run removed by the next run", "argv": argv, "rc": rc,
-            "seen": _last_line(stderr, stdout), "result": result, "problems": problems}
+    return {
+        "check": "temporary files of a killed (SIGKILL) run removed by the next run",
+        "argv": argv,
+        "rc": rc,
+        "seen": _last_line(stderr, stdout),
+        "result": result,
+        "problems": problems,
+    }
 
 
 def check_sigterm(work: Path, names: dict[str, str]) -> dict:
@@ -677,8 +934,14 @@ def check_sigterm(work: Path, names: dict[str, str]) -> dict:
     folder = work / "out" / "terminated"
     folder.mkdir(parents=True)
     argv = argv_for(f"restore --bundle {{den}} --input {{nifti}} --output {folder / 'o.nii.gz'} --steps 5000", names)
-    proc = subprocess.Popen([sys.executable, "-m", "monai_medgen.cli", *argv], cwd=str(work), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monai_medgen.cli", *argv],
+        cwd=str(work),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen_start = ""
     while proc.poll() is None:
         line = proc.stderr.readline()
@@ -696,9 +959,14 @@ def check_sigterm(work: Path, names: dict[str, str]) -> dict:
         problems.append(f"left {left}")
     if not seen_start:
         problems.append("never started")
-    return {"check": "SIGTERM while sampling", "argv": argv, "rc": proc.returncode,
-            "seen": _last_line(stderr, stdout), "result": f"output folder: {', '.join(left) or 'empty'}",
-            "problems": problems}
+    return {
+        "check": "SIGTERM while sampling",
+        "argv": argv,
+        "rc": proc.returncode,
+        "seen": _last_line(stderr, stdout),
+        "result": f"output folder: {', '.join(left) or 'empty'}",
+        "problems": problems,
+    }
 
 
 INTEGRITY_CHECKS = [check_series_uid, check_umask, check_kill_cleanup, check_sigterm]
@@ -752,16 +1020,29 @@ def _run_all(work: Path, names: dict[str, str], args) -> int:
         if problems:
             failures.append((case, problems, stderr[-3000:]))
         shown = " ".join(["monai-medgen", *argv]).replace(str(work) + "/", "")
-        rows.append((case, shown, rc, message.replace(str(work) + "/", "").replace("|", "\\|"),
-                     ", ".join(changed) if changed else "none", seconds))
-        print(f"{case}: exit {rc} ({seconds:.1f} s){' FAILED ' + '; '.join(problems) if problems else ''}",
-              file=sys.stderr, flush=True)
+        rows.append(
+            (
+                case,
+                shown,
+                rc,
+                message.replace(str(work) + "/", "").replace("|", "\\|"),
+                ", ".join(changed) if changed else "none",
+                seconds,
+            )
+        )
+        print(
+            f"{case}: exit {rc} ({seconds:.1f} s){' FAILED ' + '; '.join(problems) if problems else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
     print("| case | command | exit code | message the user saw | files written or changed |")
     print("|---|---|---|---|---|")
     for case, shown, rc, message, changed, _ in rows:
         print(f"| {case} | `{shown}` | {rc} | {message} | {changed} |")
-    print(f"\n{len(rows) - len(failures)} of {len(rows)} cases: exit 2, one error line naming the argument, nothing "
-          f"written (paths relative to the work folder {work}).")
+    print(
+        f"\n{len(rows) - len(failures)} of {len(rows)} cases: exit 2, one error line naming the argument, nothing "
+        f"written (paths relative to the work folder {work})."
+    )
     if skipped:
         print(f"Skipped on this machine: {'; '.join(skipped)}.")
     checks = []
@@ -772,8 +1053,11 @@ def _run_all(work: Path, names: dict[str, str], args) -> int:
         checks.append(row)
         if row["problems"]:
             failures.append((row["check"], row["problems"], ""))
-        print(f"{row['check']}: exit {row['rc']}{' FAILED ' + '; '.join(row['problems']) if row['problems'] else ''}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{row['check']}: exit {row['rc']}{' FAILED ' + '; '.join(row['problems']) if row['problems'] else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
     if checks:
         print("\n| integrity check | command | exit code | what the user saw | result |")
         print("|---|---|---|---|---|")

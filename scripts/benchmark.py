@@ -65,7 +65,11 @@ SR3D = os.path.join(ROOT, "bundles", "cddpm_super_resolution_3d")
 VDM2D = os.path.join(ROOT, "bundles", "vdm_brain_mri_2d")
 VDM3D = os.path.join(ROOT, "bundles", "vdm_brain_mri_3d")
 # glibc settings that keep freed buffers in the process instead of returning them to the OS (see the speed section)
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "536870912"}
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+    "MALLOC_TRIM_THRESHOLD_": "17179869184",
+    "MALLOC_TOP_PAD_": "536870912",
+}
 SHARED_NOTE = (
     "The CPU is shared with training jobs (the benchmark ran at nice 19): wall-clock times are inflated and noisy, so "
     "in-process timings on the CPU are this process's CPU time (user + system), and ratios and comparisons are "
@@ -233,10 +237,20 @@ def section_overhead(args, device: torch.device) -> str:
     size, batch, steps = (64, 1, 4) if args.quick else (128, 2, 20)
     T = 1000
     torch.manual_seed(0)
-    unet = DiffusionModelUNet(
-        2, 1, 1, channels=(16, 32, 64), attention_levels=(False, False, False), num_res_blocks=1, norm_num_groups=8,
-        num_head_channels=16,
-    ).to(device).eval()
+    unet = (
+        DiffusionModelUNet(
+            2,
+            1,
+            1,
+            channels=(16, 32, 64),
+            attention_levels=(False, False, False),
+            num_res_blocks=1,
+            norm_num_groups=8,
+            num_head_channels=16,
+        )
+        .to(device)
+        .eval()
+    )
     sr_net, sr_inferer, sr_note = _load_restoration(SR2D, device)
     vdm_net, vdm_inferer, vdm_note = _load_vdm(VDM2D, device)
     x = torch.randn(batch, 1, size, size, device=device, generator=torch.Generator(device).manual_seed(0))
@@ -260,29 +274,79 @@ def section_overhead(args, device: torch.device) -> str:
             return run
 
         def ours_unet(sampler):
-            return lambda: ours.sample(x, c_unet, sampler=sampler, num_steps=steps, verbose=False,
-                                       generator=torch.Generator(device).manual_seed(1))
+            return lambda: ours.sample(
+                x,
+                c_unet,
+                sampler=sampler,
+                num_steps=steps,
+                verbose=False,
+                generator=torch.Generator(device).manual_seed(1),
+            )
 
         unet_label = "MONAI DiffusionModelUNet (16, 32, 64)"
         bare_unet = lambda: c_unet(x, timesteps=t_half)  # noqa: E731
-        paths.append(("MONAI DiffusionInferer.sample + DDPMScheduler", unet_label, c_unet, bare_unet, monai_run(ddpm), False))
-        paths.append(("MONAI DiffusionInferer.sample + DDIMScheduler", unet_label, c_unet, bare_unet, monai_run(ddim), False))
+        paths.append(
+            ("MONAI DiffusionInferer.sample + DDPMScheduler", unet_label, c_unet, bare_unet, monai_run(ddpm), False)
+        )
+        paths.append(
+            ("MONAI DiffusionInferer.sample + DDIMScheduler", unet_label, c_unet, bare_unet, monai_run(ddim), False)
+        )
         for sampler in ("ancestral", "ddim", "dpm++"):
-            paths.append((f"ours: ConditionalDiffusionInferer, {sampler}", unet_label, c_unet, bare_unet,
-                          ours_unet(sampler), True))
+            paths.append(
+                (
+                    f"ours: ConditionalDiffusionInferer, {sampler}",
+                    unet_label,
+                    c_unet,
+                    bare_unet,
+                    ours_unet(sampler),
+                    True,
+                )
+            )
         c_sr = CountingNetwork(sr_net, device)
         bare_sr = lambda: c_sr(x, g_half, condition=cond)  # noqa: E731
         for sampler in ("ancestral", "ddim", "dpm++"):
-            run = (lambda s: lambda: sr_inferer.sample(x, c_sr, sampler=s, num_steps=steps, condition=cond, verbose=False,
-                                                       generator=torch.Generator(device).manual_seed(1)))(sampler)
-            paths.append((f"ours: ConditionalDiffusionInferer, {sampler} (v-prediction, clip)",
-                          f"SR bundle ScoreUNet ({sr_note})", c_sr, bare_sr, run, True))
+            run = (
+                lambda s: (
+                    lambda: sr_inferer.sample(
+                        x,
+                        c_sr,
+                        sampler=s,
+                        num_steps=steps,
+                        condition=cond,
+                        verbose=False,
+                        generator=torch.Generator(device).manual_seed(1),
+                    )
+                )
+            )(sampler)
+            paths.append(
+                (
+                    f"ours: ConditionalDiffusionInferer, {sampler} (v-prediction, clip)",
+                    f"SR bundle ScoreUNet ({sr_note})",
+                    c_sr,
+                    bare_sr,
+                    run,
+                    True,
+                )
+            )
         c_vdm = CountingNetwork(vdm_net, device)
         bare_vdm = lambda: c_vdm(x, g_half)  # noqa: E731
         for sampler in ("ancestral", "ddim", "dpm++"):
-            run = (lambda s: lambda: vdm_inferer.sample(c_vdm, tuple(x.shape), num_steps=steps, sampler=s, verbose=False,
-                                                        device=device, generator=torch.Generator(device).manual_seed(1)))(sampler)
-            paths.append((f"ours: VDMInferer, {sampler}", f"VDM 2D bundle ScoreUNet ({vdm_note})", c_vdm, bare_vdm, run, True))
+            run = (
+                lambda s: (
+                    lambda: vdm_inferer.sample(
+                        c_vdm,
+                        tuple(x.shape),
+                        num_steps=steps,
+                        sampler=s,
+                        verbose=False,
+                        device=device,
+                        generator=torch.Generator(device).manual_seed(1),
+                    )
+                )
+            )(sampler)
+            paths.append(
+                (f"ours: VDMInferer, {sampler}", f"VDM 2D bundle ScoreUNet ({vdm_note})", c_vdm, bare_vdm, run, True)
+            )
         return paths
 
     paths = build(unet, sr_net, vdm_net, sr_note, vdm_note)
@@ -296,7 +360,7 @@ def section_overhead(args, device: torch.device) -> str:
         ratios = {p[0]: [] for p in paths}
         per_nfe, bare_ms, nfes, inside = ({p[0]: [] for p in paths} for _ in range(4))
         for rep in range(args.repeats):
-            order = paths[rep % len(paths):] + paths[: rep % len(paths)]
+            order = paths[rep % len(paths) :] + paths[: rep % len(paths)]
             for label, _, counter, bare, run, _ in order:
                 loop = lambda bare=bare: [bare() for _ in range(steps)]  # noqa: E731
                 before = _timed(loop, device)
@@ -335,8 +399,11 @@ def section_overhead(args, device: torch.device) -> str:
             f"{_median(r):.3f} ({min(r):.3f}-{max(r):.3f}) |"
         )
     monai_worst = max(_median(ratios[p[0]]) for p in paths if not p[5])
-    lines += ["", f"Largest median of ours: {worst_same:.4f} same run, {worst:.3f} bracketed (MONAI's own loops, which "
-                  f"do almost nothing per step: up to {monai_worst:.3f} bracketed)."]
+    lines += [
+        "",
+        f"Largest median of ours: {worst_same:.4f} same run, {worst:.3f} bracketed (MONAI's own loops, which "
+        f"do almost nothing per step: up to {monai_worst:.3f} bracketed).",
+    ]
 
     # the loop's own cost, without the noise of timing a real network: the same paths with a network that costs
     # nothing (0.5 * x), per step, against the real network's bare forward
@@ -356,15 +423,18 @@ def section_overhead(args, device: torch.device) -> str:
         "|---|---|---|",
     ]
     worst_free = 0.0
-    for (label, _, _, _, _, is_ours) in free_paths:
+    for label, _, _, _, _, is_ours in free_paths:
         cost = _median(per_step[label])
         frac = cost / (_median(bare_ms[label]) / 1e3)
         if is_ours:
             worst_free = max(worst_free, frac)
         lines.append(f"| {label} | {cost * 1e3:.2f} | {100 * frac:.2f}% |")
-    lines += ["", f"Acceptance (loop overhead <= 3% over a bare forward): time per evaluation in our samplers at most "
-                  f"{worst_same:.4f}x the network's own time in the same run, loop cost at most {100 * worst_free:.2f}% of "
-                  f"a bare forward: {'met' if worst_same <= 1.03 and worst_free <= 0.03 else 'not met'}."]
+    lines += [
+        "",
+        f"Acceptance (loop overhead <= 3% over a bare forward): time per evaluation in our samplers at most "
+        f"{worst_same:.4f}x the network's own time in the same run, loop cost at most {100 * worst_free:.2f}% of "
+        f"a bare forward: {'met' if worst_same <= 1.03 and worst_free <= 0.03 else 'not met'}.",
+    ]
     return "\n".join(lines)
 
 
@@ -374,9 +444,11 @@ def section_overhead(args, device: torch.device) -> str:
 def _nfe_settings(quick: bool, T: int):
     if quick:
         return [("ancestral", 20), ("ddim", 5), ("dpm++", 3), ("dpm++", 5)]
-    return ([("ancestral", k) for k in (T, 1000, 500, 200, 100, 50, 20)]
-            + [("ddim", k) for k in (10, 20, 50, 100, 200)]
-            + [("dpm++", k) for k in (5, 8, 10, 15, 20, 25, 50)])
+    return (
+        [("ancestral", k) for k in (T, 1000, 500, 200, 100, 50, 20)]
+        + [("ddim", k) for k in (10, 20, 50, 100, 200)]
+        + [("dpm++", k) for k in (5, 8, 10, 15, 20, 25, 50)]
+    )
 
 
 def section_nfe(args, device: torch.device) -> str:
@@ -404,10 +476,14 @@ def section_nfe(args, device: torch.device) -> str:
             start = time.perf_counter()
             out, _ = restore_slices(inferer, network, test, sampler, steps, 1, args.seed, device=device)
             r = score(out, test)
-            cache[key] = {"psnr": r["psnr"], "ssim": r["ssim"], "sharpness": r["sharpness"],
-                          "seconds": time.perf_counter() - start,
-                          "measured": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}",
-                          "threads": torch.get_num_threads()}
+            cache[key] = {
+                "psnr": r["psnr"],
+                "ssim": r["ssim"],
+                "sharpness": r["sharpness"],
+                "seconds": time.perf_counter() - start,
+                "measured": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}",
+                "threads": torch.get_num_threads(),
+            }
             print(f"  nfe: {sampler} {steps}: {r['psnr']:.2f} dB", file=sys.stderr, flush=True)
             if not args.quick:
                 os.makedirs(os.path.dirname(os.path.abspath(args.cache)), exist_ok=True)
@@ -429,8 +505,10 @@ def section_nfe(args, device: torch.device) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for (sampler, steps), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        lines.append(f"| {sampler} | {steps} | {r['psnr']:.2f} | {r['psnr'] - ref:+.2f} | {r['ssim']:.3f} | {r['sharpness']:.3f} | "
-                     f"{ref_setting[1] / steps:.0f}x | {r['seconds']:.1f} |")
+        lines.append(
+            f"| {sampler} | {steps} | {r['psnr']:.2f} | {r['psnr'] - ref:+.2f} | {r['ssim']:.3f} | {r['sharpness']:.3f} | "
+            f"{ref_setting[1] / steps:.0f}x | {r['seconds']:.1f} |"
+        )
     within = [(s, k) for (s, k), r in rows.items() if (s, k) != ref_setting and r["psnr"] >= ref - 0.5]
     fewest = min(within, key=lambda s: s[1]) if within else None
     dpm = {k: r for (s, k), r in rows.items() if s == "dpm++"}
@@ -440,12 +518,16 @@ def section_nfe(args, device: torch.device) -> str:
     lines.append("")
     if fewest:
         factor = ref_setting[1] / fewest[1]
-        lines.append(f"Fewest network evaluations within 0.5 dB of the reference: {fewest[0]} with {fewest[1]} "
-                     f"({factor:.0f}x fewer). Acceptance (>= 40x fewer within 0.5 dB): "
-                     f"{'met' if factor >= 40 else 'not met'}.")
-    lines.append(f"DPM-Solver++ default chosen from this curve: the fewest steps within 0.1 dB PSNR and 0.01 SSIM of "
-                 f"its best settings ({best:.2f} dB, {best_ssim:.3f}): **{chosen} steps** "
-                 f"({dpm[chosen]['psnr'] - ref:+.2f} dB, SSIM {dpm[chosen]['ssim']:.3f}).")
+        lines.append(
+            f"Fewest network evaluations within 0.5 dB of the reference: {fewest[0]} with {fewest[1]} "
+            f"({factor:.0f}x fewer). Acceptance (>= 40x fewer within 0.5 dB): "
+            f"{'met' if factor >= 40 else 'not met'}."
+        )
+    lines.append(
+        f"DPM-Solver++ default chosen from this curve: the fewest steps within 0.1 dB PSNR and 0.01 SSIM of "
+        f"its best settings ({best:.2f} dB, {best_ssim:.3f}): **{chosen} steps** "
+        f"({dpm[chosen]['psnr'] - ref:+.2f} dB, SSIM {dpm[chosen]['ssim']:.3f})."
+    )
 
     def draw(axes):
         for ax, metric, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
@@ -490,8 +572,14 @@ def section_throughput(args, device: torch.device) -> str:
     def unet():
         torch.manual_seed(0)
         return DiffusionModelUNet(
-            2, 1, 1, channels=(16, 32, 64), attention_levels=(False, False, False), num_res_blocks=1,
-            norm_num_groups=8, num_head_channels=16,
+            2,
+            1,
+            1,
+            channels=(16, 32, 64),
+            attention_levels=(False, False, False),
+            num_res_blocks=1,
+            norm_num_groups=8,
+            num_head_channels=16,
         ).to(device)
 
     schedule = DiscreteSchedule.from_scheduler(DDPMScheduler(num_train_timesteps=T))
@@ -501,13 +589,23 @@ def section_throughput(args, device: torch.device) -> str:
         cond_inferer = ConditionalDiffusionInferer(DDPMScheduler(num_train_timesteps=T))
         return {
             "MONAI: DiffusionInferer + DiffusionPrepareBatch (DDPMScheduler, T = 1000)": (
-                net(), DiffusionInferer(DDPMScheduler(num_train_timesteps=T)),
-                MonaiPrepareBatch(num_train_timesteps=T), nn.MSELoss()),
+                net(),
+                DiffusionInferer(DDPMScheduler(num_train_timesteps=T)),
+                MonaiPrepareBatch(num_train_timesteps=T),
+                nn.MSELoss(),
+            ),
             "ours: ConditionalDiffusionInferer + ConditionalPrepareBatch (same table)": (
-                net(), cond_inferer, ConditionalPrepareBatch(inferer=cond_inferer, condition_key=None), nn.MSELoss()),
+                net(),
+                cond_inferer,
+                ConditionalPrepareBatch(inferer=cond_inferer, condition_key=None),
+                nn.MSELoss(),
+            ),
             "ours: VDMInferer (continuous time, same table; network via TimestepAdapter) + DiffusionPrepareBatch": (
-                TimestepAdapter(net(), schedule.to(device)), VDMInferer(schedule), DiffusionPrepareBatch(),
-                InfererLoss()),
+                TimestepAdapter(net(), schedule.to(device)),
+                VDMInferer(schedule),
+                DiffusionPrepareBatch(),
+                InfererLoss(),
+            ),
         }
 
     methods = make_methods(unet)
@@ -518,9 +616,16 @@ def section_throughput(args, device: torch.device) -> str:
         network, inferer, prepare, loss = (table or methods)[name]
         loader = DataLoader(Dataset(data), batch_size=batch, shuffle=False, num_workers=0)
         trainer = SupervisedTrainer(
-            device=device, max_epochs=1, epoch_length=warm + iters, train_data_loader=loader, network=network,
-            optimizer=torch.optim.Adam(network.parameters(), 1e-4), loss_function=loss, inferer=inferer,
-            prepare_batch=prepare, amp=False,
+            device=device,
+            max_epochs=1,
+            epoch_length=warm + iters,
+            train_data_loader=loader,
+            network=network,
+            optimizer=torch.optim.Adam(network.parameters(), 1e-4),
+            loss_function=loss,
+            inferer=inferer,
+            prepare_batch=prepare,
+            amp=False,
         )
         stamps = []
 
@@ -544,7 +649,7 @@ def section_throughput(args, device: torch.device) -> str:
     rel = {name: [] for name in names}
     for r in range(rounds):
         this = {}
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             this[name] = one_round(name)
             times[name] += this[name]
         for name in names:  # paired within the round: MONAI's median iteration time / this path's
@@ -594,9 +699,12 @@ def section_throughput(args, device: torch.device) -> str:
         lines.append(f"| {name} | {c * 1e3:.2f} | {100 * c / t_monai:.2f}% | {(c - base_own) * 1e3:+.2f} |")
     extra = worst_own / t_monai
     verdict = "met" if worst >= 1.0 or extra <= 0.0 else ("met within the timing noise" if extra < 0.005 else "not met")
-    lines += ["", f"Acceptance (training throughput >= MONAI's stock path): slowest of ours {worst:.3f}x MONAI "
-                  f"measured directly; ours costs at most {worst_own * 1e3:+.2f} ms per iteration more than MONAI's "
-                  f"outside the network ({100 * extra:+.3f}% of an iteration): {verdict}."]
+    lines += [
+        "",
+        f"Acceptance (training throughput >= MONAI's stock path): slowest of ours {worst:.3f}x MONAI "
+        f"measured directly; ours costs at most {worst_own * 1e3:+.2f} ms per iteration more than MONAI's "
+        f"outside the network ({100 * extra:+.3f}% of an iteration): {verdict}.",
+    ]
     return "\n".join(lines)
 
 
@@ -624,17 +732,38 @@ def worker(spec: dict) -> dict:
         network.use_flash_attention = spec["attention"] == "sdpa"
         image = io.read_image(spec["input"])
         run = lambda: restore_image(  # noqa: E731
-            network, inferer, "sr", image, factor=(1, 1, 4), sampler="dpm++", num_steps=int(spec["steps"]), seed=0,
-            patch_size=(spec["patch"],) * 3, overlap=0.25, sw_batch_size=int(spec["sw_batch_size"]), device=device,
+            network,
+            inferer,
+            "sr",
+            image,
+            factor=(1, 1, 4),
+            sampler="dpm++",
+            num_steps=int(spec["steps"]),
+            seed=0,
+            patch_size=(spec["patch"],) * 3,
+            overlap=0.25,
+            sw_batch_size=int(spec["sw_batch_size"]),
+            device=device,
             autocast=spec.get("autocast"),
         )
     elif kind == "sample3d":
         network, inferer, note = _load_vdm(VDM3D, device)
         network.use_flash_attention = spec["attention"] == "sdpa"
         shape = (1, 1) + (int(spec["size"]),) * 3
-        run = lambda: (inferer.sample(  # noqa: E731
-            network, shape, num_steps=int(spec["steps"]), sampler="dpm++", verbose=False, device=device,
-            generator=torch.Generator(device).manual_seed(0), autocast=spec.get("autocast")), None)
+
+        def run():
+            out = inferer.sample(
+                network,
+                shape,
+                num_steps=int(spec["steps"]),
+                sampler="dpm++",
+                verbose=False,
+                device=device,
+                generator=torch.Generator(device).manual_seed(0),
+                autocast=spec.get("autocast"),
+            )
+            return out, None
+
     elif kind == "forward":
         network, _, note = _load_restoration(SR3D if spec["dims"] == 3 else SR2D, device)
         network.use_flash_attention = spec["attention"] == "sdpa"
@@ -658,8 +787,12 @@ def worker(spec: dict) -> dict:
     _sync(device)
     wall, r1 = time.perf_counter() - t0, _usage()
     result = {
-        "wall_s": wall, "user_s": r1.ru_utime - r0.ru_utime, "sys_s": r1.ru_stime - r0.ru_stime,
-        "minflt": r1.ru_minflt - r0.ru_minflt, "peak_rss_mb": peak_memory_mb(), "weights": note,
+        "wall_s": wall,
+        "user_s": r1.ru_utime - r0.ru_utime,
+        "sys_s": r1.ru_stime - r0.ru_stime,
+        "minflt": r1.ru_minflt - r0.ru_minflt,
+        "peak_rss_mb": peak_memory_mb(),
+        "weights": note,
         "threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
@@ -733,32 +866,54 @@ def section_3d(args, device: torch.device) -> str:
         if args.restore_options:  # bf16 autocast and the tuned allocator (each a whole restore on this CPU)
             restore += [("sdpa", "bf16", False), ("sdpa", None, True)]
         for attention, autocast, malloc in restore:
-            spec = {"kind": "restore3d", "attention": attention, "autocast": autocast, "steps": steps, "patch": 64,
-                    "sw_batch_size": 2, "input": paths["input"], "device": str(dev),
-                    "threads": threads}
+            spec = {
+                "kind": "restore3d",
+                "attention": attention,
+                "autocast": autocast,
+                "steps": steps,
+                "patch": 64,
+                "sw_batch_size": 2,
+                "input": paths["input"],
+                "device": str(dev),
+                "threads": threads,
+            }
             r = _repeat_spawn(spec, repeats, MALLOC_ENV if malloc else None)
             print(f"  3d: restore {dev} {attention} {autocast} malloc={malloc}: {r}", file=sys.stderr, flush=True)
-            lines.append(_row3d(dev, f"restore {out_shape[0]}x{out_shape[1]}x{out_shape[2]}", attention, autocast,
-                                malloc, r))
+            lines.append(
+                _row3d(dev, f"restore {out_shape[0]}x{out_shape[1]}x{out_shape[2]}", attention, autocast, malloc, r)
+            )
             if dev.type == "cpu" and (attention, autocast, malloc) == ("sdpa", None, False) and "peak_rss_mb" in r:
                 worst_rss = r["peak_rss_mb"]
         sizes = [(32, ("sdpa", "plain"))] if args.quick else [(64, ("sdpa", "plain")), (128, ("sdpa",))]
         for size, attentions in sizes:
             for attention in attentions:
-                spec = {"kind": "sample3d", "attention": attention, "size": size, "steps": steps, "device": str(dev),
-                        "threads": threads}
+                spec = {
+                    "kind": "sample3d",
+                    "attention": attention,
+                    "size": size,
+                    "steps": steps,
+                    "device": str(dev),
+                    "threads": threads,
+                }
                 r = _repeat_spawn(spec, repeats)
                 print(f"  3d: sample {dev} {size} {attention}: {r}", file=sys.stderr, flush=True)
                 lines.append(_row3d(dev, f"sample {size}^3", attention, None, False, r))
         if not args.quick:
             tokens = (128 // 4) ** 3
-            lines.append(f"| {dev.type} | sample 128^3 | plain | float32 | default | not run: its bottleneck attention "
-                         f"matrix alone ({tokens} tokens, 4 heads) is {4 * tokens**2 * 4 / 2**30:.0f} GB | | | | | |")
-    lines += ["", "Attention `sdpa`: torch's `scaled_dot_product_attention` (ScoreUNet's default now); `plain`: MONAI's "
-              "explicit softmax(QK^T)V (the previous default). malloc `tuned`: glibc told to keep freed buffers "
-              f"({' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())})."]
-    lines.append(f"Acceptance (1 mm brain restored on this CPU under 8 GB peak memory): peak RSS "
-                 f"{_gb(worst_rss)} GB with the default settings: {'met' if 0 < worst_rss < 8192 else 'not met'}.")
+            lines.append(
+                f"| {dev.type} | sample 128^3 | plain | float32 | default | not run: its bottleneck attention "
+                f"matrix alone ({tokens} tokens, 4 heads) is {4 * tokens**2 * 4 / 2**30:.0f} GB | | | | | |"
+            )
+    lines += [
+        "",
+        "Attention `sdpa`: torch's `scaled_dot_product_attention` (ScoreUNet's default now); `plain`: MONAI's "
+        "explicit softmax(QK^T)V (the previous default). malloc `tuned`: glibc told to keep freed buffers "
+        f"({' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())}).",
+    ]
+    lines.append(
+        f"Acceptance (1 mm brain restored on this CPU under 8 GB peak memory): peak RSS "
+        f"{_gb(worst_rss)} GB with the default settings: {'met' if 0 < worst_rss < 8192 else 'not met'}."
+    )
     if len(devices) == 1:
         lines.append("No GPU on this machine (`torch.cuda.is_available()` is False): the GPU rows run wherever one is.")
     return "\n".join(lines)
@@ -770,8 +925,10 @@ def _row3d(dev, task, attention, autocast, malloc, r) -> str:
     if "error" in r:
         return f"| {dev.type} | {task} | {attention} | {precision} | {mal} | failed: {r['error']} | | | | | |"
     gpu = _gb(r["cuda_peak_mb"]) if "cuda_peak_mb" in r else "-"
-    return (f"| {dev.type} | {task} | {attention} | {precision} | {mal} | {r['wall_s']:.0f} | {r['user_s']:.0f} | "
-            f"{r['sys_s']:.0f} | {r['minflt']:.3g} | {_gb(r['peak_rss_mb'])} | {gpu} |")
+    return (
+        f"| {dev.type} | {task} | {attention} | {precision} | {mal} | {r['wall_s']:.0f} | {r['user_s']:.0f} | "
+        f"{r['sys_s']:.0f} | {r['minflt']:.3g} | {_gb(r['peak_rss_mb'])} | {gpu} |"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -787,14 +944,19 @@ def section_speed(args, device: torch.device) -> str:
         ("default (SDPA attention, float32)", dict(), "sdpa"),
         ("plain attention (previous default)", dict(), "plain"),
         ("channels_last", dict(channels_last=True), "sdpa"),
-        ("bf16 autocast" if device.type == "cpu" else "fp16 autocast",
-         dict(autocast="bf16" if device.type == "cpu" else "fp16"), "sdpa"),
+        (
+            "bf16 autocast" if device.type == "cpu" else "fp16 autocast",
+            dict(autocast="bf16" if device.type == "cpu" else "fp16"),
+            "sdpa",
+        ),
         ("channels_last + bf16 autocast", dict(channels_last=True, autocast="bf16"), "sdpa"),
     ]
     if not args.quick and not args.no_compile:
         configs.append(("torch.compile (inductor)", dict(compile=True), "sdpa"))
-    cases = [(2, (1, 1, 64, 64) if args.quick else (8, 1, 128, 128)),
-             (3, (1, 1, 32, 32, 32) if args.quick else (2, 1, 64, 64, 64))]
+    cases = [
+        (2, (1, 1, 64, 64) if args.quick else (8, 1, 128, 128)),
+        (3, (1, 1, 32, 32, 32) if args.quick else (2, 1, 64, 64, 64)),
+    ]
     lines += [
         "Time per network evaluation of the restoration bundles' networks with each speed option (same weights, "
         f"same input, no grad; median of {repeats} interleaved rounds of {2 if args.quick else 3} forwards after a "
@@ -831,8 +993,10 @@ def section_speed(args, device: torch.device) -> str:
         for label, _, _ in configs:
             t = _median(times[label])
             diff = float((outs[label] - ref).abs().max())
-            lines.append(f"| {dims}D SR bundle ScoreUNet | {tuple(shape)} | {label} | {t * 1e3:.0f} | {base / t:.2f}x | "
-                         f"{diff:.1e} | {first[label]:.1f} |")
+            lines.append(
+                f"| {dims}D SR bundle ScoreUNet | {tuple(shape)} | {label} | {t * 1e3:.0f} | {base / t:.2f}x | "
+                f"{diff:.1e} | {first[label]:.1f} |"
+            )
         print(f"  speed: {dims}D options done", file=sys.stderr, flush=True)
 
     # batched restoration of several slices against one at a time
@@ -844,10 +1008,20 @@ def section_speed(args, device: torch.device) -> str:
     vol = MetaTensor(torch.rand(1, size, size, n_slices, generator=torch.Generator().manual_seed(0)) + 0.05)
     t_batch, t_single = [], []
     for _ in range(repeats):
-        t_batch.append(_timed(lambda: restore_image(network, inferer, "denoise", vol, num_steps=steps,
-                                                    batch_size=n_slices, device=device), device))
-        t_single.append(_timed(lambda: restore_image(network, inferer, "denoise", vol, num_steps=steps,
-                                                     batch_size=1, device=device), device))
+        t_batch.append(
+            _timed(
+                lambda: restore_image(
+                    network, inferer, "denoise", vol, num_steps=steps, batch_size=n_slices, device=device
+                ),
+                device,
+            )
+        )
+        t_single.append(
+            _timed(
+                lambda: restore_image(network, inferer, "denoise", vol, num_steps=steps, batch_size=1, device=device),
+                device,
+            )
+        )
     a, _ = restore_image(network, inferer, "denoise", vol, num_steps=steps, batch_size=n_slices, device=device)
     b, _ = restore_image(network, inferer, "denoise", vol, num_steps=steps, batch_size=1, device=device)
     lines += [
@@ -877,16 +1051,28 @@ def section_speed(args, device: torch.device) -> str:
     for dims, batch, size in fw_cases:
         for attention, malloc in (("plain", False), ("sdpa", False), ("plain", True), ("sdpa", True)):
             n = 2 if args.quick else 5
-            spec = {"kind": "forward", "dims": dims, "batch": batch, "size": size, "attention": attention,
-                    "repeats": n, "device": str(device), "threads": torch.get_num_threads()}
+            spec = {
+                "kind": "forward",
+                "dims": dims,
+                "batch": batch,
+                "size": size,
+                "attention": attention,
+                "repeats": n,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+            }
             r = _repeat_spawn(spec, 1 if args.quick else args.repeats_3d, MALLOC_ENV if malloc else None)
             shape = f"({batch}, 1, " + ", ".join([str(size)] * dims) + ")"
             if "error" in r:
-                lines.append(f"| {dims}D {shape} | {attention} | {'tuned' if malloc else 'default'} | failed: {r['error']} | | | |")
+                lines.append(
+                    f"| {dims}D {shape} | {attention} | {'tuned' if malloc else 'default'} | failed: {r['error']} | | | |"
+                )
                 continue
-            lines.append(f"| {dims}D {shape} | {attention} | {'tuned' if malloc else 'default'} | "
-                         f"{r['user_s'] / n * 1e3:.0f} | {r['sys_s'] / n * 1e3:.0f} | {r['minflt'] / n:.3g} | "
-                         f"{_gb(r['peak_rss_mb'])} |")
+            lines.append(
+                f"| {dims}D {shape} | {attention} | {'tuned' if malloc else 'default'} | "
+                f"{r['user_s'] / n * 1e3:.0f} | {r['sys_s'] / n * 1e3:.0f} | {r['minflt'] / n:.3g} | "
+                f"{_gb(r['peak_rss_mb'])} |"
+            )
         print(f"  speed: {dims}D system-time rows done", file=sys.stderr, flush=True)
     return "\n".join(lines)
 
@@ -910,10 +1096,12 @@ def _write(path: str, env_line: str, command: str, parts: dict) -> None:
     for name in SECTIONS:
         start, end = f"<!-- section:{name} -->", f"<!-- /section:{name} -->"
         if start in old and end in old:
-            blocks[name] = old[old.index(start): old.index(end) + len(end)]
+            blocks[name] = old[old.index(start) : old.index(end) + len(end)]
     for name, text in parts.items():
-        blocks[name] = (f"<!-- section:{name} -->\n## {TITLES[name]}\n\n_Run: {env_line}._ Command: `{command}`\n\n"
-                        f"{text}\n<!-- /section:{name} -->")
+        blocks[name] = (
+            f"<!-- section:{name} -->\n## {TITLES[name]}\n\n_Run: {env_line}._ Command: `{command}`\n\n"
+            f"{text}\n<!-- /section:{name} -->"
+        )
     head = (
         "# Speed and scale benchmark\n\nProduced by `scripts/benchmark.py` (see its docstring for what each section "
         f"measures); each section records when, where and how it ran. {SHARED_NOTE}\n"
@@ -922,7 +1110,7 @@ def _write(path: str, env_line: str, command: str, parts: dict) -> None:
     for extra in re.findall(r"<!-- section:([\w-]+) -->", old):  # sections of other scripts (benchmark_latent.py)
         start, end = f"<!-- section:{extra} -->", f"<!-- /section:{extra} -->"
         if extra not in SECTIONS and end in old:
-            body += "\n\n" + old[old.index(start): old.index(end) + len(end)]
+            body += "\n\n" + old[old.index(start) : old.index(end) + len(end)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write(head + "\n" + body + "\n")
@@ -936,10 +1124,16 @@ def main(argv=None) -> None:
     p.add_argument("--steps-3d", type=int, default=2, help="DPM-Solver++ steps of the 3D measurements")
     p.add_argument("--quick", action="store_true", help="smoke test: tiny sizes, 2 repeats, nothing cached")
     p.add_argument("--nfe-slices", type=int, default=2, help="Colin27 slices of the nfe section")
-    p.add_argument("--cache", default=os.path.join(ROOT, "runs", "benchmark", "nfe_cache.json"),
-                   help="JSON cache of the nfe section's results")
-    p.add_argument("--restore-options", action="store_true",
-                   help="3d section: also restore with bf16 autocast and with the tuned allocator")
+    p.add_argument(
+        "--cache",
+        default=os.path.join(ROOT, "runs", "benchmark", "nfe_cache.json"),
+        help="JSON cache of the nfe section's results",
+    )
+    p.add_argument(
+        "--restore-options",
+        action="store_true",
+        help="3d section: also restore with bf16 autocast and with the tuned allocator",
+    )
     p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the speed section")
     p.add_argument("--figure-dir", default=os.path.join(ROOT, "docs", "benchmarks"))
     p.add_argument("--write", action="store_true", help="update docs/benchmarks/benchmark.md (the sections run)")
@@ -969,8 +1163,13 @@ def main(argv=None) -> None:
         p.error("--device cuda but torch.cuda.is_available() is False.")
     env_line = _environment(device)
     print(f"# Speed and scale benchmark\n\n{env_line}. {SHARED_NOTE}\n", flush=True)
-    funcs = {"overhead": section_overhead, "nfe": section_nfe, "throughput": section_throughput, "3d": section_3d,
-             "speed": section_speed}
+    funcs = {
+        "overhead": section_overhead,
+        "nfe": section_nfe,
+        "throughput": section_throughput,
+        "3d": section_3d,
+        "speed": section_speed,
+    }
     parts = {}
     for name in sections:
         start = time.perf_counter()

@@ -67,15 +67,30 @@ def measure_latent(args) -> dict:
         network(z, g)  # warm-up
         forward = _timed(lambda: network(z, g), args.repeats)
         t = time.perf_counter()
-        latents = inferer.sample(network, shape, num_steps=args.num_steps, sampler=args.sampler, verbose=False,
-                                 decode=False, generator=torch.Generator().manual_seed(0))
+        latents = inferer.sample(
+            network,
+            shape,
+            num_steps=args.num_steps,
+            sampler=args.sampler,
+            verbose=False,
+            decode=False,
+            generator=torch.Generator().manual_seed(0),
+        )
         sampling = time.perf_counter() - t
         t = time.perf_counter()
         volume = inferer.decode(latents)
         decoding = time.perf_counter() - t
-    return {"forward_s": forward, "sampling_s": sampling, "decoding_s": decoding, "total_s": sampling + decoding,
-            "peak_mb": peak_memory_mb(), "base_mb": base, "tensor": list(lat[1:]), "volume": list(volume.shape[1:]),
-            "threads": torch.get_num_threads()}
+    return {
+        "forward_s": forward,
+        "sampling_s": sampling,
+        "decoding_s": decoding,
+        "total_s": sampling + decoding,
+        "peak_mb": peak_memory_mb(),
+        "base_mb": base,
+        "tensor": list(lat[1:]),
+        "volume": list(volume.shape[1:]),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def measure_pixel(args) -> dict:
@@ -85,19 +100,38 @@ def measure_pixel(args) -> dict:
     from monai_medgen.restoration import peak_memory_mb
 
     base = peak_memory_mb()
-    network = ScoreUNet(3, 1, channels=(16, 32, 64), num_res_blocks=1, norm_num_groups=8, num_head_channels=16,
-                        grid_levels=256).eval()
+    network = ScoreUNet(
+        3, 1, channels=(16, 32, 64), num_res_blocks=1, norm_num_groups=8, num_head_channels=16, grid_levels=256
+    ).eval()
     with torch.no_grad():
         network(torch.randn(1, 1, 32, 32, 32), torch.zeros(1))  # warm-up at a small size
         z, g = torch.randn(1, 1, *args.size), torch.zeros(1)
         forward = _timed(lambda: network(z, g), args.repeats)
-    return {"forward_s": forward, "total_s": forward * args.num_steps, "peak_mb": peak_memory_mb(), "base_mb": base,
-            "tensor": [1, *args.size], "threads": torch.get_num_threads()}
+    return {
+        "forward_s": forward,
+        "total_s": forward * args.num_steps,
+        "peak_mb": peak_memory_mb(),
+        "base_mb": base,
+        "tensor": [1, *args.size],
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _child(kind: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--measure", kind, "--num-steps", str(args.num_steps), "--repeats", str(args.repeats),
-           "--sampler", args.sampler, "--size", *map(str, args.size)] + (["--untrained"] if args.untrained else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--measure",
+        kind,
+        "--num-steps",
+        str(args.num_steps),
+        "--repeats",
+        str(args.repeats),
+        "--sampler",
+        args.sampler,
+        "--size",
+        *map(str, args.size),
+    ] + (["--untrained"] if args.untrained else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -124,23 +158,33 @@ def main() -> None:
 
     size = "x".join(map(str, args.size))
     voxels = args.size[0] * args.size[1] * args.size[2]
-    print(f"One {size} volume at 1 mm ({voxels / 1e6:.2f} M voxels), {args.sampler} {args.num_steps} steps, "
-          f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{latent['threads']}), median of {args.repeats} forwards; peak resident memory of a fresh process "
-          f"(the bare process with torch and MONAI imported: {latent['base_mb']:.0f} MB).\n"
-          f"`{' '.join(['python', 'scripts/benchmark_latent.py', *sys.argv[1:]])}`\n")
-    print("| sampling path | network input per step | one network evaluation (s) | whole sample (s) | "
-          "peak resident memory (MB) |")
+    print(
+        f"One {size} volume at 1 mm ({voxels / 1e6:.2f} M voxels), {args.sampler} {args.num_steps} steps, "
+        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{latent['threads']}), median of {args.repeats} forwards; peak resident memory of a fresh process "
+        f"(the bare process with torch and MONAI imported: {latent['base_mb']:.0f} MB).\n"
+        f"`{' '.join(['python', 'scripts/benchmark_latent.py', *sys.argv[1:]])}`\n"
+    )
+    print(
+        "| sampling path | network input per step | one network evaluation (s) | whole sample (s) | "
+        "peak resident memory (MB) |"
+    )
     print("|---|---|---|---|---|")
     lt = "x".join(map(str, latent["tensor"]))
-    print(f"| latent VDM (this bundle{', random weights' if args.untrained else ''}): {args.num_steps} steps on latents "
-          f"+ one decoding ({latent['decoding_s']:.1f} s) | {lt} | {latent['forward_s']:.3f} | "
-          f"{latent['total_s']:.1f} (measured) | {latent['peak_mb']:.0f} |")
+    print(
+        f"| latent VDM (this bundle{', random weights' if args.untrained else ''}): {args.num_steps} steps on latents "
+        f"+ one decoding ({latent['decoding_s']:.1f} s) | {lt} | {latent['forward_s']:.3f} | "
+        f"{latent['total_s']:.1f} (measured) | {latent['peak_mb']:.0f} |"
+    )
     pt = "x".join(map(str, pixel["tensor"]))
-    print(f"| pixel-space VDM, same ScoreUNet (16/32/64) on the volume | {pt} | {pixel['forward_s']:.2f} | "
-          f"{pixel['total_s']:.0f} (estimate: {args.num_steps} x one evaluation) | {pixel['peak_mb']:.0f} (one evaluation) |")
-    print(f"\nPer network evaluation the latent path is {pixel['forward_s'] / latent['forward_s']:.0f}x faster; the "
-          f"whole sample {pixel['total_s'] / latent['total_s']:.0f}x.")
+    print(
+        f"| pixel-space VDM, same ScoreUNet (16/32/64) on the volume | {pt} | {pixel['forward_s']:.2f} | "
+        f"{pixel['total_s']:.0f} (estimate: {args.num_steps} x one evaluation) | {pixel['peak_mb']:.0f} (one evaluation) |"
+    )
+    print(
+        f"\nPer network evaluation the latent path is {pixel['forward_s'] / latent['forward_s']:.0f}x faster; the "
+        f"whole sample {pixel['total_s'] / latent['total_s']:.0f}x."
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,17 @@ def run_vdm(args) -> dict:
     net = ScoreUNet(2, 1, channels=CHANNELS, num_res_blocks=1, norm_num_groups=8, num_head_channels=16, grid_levels=256)
     inferer = VDMInferer(LearnedLinearSchedule())
     trainer, ema = build_vdm_trainer(
-        train, net, inferer, batch_size=args.batch_size, max_seconds=args.minutes * 60, crop_size=args.crop,
-        lr=args.lr, warmup_steps=100, total_steps=args.total_steps, seed=args.seed, log_every=100,
+        train,
+        net,
+        inferer,
+        batch_size=args.batch_size,
+        max_seconds=args.minutes * 60,
+        crop_size=args.crop,
+        lr=args.lr,
+        warmup_steps=100,
+        total_steps=args.total_steps,
+        seed=args.seed,
+        log_every=100,
         ema_momentum=args.ema,
     )
     t0 = time.time()
@@ -66,11 +75,24 @@ def run_vdm(args) -> dict:
     torch.set_num_threads(args.eval_threads)
     t1 = time.time()
     res = evaluate_bpd(inferer, ema.ema_model, test, num_time_samples=args.time_samples, seed=args.seed)
-    sub = evaluate_bpd(inferer, ema.ema_model, test[_subset(len(test), args.monai_slices)], num_time_samples=args.time_samples, seed=args.seed)
+    sub = evaluate_bpd(
+        inferer,
+        ema.ema_model,
+        test[_subset(len(test), args.monai_slices)],
+        num_time_samples=args.time_samples,
+        seed=args.seed,
+    )
     g0, g1 = (float(v) for v in inferer.schedule.endpoints())
     return {
-        "model": "VDM (ours)", "iterations": trainer.state.iteration, "train_s": train_s, "eval_s": time.time() - t1,
-        "bpd": res["bpd"], "bpd_subset": sub["bpd"], "diffusion": res["diffusion"], "prior": res["prior"], "reconstruction": res["reconstruction"],
+        "model": "VDM (ours)",
+        "iterations": trainer.state.iteration,
+        "train_s": train_s,
+        "eval_s": time.time() - t1,
+        "bpd": res["bpd"],
+        "bpd_subset": sub["bpd"],
+        "diffusion": res["diffusion"],
+        "prior": res["prior"],
+        "reconstruction": res["reconstruction"],
         "note": f"learned gamma in [{g0:.2f}, {g1:.2f}], {args.time_samples} time samples",
     }
 
@@ -93,17 +115,38 @@ def run_ddpm(args) -> dict:
     set_determinism(args.seed)
     train, test = _data(args.eval_slices)
     net = DiffusionModelUNet(
-        spatial_dims=2, in_channels=1, out_channels=1, channels=CHANNELS, num_res_blocks=1,
-        attention_levels=(False,) * len(CHANNELS), norm_num_groups=8, num_head_channels=16,
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=CHANNELS,
+        num_res_blocks=1,
+        attention_levels=(False,) * len(CHANNELS),
+        norm_num_groups=8,
+        num_head_channels=16,
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000, schedule="linear_beta")
     inferer = DiffusionInferer(scheduler)
-    loader = DataLoader(Dataset(train, transform=slice_training_transforms(args.crop)), batch_size=args.batch_size, shuffle=True, drop_last=True)
+    loader = DataLoader(
+        Dataset(train, transform=slice_training_transforms(args.crop)),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+    )
     optimizer, lr_lambda = vdm_optimizer(net, lr=args.lr, warmup_steps=100, total_steps=args.total_steps)
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=100_000, train_data_loader=loader, network=net, optimizer=optimizer,
-        loss_function=torch.nn.MSELoss(), inferer=inferer, prepare_batch=DiffusionPrepareBatch(num_train_timesteps=1000),
-        train_handlers=[LrScheduleHandler(torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda), epoch_level=False, print_lr=False)],
+        device=torch.device("cpu"),
+        max_epochs=100_000,
+        train_data_loader=loader,
+        network=net,
+        optimizer=optimizer,
+        loss_function=torch.nn.MSELoss(),
+        inferer=inferer,
+        prepare_batch=DiffusionPrepareBatch(num_train_timesteps=1000),
+        train_handlers=[
+            LrScheduleHandler(
+                torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda), epoch_level=False, print_lr=False
+            )
+        ],
     )
     TimeLimit(args.minutes * 60).attach(trainer)
     ema = attach_ema(trainer, net, momentum=args.ema)
@@ -121,8 +164,13 @@ def run_ddpm(args) -> dict:
         for i in range(0, len(subset), args.batch_size):
             xb = x[subset[i : i + args.batch_size]]
             nats = inferer.get_likelihood(
-                xb, model, scheduler=scheduler, save_intermediates=False, verbose=False,
-                original_input_range=(0, 255), scaled_input_range=(-1, 1),
+                xb,
+                model,
+                scheduler=scheduler,
+                save_intermediates=False,
+                verbose=False,
+                original_input_range=(0, 255),
+                scaled_input_range=(-1, 1),
             )
             nll.append(torch.as_tensor(nats).reshape(-1))
     monai_s = time.time() - t1
@@ -132,13 +180,21 @@ def run_ddpm(args) -> dict:
     monai_bpd = (nats_per_dim + prior) / math.log(2)
     # the same network scored by our estimator of the T-step bound on all slices
     ours = evaluate_bpd(
-        VDMInferer(schedule, num_discrete_steps=1000), TimestepAdapter(model, schedule), test,
-        num_time_samples=args.time_samples, seed=args.seed,
+        VDMInferer(schedule, num_discrete_steps=1000),
+        TimestepAdapter(model, schedule),
+        test,
+        num_time_samples=args.time_samples,
+        seed=args.seed,
     )
     return {
-        "model": "MONAI DDPM", "iterations": trainer.state.iteration, "train_s": train_s, "eval_s": monai_s,
-        "bpd_subset": float(monai_bpd.mean()), "bpd_ours": ours["bpd"],
-        "prior": float((prior / math.log(2)).mean()), "note": "T = 1000 linear betas",
+        "model": "MONAI DDPM",
+        "iterations": trainer.state.iteration,
+        "train_s": train_s,
+        "eval_s": monai_s,
+        "bpd_subset": float(monai_bpd.mean()),
+        "bpd_ours": ours["bpd"],
+        "prior": float((prior / math.log(2)).mean()),
+        "note": "T = 1000 linear betas",
     }
 
 
@@ -159,7 +215,9 @@ def main():
     p.add_argument("--eval-threads", type=int, default=2)
     p.add_argument("--eval-slices", type=int, default=16)
     p.add_argument("--time-samples", type=int, default=32)
-    p.add_argument("--monai-slices", type=int, default=4, help="slices scored by MONAI's get_likelihood (1000 network calls each)")
+    p.add_argument(
+        "--monai-slices", type=int, default=4, help="slices scored by MONAI's get_likelihood (1000 network calls each)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", choices=["vdm", "ddpm"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -175,7 +233,14 @@ def main():
 
     _, test = _data(args.eval_slices)
     sub = test[_subset(len(test), args.monai_slices)]
-    rows = [{"model": "lossless PNG (8-bit, max compression)", "bpd": png_bits_per_dim(test), "bpd_subset": png_bits_per_dim(sub), "note": "same slices"}]
+    rows = [
+        {
+            "model": "lossless PNG (8-bit, max compression)",
+            "bpd": png_bits_per_dim(test),
+            "bpd_subset": png_bits_per_dim(sub),
+            "note": "same slices",
+        }
+    ]
     models = [m for m in args.models.split(",") if m]
     tmp = tempfile.mkdtemp()
     procs = []
@@ -196,11 +261,17 @@ def main():
         with open(out) as f:
             rows.append(json.load(f))
 
-    threads = "1 thread each, side by side" if args.parallel else f"{torch.get_num_threads()} threads, one after the other"
-    print(f"\nTraining budget: {args.minutes:g} min wall-clock per model ({threads}), batch {args.batch_size} of "
-          f"{args.crop}x{args.crop} crops of 128x128 MNI152 axial slices; held-out: {args.eval_slices} Colin27 axial slices, 128x128.\n")
+    threads = (
+        "1 thread each, side by side" if args.parallel else f"{torch.get_num_threads()} threads, one after the other"
+    )
+    print(
+        f"\nTraining budget: {args.minutes:g} min wall-clock per model ({threads}), batch {args.batch_size} of "
+        f"{args.crop}x{args.crop} crops of 128x128 MNI152 axial slices; held-out: {args.eval_slices} Colin27 axial slices, 128x128.\n"
+    )
     n, k = len(test), len(sub)
-    print(f"| model | bits/dim, {n} slices (our bound) | bits/dim, {k}-slice subset (MONAI get_likelihood + prior for the DDPM) | iterations | train min | MONAI eval min | note |")
+    print(
+        f"| model | bits/dim, {n} slices (our bound) | bits/dim, {k}-slice subset (MONAI get_likelihood + prior for the DDPM) | iterations | train min | MONAI eval min | note |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         full = r.get("bpd", r.get("bpd_ours"))
@@ -210,7 +281,9 @@ def main():
         print(f"| {r['model']} | {full:.3f} | {r['bpd_subset']:.3f} | {it} | {tr} | {ev} | {r.get('note', '')} |")
     vdm = next((r for r in rows if r["model"].startswith("VDM")), None)
     if vdm is not None:
-        print(f"\nVDM terms (bits/dim): diffusion {vdm['diffusion']:.3f}, prior {vdm['prior']:.5f}, reconstruction {vdm['reconstruction']:.4f}")
+        print(
+            f"\nVDM terms (bits/dim): diffusion {vdm['diffusion']:.3f}, prior {vdm['prior']:.5f}, reconstruction {vdm['reconstruction']:.4f}"
+        )
 
 
 if __name__ == "__main__":

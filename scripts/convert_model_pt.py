@@ -16,7 +16,9 @@ from monai_medgen.bundle import convert_bundle
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle folder(s), e.g. bundles/cddpm_denoising_2d")
+    parser.add_argument(
+        "bundles", nargs="+", metavar="BUNDLE", help="bundle folder(s), e.g. bundles/cddpm_denoising_2d"
+    )
     parser.add_argument("--no-large-files", action="store_true", help="do not rewrite large_files.yml")
     args = parser.parse_args(argv)
     for bundle in args.bundles:

@@ -70,8 +70,13 @@ class RegressionUNet(nn.Module):
         from monai.networks.nets import DiffusionModelUNet
 
         self.unet = DiffusionModelUNet(
-            2, int(cond_channels), 1, channels=tuple(channels), num_res_blocks=num_res_blocks,
-            attention_levels=(False,) * len(channels), norm_num_groups=norm_num_groups,
+            2,
+            int(cond_channels),
+            1,
+            channels=tuple(channels),
+            num_res_blocks=num_res_blocks,
+            attention_levels=(False,) * len(channels),
+            norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
         )
 
@@ -112,10 +117,21 @@ def train_regression(parser, network: nn.Module, iterations: int, device, log_ev
     )
     epoch_length = min(len(loader), iterations)
     trainer = SupervisedTrainer(
-        device=device, max_epochs=-(-iterations // epoch_length), epoch_length=epoch_length, train_data_loader=loader,
-        network=network.to(device), optimizer=optimizer, loss_function=nn.MSELoss(), inferer=SimpleInferer(),
-        prepare_batch=regression_prepare_batch, decollate=False,
-        train_handlers=[LrScheduleHandler(torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda), epoch_level=False, print_lr=False)],
+        device=device,
+        max_epochs=-(-iterations // epoch_length),
+        epoch_length=epoch_length,
+        train_data_loader=loader,
+        network=network.to(device),
+        optimizer=optimizer,
+        loss_function=nn.MSELoss(),
+        inferer=SimpleInferer(),
+        prepare_batch=regression_prepare_batch,
+        decollate=False,
+        train_handlers=[
+            LrScheduleHandler(
+                torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda), epoch_level=False, print_lr=False
+            )
+        ],
     )
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=iterations), lambda e: e.terminate())
     ema = attach_ema(trainer, network, momentum=float(parser["ema_momentum"]), warmup=100)
@@ -144,13 +160,18 @@ def regression_model(task: str, parser, iterations: int, args, device) -> nn.Mod
         state = safe_torch_load(path)
         if state.get("iterations") == iterations:
             model.load_state_dict(state["network"])
-            print(f"  regression baseline loaded from {path} ({iterations} iterations, {state['seconds'] / 60:.1f} min)")
+            print(
+                f"  regression baseline loaded from {path} ({iterations} iterations, {state['seconds'] / 60:.1f} min)"
+            )
             return model.to(device).eval()
     print(f"  training the regression baseline for {iterations} iterations", flush=True)
     out = train_regression(parser, model, iterations, device)
     os.makedirs(args.regression_dir, exist_ok=True)
-    state = {"network": {k: v.cpu() for k, v in out["model"].state_dict().items()}, "iterations": iterations,
-             "seconds": out["seconds"]}
+    state = {
+        "network": {k: v.cpu() for k, v in out["model"].state_dict().items()},
+        "iterations": iterations,
+        "seconds": out["seconds"],
+    }
     atomic_torch_save(state, path)
     return out["model"].to(device).eval()
 
@@ -225,17 +246,29 @@ def run_task(task: str, args) -> None:
     )
     print(f"\n### {task}\n\n{header}\n")
     res = evaluate_model(
-        network, inferer, task, num_slices=args.eval_slices, num_samples=args.num_samples, sampler="dpm++",
-        num_steps=args.steps, seed=args.seed, device=device,
+        network,
+        inferer,
+        task,
+        num_slices=args.eval_slices,
+        num_samples=args.num_samples,
+        sampler="dpm++",
+        num_steps=args.steps,
+        seed=args.seed,
+        device=device,
         extra_rows=[("same network, regression (MSE)", lambda t: restore_regression(regression, t, device))],
     )
     rows, test, std = res["rows"], res["test"], res["std"]
-    print(f"\nSampling ours took {res['seconds']:.0f} s. {CONSISTENCY_NOTE[task]} Sharpness: RMS Sobel gradient "
-          f"relative to the truth. {verdict(task, rows)}")
+    print(
+        f"\nSampling ours took {res['seconds']:.0f} s. {CONSISTENCY_NOTE[task]} Sharpness: RMS Sobel gradient "
+        f"relative to the truth. {verdict(task, rows)}"
+    )
     inside = test.mask.bool() if test.mask is not None else torch.ones_like(std, dtype=torch.bool)
     where = "inside the hole" if test.mask is not None else "over the slice"
-    print(f"\nUncertainty (per-pixel std of the {args.num_samples} samples, [0, 1] units) {where}: "
-          f"mean {float(std[inside].mean()):.4f}", flush=True)
+    print(
+        f"\nUncertainty (per-pixel std of the {args.num_samples} samples, [0, 1] units) {where}: "
+        f"mean {float(std[inside].mean()):.4f}",
+        flush=True,
+    )
 
     settings = ([("ancestral", inferer.num_train_timesteps)] if args.full_chain else []) + list(NFE_SETTINGS)
     sub = test.first(min(args.nfe_slices, len(test.truth)))
@@ -255,16 +288,23 @@ def run_task(task: str, args) -> None:
     fast = [v for (sampler, steps), v in nfe_psnr.items() if sampler == "dpm++" and steps <= 25]
     if full is not None and fast:
         gap = full - max(fast)
-        print(f"\nTarget (issue 3): best DPM-Solver++ (<= 25 steps) is {gap:.2f} dB below the full ancestral chain "
-              f"(<= 0.5): {'met' if gap <= 0.5 else 'not met'}.")
+        print(
+            f"\nTarget (issue 3): best DPM-Solver++ (<= 25 steps) is {gap:.2f} dB below the full ancestral chain "
+            f"(<= 0.5): {'met' if gap <= 0.5 else 'not met'}."
+        )
 
     picks = sorted({int(round(v)) for v in np.linspace(0, len(test.truth) - 1, min(3, len(test.truth)))})
     shown_std = std / max(float(std.max()), 1e-8)
     classical = res["classical"][0]
     path = save_figure(
         os.path.join(args.figure_dir, f"conditional_{task}.png"),
-        [("input", test.shown.clamp(0, 1)), ("ours", res["mean"]), (classical[0].split(" (")[0], classical[1]),
-         ("truth", test.truth), ("uncertainty", shown_std)],
+        [
+            ("input", test.shown.clamp(0, 1)),
+            ("ours", res["mean"]),
+            (classical[0].split(" (")[0], classical[1]),
+            ("truth", test.truth),
+            ("uncertainty", shown_std),
+        ],
         picks,
     )
     print(f"\nFigure: {path} (uncertainty scaled to its maximum, {float(std.max()):.3f})", flush=True)
@@ -298,8 +338,13 @@ def main(argv=None) -> None:
         if args.regression_only:
             bundle = os.path.join(args.bundles_dir, BUNDLES[task])
             parser, _, _, info = load_bundle(bundle, args.device, weights=args.regression_iterations is None)
-            regression_model(task, parser, args.regression_iterations or int(info.get("iteration", 0)), args,
-                             torch.device(args.device))
+            regression_model(
+                task,
+                parser,
+                args.regression_iterations or int(info.get("iteration", 0)),
+                args,
+                torch.device(args.device),
+            )
         else:
             run_task(task, args)
 

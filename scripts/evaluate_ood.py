@@ -43,12 +43,41 @@ CORRUPTIONS = ("noise", "bias field", "ghosting", "rotated 90", "upside down")
 GEOMETRIC = ("rotated 90", "upside down")
 # pydicom's bundled test images that are 2D grayscale pictures (copies of the same picture in other transfer
 # syntaxes, colour images, segmentations and 10 x 10 dose grids left out)
-PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm", "JPEG2000.dcm",
-                 "examples_overlay.dcm", "image_dfl.dcm")
-NIBABEL_FILES = ("example4d.nii.gz", "anatomical.nii", "functional.nii", "example_nifti2.nii.gz",
-                 "reoriented_anat_moved.nii", "phantom_EPI_asc_CLEAR_2_1.PAR", "tiny.mnc")
-SKIMAGE_GRAY = ("brick", "camera", "cell", "checkerboard", "clock", "coins", "grass", "gravel", "moon", "page", "text",
-                "microaneurysms", "shepp_logan_phantom", "horse", "binary_blobs")
+PYDICOM_FILES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "693_J2KI.dcm",
+    "J2K_pixelrep_mismatch.dcm",
+    "JPEG2000.dcm",
+    "examples_overlay.dcm",
+    "image_dfl.dcm",
+)
+NIBABEL_FILES = (
+    "example4d.nii.gz",
+    "anatomical.nii",
+    "functional.nii",
+    "example_nifti2.nii.gz",
+    "reoriented_anat_moved.nii",
+    "phantom_EPI_asc_CLEAR_2_1.PAR",
+    "tiny.mnc",
+)
+SKIMAGE_GRAY = (
+    "brick",
+    "camera",
+    "cell",
+    "checkerboard",
+    "clock",
+    "coins",
+    "grass",
+    "gravel",
+    "moon",
+    "page",
+    "text",
+    "microaneurysms",
+    "shepp_logan_phantom",
+    "horse",
+    "binary_blobs",
+)
 SKIMAGE_COLOUR = ("astronaut", "retina", "hubble_deep_field")  # green channel
 
 
@@ -127,14 +156,23 @@ def build_panel(size: int = 128, seed: int = 0) -> list[dict]:
 
     def add(group, name, slices):
         for i, s in enumerate(slices):
-            items.append({"group": group, "name": name if len(slices) == 1 else f"{name}[{i}]",
-                          "label": int(group != "in"), "slice": s})
+            items.append(
+                {
+                    "group": group,
+                    "name": name if len(slices) == 1 else f"{name}[{i}]",
+                    "label": int(group != "in"),
+                    "slice": s,
+                }
+            )
 
     colin = colin27_slices(size)
     add("in", "colin27", colin)
     try:
-        add("other species", "macaque inia19", prepare_slices(_nifti(TEMPLATES / "inia19-t1-brain.nii.gz"), size, 8,
-                                                               name="macaque"))
+        add(
+            "other species",
+            "macaque inia19",
+            prepare_slices(_nifti(TEMPLATES / "inia19-t1-brain.nii.gz"), size, 8, name="macaque"),
+        )
     except FileNotFoundError as e:
         print(f"left out: macaque ({e})", file=sys.stderr)
     for name in PYDICOM_FILES:
@@ -196,8 +234,12 @@ def orientation_ratio(slices: np.ndarray, network, inferer, time_samples: int, s
     alternatives (the model trains with them).  > 0: the model finds the slice more typical turned."""
     import torch
 
-    turns = (lambda a: a, lambda a: torch.rot90(a, 1, (-2, -1)), lambda a: torch.rot90(a, -1, (-2, -1)),
-             lambda a: torch.flip(a, (-2,)))
+    turns = (
+        lambda a: a,
+        lambda a: torch.rot90(a, 1, (-2, -1)),
+        lambda a: torch.rot90(a, -1, (-2, -1)),
+        lambda a: torch.flip(a, (-2,)),
+    )
     x = torch.as_tensor(slices) * 2 - 1
     bits = torch.zeros(x.shape[0], len(turns), dtype=torch.float64)
     device = next(iter(network.parameters())).device
@@ -233,8 +275,9 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
     groups = list(dict.fromkeys(it["group"] for it in items))
     label = np.array([it["label"] for it in items], dtype=bool)
     group = np.array([it["group"] for it in items])
-    columns = [("raw bits/dim", "bpd")] + [(f"{c.upper() if c == 'png' else 'JPEG-XL'}-corrected", f"score_{c}")
-                                           for c in args.codecs]
+    columns = [("raw bits/dim", "bpd")] + [
+        (f"{c.upper() if c == 'png' else 'JPEG-XL'}-corrected", f"score_{c}") for c in args.codecs
+    ]
     if "orientation" in scores:
         columns.append(("orientation ratio", "orientation"))
     lines = [
@@ -254,15 +297,23 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
         "slice (Serra et al. 2020);",
     ]
     if "jpegxl" in args.codecs:
-        lines.append("- **JPEG-XL-corrected** (`score --codec jpegxl`, needs `imagecodecs`): the same with JPEG-XL "
-                     "lossless, effort 9;")
+        lines.append(
+            "- **JPEG-XL-corrected** (`score --codec jpegxl`, needs `imagecodecs`): the same with JPEG-XL "
+            "lossless, effort 9;"
+        )
     if "orientation" in scores:
-        lines.append("- **orientation ratio** (a likelihood-ratio alternative, not in `score`): raw bits/dim minus the "
-                     "smallest raw bits/dim of the slice turned 90 degrees either way or upside down (same times and "
-                     "turned noise).")
-    lines += ["", "## AUROC (in: held-out Colin27 slices; out: every other row)", "",
-              "| score | all out | " + " | ".join(f"{g} ({(group == g).sum()})" for g in groups[1:]) + " |",
-              "|---|---|" + "---|" * (len(groups) - 1)]
+        lines.append(
+            "- **orientation ratio** (a likelihood-ratio alternative, not in `score`): raw bits/dim minus the "
+            "smallest raw bits/dim of the slice turned 90 degrees either way or upside down (same times and "
+            "turned noise)."
+        )
+    lines += [
+        "",
+        "## AUROC (in: held-out Colin27 slices; out: every other row)",
+        "",
+        "| score | all out | " + " | ".join(f"{g} ({(group == g).sum()})" for g in groups[1:]) + " |",
+        "|---|---|" + "---|" * (len(groups) - 1),
+    ]
     for title, key in columns:
         v = scores[key]
         row = [auroc(v[~label], v[label])] + [auroc(v[group == "in"], v[group == g]) for g in groups[1:]]
@@ -271,56 +322,99 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
     for title, key in columns[1:2]:  # the score `score` reports by default
         v = scores[key]
         total = auroc(v[~label], v[label])
-        missed = [f"{g} ({auroc(v[group == 'in'], v[group == g]):.2f})" for g in groups[1:]
-                  if auroc(v[group == "in"], v[group == g]) < 0.95]
+        missed = [
+            f"{g} ({auroc(v[group == 'in'], v[group == g]):.2f})"
+            for g in groups[1:]
+            if auroc(v[group == "in"], v[group == g]) < 0.95
+        ]
         verdict = "met" if total >= 0.95 else "**not met**"
-        lines += ["", f"With the default score ({title}) the bar is {verdict} (AUROC {total:.3f}). Out groups it does "
-                  f"not separate (AUROC < 0.95): {', '.join(missed) if missed else 'none'}."]
-        texture = [g for g in ("other species", "bias field", "rotated 90", "upside down")
-                   if auroc(v[group == "in"], v[group == g]) < 0.95]
+        lines += [
+            "",
+            f"With the default score ({title}) the bar is {verdict} (AUROC {total:.3f}). Out groups it does "
+            f"not separate (AUROC < 0.95): {', '.join(missed) if missed else 'none'}.",
+        ]
+        texture = [
+            g
+            for g in ("other species", "bias field", "rotated 90", "upside down")
+            if auroc(v[group == "in"], v[group == g]) < 0.95
+        ]
         if texture:
-            lines += ["", f"The missed {', '.join(texture)} images keep brain texture: another brain, or this brain under "
-                      "a smooth field or turned. A likelihood only sees what the model has learned, and a model "
-                      "trained on 64 x 64 crops (left-right flipped) of one template brain has learned local texture "
-                      "at one intensity scale, not a whole-slice layout, orientation or species; a model trained on "
-                      "whole slices of more brains is what would separate them, not another codec."]
-    lines += ["",
-              "## Threshold (chosen on the training data, never on this panel)", "",
-              f"The {len(calibration['bpd'])} MNI152 2009a axial slices the VDM trains on (nilearn), prepared as "
-              f"`score` prepares a volume; threshold = the {args.percentile:g}th percentile of their scores. A volume "
-              "is flagged when the mean score of its slices is above it; below, each panel slice is one input.", "",
-              "| score | threshold | MNI152 training slices above | Colin27 (in) flagged | out flagged | "
-              + " | ".join(groups[1:]) + " |", "|---|---|---|---|---|" + "---|" * (len(groups) - 1)]
+            lines += [
+                "",
+                f"The missed {', '.join(texture)} images keep brain texture: another brain, or this brain under "
+                "a smooth field or turned. A likelihood only sees what the model has learned, and a model "
+                "trained on 64 x 64 crops (left-right flipped) of one template brain has learned local texture "
+                "at one intensity scale, not a whole-slice layout, orientation or species; a model trained on "
+                "whole slices of more brains is what would separate them, not another codec.",
+            ]
+    lines += [
+        "",
+        "## Threshold (chosen on the training data, never on this panel)",
+        "",
+        f"The {len(calibration['bpd'])} MNI152 2009a axial slices the VDM trains on (nilearn), prepared as "
+        f"`score` prepares a volume; threshold = the {args.percentile:g}th percentile of their scores. A volume "
+        "is flagged when the mean score of its slices is above it; below, each panel slice is one input.",
+        "",
+        "| score | threshold | MNI152 training slices above | Colin27 (in) flagged | out flagged | "
+        + " | ".join(groups[1:])
+        + " |",
+        "|---|---|---|---|---|" + "---|" * (len(groups) - 1),
+    ]
     for title, key in columns:
         if key not in thresholds:
             continue
         t, v = thresholds[key], scores[key]
         rates = [float((v[group == g] > t).mean()) for g in groups[1:]]
-        lines.append(f"| {title} | {t:.3f} | {(calibration[key] > t).mean():.0%} | {(v[~label] > t).mean():.0%} | "
-                     f"{(v[label] > t).mean():.0%} | " + " | ".join(f"{r:.0%}" for r in rates) + " |")
-    lines += ["", "## Every image", "",
-              "| group | image | " + " | ".join(t for t, _ in columns) + " | codec bits/dim (" +
-              ", ".join(args.codecs) + ") |", "|---|---|" + "---|" * (len(columns) + 1)]
+        lines.append(
+            f"| {title} | {t:.3f} | {(calibration[key] > t).mean():.0%} | {(v[~label] > t).mean():.0%} | "
+            f"{(v[label] > t).mean():.0%} | " + " | ".join(f"{r:.0%}" for r in rates) + " |"
+        )
+    lines += [
+        "",
+        "## Every image",
+        "",
+        "| group | image | "
+        + " | ".join(t for t, _ in columns)
+        + " | codec bits/dim ("
+        + ", ".join(args.codecs)
+        + ") |",
+        "|---|---|" + "---|" * (len(columns) + 1),
+    ]
     for i, it in enumerate(items):
         codec_bits = ", ".join(_fmt(scores[f"{c}_bpd"][i]) for c in args.codecs)
-        lines.append(f"| {it['group']} | {it['name']} | " + " | ".join(_fmt(scores[k][i]) for _, k in columns)
-                     + f" | {codec_bits} |")
+        lines.append(
+            f"| {it['group']} | {it['name']} | "
+            + " | ".join(_fmt(scores[k][i]) for _, k in columns)
+            + f" | {codec_bits} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--bundle", default=str(REPO / "bundles" / "vdm_brain_mri_2d"))
     p.add_argument("--codecs", nargs="+", default=["png", "jpegxl"], help="png always works; jpegxl needs imagecodecs")
     p.add_argument("--time-samples", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--percentile", type=float, default=None,
-                   help="threshold: this percentile of the training scores (default: monai_medgen.ood's)")
+    p.add_argument(
+        "--percentile",
+        type=float,
+        default=None,
+        help="threshold: this percentile of the training scores (default: monai_medgen.ood's)",
+    )
     p.add_argument("--calibrate", action="store_true", help="only score the training slices and print the thresholds")
-    p.add_argument("--orientation-ratio", action="store_true",
-                   help="also the likelihood ratio against other orientations (4x the model evaluations)")
-    p.add_argument("--output", default=str(REPO / "docs" / "benchmarks" / "ood_score.md"),
-                   help="the markdown report; the scores go beside it as .json")
+    p.add_argument(
+        "--orientation-ratio",
+        action="store_true",
+        help="also the likelihood ratio against other orientations (4x the model evaluations)",
+    )
+    p.add_argument(
+        "--output",
+        default=str(REPO / "docs" / "benchmarks" / "ood_score.md"),
+        help="the markdown report; the scores go beside it as .json",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the .json of an earlier run")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
@@ -342,8 +436,15 @@ def main(argv=None) -> int:
         items = [{"name": n, "group": g, "label": int(g != "in")} for n, g in zip(data["names"], data["groups"])]
         vars(args).update(data["args"])
         arrays = {k: {kk: np.asarray(vv) for kk, vv in data[k].items()} for k in ("scores", "calibration")}
-        text = report(items, arrays["scores"], arrays["calibration"], data["thresholds"], args, data["model_sha256"],
-                      data["seconds"])
+        text = report(
+            items,
+            arrays["scores"],
+            arrays["calibration"],
+            data["thresholds"],
+            args,
+            data["model_sha256"],
+            data["seconds"],
+        )
         Path(args.output).write_text(text)
         print(text)
         return 0
@@ -370,12 +471,21 @@ def main(argv=None) -> int:
     print(text)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)
-    saved.write_text(json.dumps({
-        "args": {k: getattr(args, k) for k in ("bundle", "codecs", "time_samples", "seed", "percentile")},
-        "model_sha256": model_sha, "seconds": seconds, "thresholds": thresholds,
-        "names": [it["name"] for it in items], "groups": [it["group"] for it in items],
-        "scores": {k: [float(x) for x in v] for k, v in scores.items()},
-        "calibration": {k: [float(x) for x in v] for k, v in calibration.items()}}, indent=1))
+    saved.write_text(
+        json.dumps(
+            {
+                "args": {k: getattr(args, k) for k in ("bundle", "codecs", "time_samples", "seed", "percentile")},
+                "model_sha256": model_sha,
+                "seconds": seconds,
+                "thresholds": thresholds,
+                "names": [it["name"] for it in items],
+                "groups": [it["group"] for it in items],
+                "scores": {k: [float(x) for x in v] for k, v in scores.items()},
+                "calibration": {k: [float(x) for x in v] for k, v in calibration.items()},
+            },
+            indent=1,
+        )
+    )
     print(f"written: {args.output}", file=sys.stderr)
     return 0
 

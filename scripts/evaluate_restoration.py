@@ -29,10 +29,15 @@ def main(argv=None) -> int:
     p.add_argument("--images", nargs="+", default=list(PANEL), choices=list(PANEL))
     p.add_argument("--num-samples", type=int, default=4, help="samples whose mean is scored (besides one sample)")
     p.add_argument("--num-steps", type=int, default=None, help="network calls per sample (default: the bundle's)")
-    p.add_argument("--start-time", type=float, default=None, help="noise level after the first step (default: bundle's)")
+    p.add_argument(
+        "--start-time", type=float, default=None, help="noise level after the first step (default: bundle's)"
+    )
     p.add_argument("--bundles-dir", default=str(ROOT / "bundles"))
-    p.add_argument("--from-checkpoints", action="store_true",
-                   help="use the newest training checkpoint under <bundle>/runs/checkpoints (EMA) instead of models/model.pt")
+    p.add_argument(
+        "--from-checkpoints",
+        action="store_true",
+        help="use the newest training checkpoint under <bundle>/runs/checkpoints (EMA) instead of models/model.pt",
+    )
     p.add_argument("--output", default=None, help="also write the markdown tables here")
     p.add_argument("--json", default=None, help="write every row as JSON here")
     args = p.parse_args(argv)
@@ -45,8 +50,11 @@ def main(argv=None) -> int:
             weights = max((folder / "runs" / "checkpoints").glob("*.pt"), key=lambda f: f.stat().st_mtime)
         bundle = load_restoration_bundle(folder, weights=weights)
         text, rows, _ = evaluate_panel(
-            {family: (bundle.network, bundle.inferer)}, [s for s in args.scenarios if SCENARIOS[s] == family], args.images,
-            num_samples=args.num_samples, num_steps=args.num_steps or bundle.num_steps,
+            {family: (bundle.network, bundle.inferer)},
+            [s for s in args.scenarios if SCENARIOS[s] == family],
+            args.images,
+            num_samples=args.num_samples,
+            num_steps=args.num_steps or bundle.num_steps,
             start_time=args.start_time or bundle.start_time,
         )
         text_all.append(f"## {bundle.name}" + (f" (weights: {weights})" if weights else "") + "\n" + text)

@@ -44,9 +44,13 @@ def main(argv=None) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rmse_in = float(((noisy - img) ** 2).mean().sqrt())
     rmse_out = float(((out.as_tensor() - img) ** 2).mean().sqrt())
-    print("| image | tiles | seconds | peak resident memory (MB) | RMSE input | RMSE output | output range |\n|---|---|---|---|---|---|---|")
-    print(f"| {args.size} x {args.size}, 12-bit units | {bundle.inferer.tile_size} px | {seconds:.0f} | {peak:.0f} (before: {before:.0f}) | "
-          f"{rmse_in:.1f} | {rmse_out:.1f} | {float(out.min()):.0f}..{float(out.max()):.0f} |")
+    print(
+        "| image | tiles | seconds | peak resident memory (MB) | RMSE input | RMSE output | output range |\n|---|---|---|---|---|---|---|"
+    )
+    print(
+        f"| {args.size} x {args.size}, 12-bit units | {bundle.inferer.tile_size} px | {seconds:.0f} | {peak:.0f} (before: {before:.0f}) | "
+        f"{rmse_in:.1f} | {rmse_out:.1f} | {float(out.min()):.0f}..{float(out.max()):.0f} |"
+    )
     return 0
 
 

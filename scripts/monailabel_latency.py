@@ -50,22 +50,50 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="sampler steps of every request")
     parser.add_argument("--sampler", default="dpm++", choices=("ancestral", "ddim", "dpm++"))
     parser.add_argument("--repeats", type=int, default=3, help="calls per row (the median is shown)")
-    parser.add_argument("--busy-seconds", type=float, default=20.0,
-                        help="about how long the inference runs while /info/ is polled (its steps are scaled to it)")
-    parser.add_argument("--skip-models", action="store_true", help="only the /info/ rows (idle and during an inference)")
+    parser.add_argument(
+        "--busy-seconds",
+        type=float,
+        default=20.0,
+        help="about how long the inference runs while /info/ is polled (its steps are scaled to it)",
+    )
+    parser.add_argument(
+        "--skip-models", action="store_true", help="only the /info/ rows (idle and during an inference)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="medgen_latency_") as tmp:
         data = write_demo_inputs(Path(tmp) / "studies", Path(tmp) / "inputs")
         common = {"sampler": args.sampler, "steps": args.steps, "seed": 0}
         requests = {  # model: (what, upload, datastore image, mask, extra params)
-            "cddpm_super_resolution_2d": ("64 x 64 x 8 from 16 x 16 x 8 (x4 in-plane)", data["slices_lowres"], None, None, {}),
+            "cddpm_super_resolution_2d": (
+                "64 x 64 x 8 from 16 x 16 x 8 (x4 in-plane)",
+                data["slices_lowres"],
+                None,
+                None,
+                {},
+            ),
             "cddpm_denoising_2d": ("64 x 64 x 8", data["slices_noisy"], None, None, {}),
-            "cddpm_inpainting_2d": ("64 x 64 x 8, 16 x 16 hole per slice", data["slices_masked"], None, data["slices_mask"], {}),
-            "cddpm_super_resolution_3d": ("48 x 48 x 32 from 48 x 48 x 8 (x4 slices, one patch)", data["volume_thick"], None,
-                                          None, {"factor": "1,1,4"}),
-            "cddpm_class_conditional_2d": ("3 slices of 64 x 64, class coronal, guidance 2", None, "colin27_slices", None,
-                                           {"class": "coronal", "guidance": 2.0, "num_slices": 3}),
+            "cddpm_inpainting_2d": (
+                "64 x 64 x 8, 16 x 16 hole per slice",
+                data["slices_masked"],
+                None,
+                data["slices_mask"],
+                {},
+            ),
+            "cddpm_super_resolution_3d": (
+                "48 x 48 x 32 from 48 x 48 x 8 (x4 slices, one patch)",
+                data["volume_thick"],
+                None,
+                None,
+                {"factor": "1,1,4"},
+            ),
+            "cddpm_class_conditional_2d": (
+                "3 slices of 64 x 64, class coronal, guidance 2",
+                None,
+                "colin27_slices",
+                None,
+                {"class": "coronal", "guidance": 2.0, "num_slices": 3},
+            ),
             "vdm_brain_mri_2d": ("3 slices of 128 x 128", None, "colin27_slices", None, {"num_slices": 3}),
             "vdm_brain_mri_3d": ("one 64 x 64 x 64 volume", None, "colin27_1mm", None, {}),
         }
@@ -84,34 +112,49 @@ def main(argv=None) -> int:
                     args.repeats,
                 )
                 server_side = statistics.median(float(r.params["latencies"]["total"]) for r in results)
-                rows.append((f"`POST /infer/{name}`", models[name].task, what, f"{seconds:.2f} s", f"{server_side:.2f} s"))
+                rows.append(
+                    (f"`POST /infer/{name}`", models[name].task, what, f"{seconds:.2f} s", f"{server_side:.2f} s")
+                )
             busy = info_while_busy(server.url, client, models, requests, common, args.busy_seconds)
             if "generate" in info.get("strategies", {}) and not args.skip_models:
                 gen = info["medgen"]["generate_model"]
                 params = {**common, "num_slices": 3}
                 seconds, _ = timed(lambda: client.next_sample("generate", params), args.repeats)
-                rows.append(("`POST /activelearning/generate`", "generate", f"{gen}: 3 slices added to the datastore",
-                             f"{seconds:.2f} s", ""))
+                rows.append(
+                    (
+                        "`POST /activelearning/generate`",
+                        "generate",
+                        f"{gen}: 3 slices added to the datastore",
+                        f"{seconds:.2f} s",
+                        "",
+                    )
+                )
         cpu = os.cpu_count()
         threads = os.environ.get("OMP_NUM_THREADS", "unset")
-        print(f"monai_medgen MONAI Label app on this machine ({cpu} CPU cores, no GPU, OMP_NUM_THREADS={threads}): server start "
-              f"{server.startup_seconds:.1f} s (import, loading {len(models)} bundles); {args.sampler} {args.steps} steps, "
-              f"one sample; medians of {args.repeats} calls, from the client (upload and download included) and as the "
-              "server reports them.\n")
+        print(
+            f"monai_medgen MONAI Label app on this machine ({cpu} CPU cores, no GPU, OMP_NUM_THREADS={threads}): server start "
+            f"{server.startup_seconds:.1f} s (import, loading {len(models)} bundles); {args.sampler} {args.steps} steps, "
+            f"one sample; medians of {args.repeats} calls, from the client (upload and download included) and as the "
+            "server reports them.\n"
+        )
         print("| call | task | input -> output | latency (client) | server-side (MONAI Label's total) |")
         print("|---|---|---|---|---|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
         if busy:
-            print(f"\n`GET /info/` while `POST /infer/{busy['model']}` ({busy['what']}, {busy['steps']} steps) runs: "
-                  f"{busy['count']} calls over {busy['seconds']:.1f} s of inference (answered {busy['infer_status']}); "
-                  f"acceptance: < 1 s.\n")
+            print(
+                f"\n`GET /info/` while `POST /infer/{busy['model']}` ({busy['what']}, {busy['steps']} steps) runs: "
+                f"{busy['count']} calls over {busy['seconds']:.1f} s of inference (answered {busy['infer_status']}); "
+                f"acceptance: < 1 s.\n"
+            )
             print("| `/info/` while inferring | calls | median | 95th percentile | max | all < 1 s |")
             print("|---|---|---|---|---|---|")
             lat = sorted(busy["latencies"])
             p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
-            print(f"| {busy['model']} | {len(lat)} | {statistics.median(lat) * 1000:.0f} ms | {p95 * 1000:.0f} ms | "
-                  f"{lat[-1] * 1000:.0f} ms | {'yes' if lat[-1] < 1.0 else 'NO'} |")
+            print(
+                f"| {busy['model']} | {len(lat)} | {statistics.median(lat) * 1000:.0f} ms | {p95 * 1000:.0f} ms | "
+                f"{lat[-1] * 1000:.0f} ms | {'yes' if lat[-1] < 1.0 else 'NO'} |"
+            )
     return 0
 
 
@@ -157,8 +200,15 @@ def info_while_busy(url, client, models, requests, common, seconds: float) -> di
     job.join()
     if not latencies:
         return None
-    return {"model": name, "what": what, "steps": steps, "latencies": latencies, "count": len(latencies),
-            "seconds": time.perf_counter() - began, "infer_status": outcome.get("status", "?")}
+    return {
+        "model": name,
+        "what": what,
+        "steps": steps,
+        "latencies": latencies,
+        "count": len(latencies),
+        "seconds": time.perf_counter() - began,
+        "infer_status": outcome.get("status", "?"),
+    }
 
 
 if __name__ == "__main__":

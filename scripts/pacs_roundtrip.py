@@ -32,12 +32,30 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 #: the tags printed for the input and the derived series
-TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "ImageType",
-        "DerivationDescription", "Rows", "Columns", "PixelSpacing", "SliceThickness", "ImageOrientationPatient")
+TAGS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Modality",
+    "ImageType",
+    "DerivationDescription",
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "SliceThickness",
+    "ImageOrientationPatient",
+)
 
 
-def write_colin27_series(folder: str | os.PathLike, num_slices: int = 4, in_plane: int = 2, slice_step: int = 4,
-                         noise: float = 0.0, seed: int = 0) -> tuple[str, str]:
+def write_colin27_series(
+    folder: str | os.PathLike,
+    num_slices: int = 4,
+    in_plane: int = 2,
+    slice_step: int = 4,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> tuple[str, str]:
     """Axial slices of Colin27 as an MR DICOM series (uint16, one file per slice, Explicit VR Little Endian).
 
     Args:
@@ -102,8 +120,12 @@ def _value(item: dict, keyword: str):
         return None
     if isinstance(values[0], dict) and "Alphabetic" in values[0]:  # person names
         values = [v.get("Alphabetic") for v in values]
-    return values[0] if len(values) == 1 and keyword not in ("ImageType", "PixelSpacing", "ImageOrientationPatient",
-                                                               "ImagePositionPatient") else values
+    return (
+        values[0]
+        if len(values) == 1
+        and keyword not in ("ImageType", "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient")
+        else values
+    )
 
 
 def series_tags(client, study_uid: str, series_uid: str) -> dict:
@@ -146,7 +168,9 @@ def check_derived(original: dict, derived: dict, model: str) -> list[str]:
     need(derived["StudyInstanceUID"] == original["StudyInstanceUID"], "the same StudyInstanceUID")
     need(derived["SeriesInstanceUID"] != original["SeriesInstanceUID"], "a new SeriesInstanceUID")
     need(set(derived["SOPInstanceUIDs"]).isdisjoint(original["SOPInstanceUIDs"]), "new SOPInstanceUIDs")
-    need(len(set(derived["SOPInstanceUIDs"])) == derived["instances"] == original["instances"], "one instance per slice")
+    need(
+        len(set(derived["SOPInstanceUIDs"])) == derived["instances"] == original["instances"], "one instance per slice"
+    )
     need("DERIVED" in (derived["ImageType"] or []), "ImageType DERIVED")
     text = str(derived["DerivationDescription"] or "")
     need("synthetic" in text.lower() and model in text, f"a DerivationDescription naming {model} and 'synthetic'")
@@ -155,10 +179,14 @@ def check_derived(original: dict, derived: dict, model: str) -> list[str]:
         need(derived[key] == original[key], f"the input's {key}")
     for key in ("PixelSpacing", "ImageOrientationPatient", "SliceThickness", "ImagePositionPatient"):
         a, b = floats(derived[key]), floats(original[key])
-        need(a is not None and b is not None and a.shape == b.shape and np.allclose(a, b, atol=1e-4),
-             f"the input's {key}")
-    need(sorted(derived["SourceImageSequence"]) == sorted(original["SOPInstanceUIDs"]),
-         "a SourceImageSequence pointing at the input's instances")
+        need(
+            a is not None and b is not None and a.shape == b.shape and np.allclose(a, b, atol=1e-4),
+            f"the input's {key}",
+        )
+    need(
+        sorted(derived["SourceImageSequence"]) == sorted(original["SOPInstanceUIDs"]),
+        "a SourceImageSequence pointing at the input's instances",
+    )
     return problems
 
 
@@ -172,8 +200,16 @@ def print_tags(title: str, tags: dict, file=sys.stdout) -> None:
         print(f"  {key:24s} {shown}", file=file)
 
 
-def run(dicomweb_url: str, username: str | None, password: str | None, bundle: str, steps: int, device: str,
-        noise: float, work: Path) -> int:
+def run(
+    dicomweb_url: str,
+    username: str | None,
+    password: str | None,
+    bundle: str,
+    steps: int,
+    device: str,
+    noise: float,
+    work: Path,
+) -> int:
     from monai_medgen import cli
     from monai_medgen.dicomweb import PASSWORD_ENV, DICOMwebClient
 
@@ -183,8 +219,21 @@ def run(dicomweb_url: str, username: str | None, password: str | None, bundle: s
     original = series_tags(client, study, series)
     before = set(derived_series_of(client, study, series, set()))
     url = client.url if not username else client.url.replace("://", f"://{username}@", 1)
-    command = ["restore", "--bundle", bundle, "--dicomweb", url, "--study-uid", study, "--series-uid", series,
-               "--steps", str(steps), "--device", device]
+    command = [
+        "restore",
+        "--bundle",
+        bundle,
+        "--dicomweb",
+        url,
+        "--study-uid",
+        study,
+        "--series-uid",
+        series,
+        "--steps",
+        str(steps),
+        "--device",
+        device,
+    ]
     print("monai-medgen " + " ".join(command), file=sys.stderr)
     if password is not None:
         os.environ[PASSWORD_ENV] = password
@@ -207,8 +256,12 @@ def run(dicomweb_url: str, username: str | None, password: str | None, bundle: s
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dicomweb", default=None, metavar="URL",
-                        help="DICOMweb root of a running PACS (default: a private Orthanc for the duration)")
+    parser.add_argument(
+        "--dicomweb",
+        default=None,
+        metavar="URL",
+        help="DICOMweb root of a running PACS (default: a private Orthanc for the duration)",
+    )
     parser.add_argument("--user", default=None, help="HTTP user of --dicomweb (password in $MEDGEN_DICOMWEB_PASSWORD)")
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "cddpm_denoising_2d"), help="restoration bundle")
     parser.add_argument("--steps", type=int, default=10, help="sampling steps")
@@ -218,14 +271,30 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="monai_medgen_pacs_") as tmp:
         work = Path(tmp)
         if args.dicomweb:
-            return run(args.dicomweb, args.user, os.environ.get("MEDGEN_DICOMWEB_PASSWORD") if args.user else None,
-                       args.bundle, args.steps, args.device, args.noise, work)
+            return run(
+                args.dicomweb,
+                args.user,
+                os.environ.get("MEDGEN_DICOMWEB_PASSWORD") if args.user else None,
+                args.bundle,
+                args.steps,
+                args.device,
+                args.noise,
+                work,
+            )
         from monai_medgen.dicomweb import OrthancServer
 
         with OrthancServer(work / "orthanc") as orthanc:
             print(f"private Orthanc at {orthanc.dicomweb_url} (user {orthanc.username})", file=sys.stderr)
-            return run(orthanc.dicomweb_url, orthanc.username, orthanc.password, args.bundle, args.steps, args.device,
-                       args.noise, work)
+            return run(
+                orthanc.dicomweb_url,
+                orthanc.username,
+                orthanc.password,
+                args.bundle,
+                args.steps,
+                args.device,
+                args.noise,
+                work,
+            )
 
 
 if __name__ == "__main__":

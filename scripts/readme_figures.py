@@ -33,8 +33,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
-CURVE_BUNDLES = ("cddpm_class_conditional_2d", "cddpm_super_resolution_2d", "cddpm_super_resolution_3d",
-                 "vdm_brain_mri_2d", "vdm_brain_mri_3d", "vdm_latent_brain_mri_3d")
+CURVE_BUNDLES = (
+    "cddpm_class_conditional_2d",
+    "cddpm_super_resolution_2d",
+    "cddpm_super_resolution_3d",
+    "vdm_brain_mri_2d",
+    "vdm_brain_mri_3d",
+    "vdm_latent_brain_mri_3d",
+)
 SAMPLE_BUNDLES = ("vdm_brain_mri_2d", "cddpm_class_conditional_2d")
 PLANES = ("axial", "coronal", "sagittal")
 VAL_METRICS = ("val_bpd", "val_latent_bpd", "val_psnr")  # the key metric of each kind of bundle, first found
@@ -91,8 +97,11 @@ def training_curves(bundle: str) -> Path:
     import matplotlib.pyplot as plt
 
     docs = BUNDLES / bundle / "docs"
-    logs = [(label, docs / name) for label, name in (("autoencoder (stage 1)", "train_autoencoder_log.txt"),
-                                                      ("", "train_log.txt")) if (docs / name).is_file()]
+    logs = [
+        (label, docs / name)
+        for label, name in (("autoencoder (stage 1)", "train_autoencoder_log.txt"), ("", "train_log.txt"))
+        if (docs / name).is_file()
+    ]
     if not logs:
         raise FileNotFoundError(f"{docs} has no train_log.txt.")
     series = [(label, parse_log(path)) for label, path in logs]
@@ -131,8 +140,13 @@ def training_curves(bundle: str) -> Path:
 def _run_inference(bundle: Path, output_dir: Path, **overrides) -> None:
     from monai.bundle import run
 
-    run(config_file=str(bundle / "configs" / "inference.yaml"), bundle_root=str(bundle),
-        logging_file=str(bundle / "configs" / "logging.conf"), output_dir=str(output_dir), **overrides)
+    run(
+        config_file=str(bundle / "configs" / "inference.yaml"),
+        bundle_root=str(bundle),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        output_dir=str(output_dir),
+        **overrides,
+    )
 
 
 def _grid_to_row(grid: np.ndarray, count: int, size: int, pad: int = 2) -> np.ndarray:
@@ -143,7 +157,7 @@ def _grid_to_row(grid: np.ndarray, count: int, size: int, pad: int = 2) -> np.nd
     for i in range(count):
         r, c = divmod(i, ncols)
         y, x = pad + r * (size + pad), pad + c * (size + pad)
-        tiles += [grid[y:y + size, x:x + size], np.zeros((size, pad), np.uint8)]
+        tiles += [grid[y : y + size, x : x + size], np.zeros((size, pad), np.uint8)]
     return np.concatenate([np.zeros((size, pad), np.uint8)] + tiles, 1)
 
 
@@ -177,8 +191,9 @@ def compact_gif(path: Path, num_frames: int = 12, levels: int = 32, duration_ms:
         if i != len(frames) - 1:
             a = (np.round(a / 255.0 * (levels - 1)) * (255.0 / (levels - 1))).astype(np.uint8)
         out.append(Image.fromarray(a))
-    out[0].save(path, save_all=True, append_images=out[1:], duration=[duration_ms] * (len(out) - 1) + [duration_ms * 10],
-                loop=0)
+    out[0].save(
+        path, save_all=True, append_images=out[1:], duration=[duration_ms] * (len(out) - 1) + [duration_ms * 10], loop=0
+    )
     return path
 
 
@@ -195,18 +210,33 @@ def sample_figures(bundle: str) -> list[Path]:
         if bundle == "cddpm_class_conditional_2d":
             gifs = []
             for label, plane in enumerate(PLANES):
-                _run_inference(folder, tmp / plane, class_label=label, guidance_scale=2.0, num_samples=4, batch_size=4,
-                               image_size=64, sampler="dpm++", num_steps=25, seed=0)
+                _run_inference(
+                    folder,
+                    tmp / plane,
+                    class_label=label,
+                    guidance_scale=2.0,
+                    num_samples=4,
+                    batch_size=4,
+                    image_size=64,
+                    sampler="dpm++",
+                    num_steps=25,
+                    seed=0,
+                )
                 gifs.append(tmp / plane / "sampling.gif")
             return [compact_gif(_rows_gif(gifs, docs / "sampling.gif", count=4, size=64))]
     raise ValueError(f"bundle must be one of {SAMPLE_BUNDLES}, got {bundle!r}.")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=("curves", "samples"))
-    parser.add_argument("--bundles", nargs="+", help="bundle names (default: every bundle the figure applies to, "
-                        "except those being retrained)")
+    parser.add_argument(
+        "--bundles",
+        nargs="+",
+        help="bundle names (default: every bundle the figure applies to, except those being retrained)",
+    )
     args = parser.parse_args(argv)
     names = args.bundles or (CURVE_BUNDLES if args.what == "curves" else SAMPLE_BUNDLES)
     for name in names:

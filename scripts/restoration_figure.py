@@ -31,8 +31,10 @@ def main(argv=None) -> int:
     print(f"{args.output}: columns {' | '.join(COLUMNS)}; PSNR (dB) / SSIM:\n")
     print("| image | input | best classical | ours (1 sample) |\n|---|---|---|---|")
     for r in results:
-        print(f"| {r['image']} | {r['input_psnr']:.2f} | {r['classical']} {r['classical_psnr']:.2f} / {r['classical_ssim']:.3f} | "
-              f"{r['ours_psnr']:.2f} / {r['ours_ssim']:.3f} |")
+        print(
+            f"| {r['image']} | {r['input_psnr']:.2f} | {r['classical']} {r['classical_psnr']:.2f} / {r['classical_ssim']:.3f} | "
+            f"{r['ours_psnr']:.2f} / {r['ours_ssim']:.3f} |"
+        )
     return 0
 
 

@@ -25,55 +25,151 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 
-_RESTORATION = {"max_epochs": 1, "epoch_length": 2, "crop_size": 16, "batch_size": 2, "num_val_slices": 3,
-                "val_steps": 2, "log_every": 1, "sample_interval": 0}
+_RESTORATION = {
+    "max_epochs": 1,
+    "epoch_length": 2,
+    "crop_size": 16,
+    "batch_size": 2,
+    "num_val_slices": 3,
+    "val_steps": 2,
+    "log_every": 1,
+    "sample_interval": 0,
+}
 # (bundle, train config, tiny overrides, the override that switches validation, the log word of validation)
 CASES = [
     ("cddpm_super_resolution_2d", "train.yaml", _RESTORATION, "val_interval", "val_psnr"),
     ("cddpm_denoising_2d", "train.yaml", _RESTORATION, "val_interval", "val_psnr"),
     ("cddpm_inpainting_2d", "train.yaml", _RESTORATION, "val_interval", "val_psnr"),
-    ("cddpm_super_resolution_3d", "train.yaml", {**_RESTORATION, "crop_size": 16, "num_val_slices": 2}, "val_interval",
-     "val_psnr"),
-    ("cddpm_class_conditional_2d", "train.yaml", {"max_epochs": 1, "epoch_length": 2, "image_size": 16,
-                                                  "batch_size": 2, "samples_per_class": 1, "grid_sample_steps": 2,
-                                                  "log_every": 1}, "sample_interval", "samples_epoch_1"),
-    ("vdm_brain_mri_2d", "train.yaml", {"max_epochs": 1, "epoch_length": 2, "image_size": 32, "crop_size": 16,
-                                        "batch_size": 2, "num_val_slices": 3, "val_batch_size": 2, "log_every": 1,
-                                        "sample_interval": 0}, "val_interval", "val_bpd"),
-    ("vdm_brain_mri_3d", "train.yaml", {"max_epochs": 1, "epoch_length": 2, "image_size": 16, "crop_size": 8,
-                                        "batch_size": 1, "log_every": 1, "sample_interval": 0}, "val_interval",
-     "val_bpd"),
-    ("vdm_latent_brain_mri_3d", "train_autoencoder.yaml", {"max_epochs": 1, "epoch_length": 2,
-                                                           "image_size": "[32,32,32]", "crop_size": 16,
-                                                           "log_every": 1}, "val_interval", "val_psnr"),
-    ("vdm_latent_brain_mri_3d", "train.yaml", {"max_epochs": 1, "epoch_length": 2, "image_size": "[32,32,32]",
-                                               "shifts": "[0]", "batch_size": 1, "log_every": 1,
-                                               "sample_interval": 0}, "val_interval", "val_latent_bpd"),
+    (
+        "cddpm_super_resolution_3d",
+        "train.yaml",
+        {**_RESTORATION, "crop_size": 16, "num_val_slices": 2},
+        "val_interval",
+        "val_psnr",
+    ),
+    (
+        "cddpm_class_conditional_2d",
+        "train.yaml",
+        {
+            "max_epochs": 1,
+            "epoch_length": 2,
+            "image_size": 16,
+            "batch_size": 2,
+            "samples_per_class": 1,
+            "grid_sample_steps": 2,
+            "log_every": 1,
+        },
+        "sample_interval",
+        "samples_epoch_1",
+    ),
+    (
+        "vdm_brain_mri_2d",
+        "train.yaml",
+        {
+            "max_epochs": 1,
+            "epoch_length": 2,
+            "image_size": 32,
+            "crop_size": 16,
+            "batch_size": 2,
+            "num_val_slices": 3,
+            "val_batch_size": 2,
+            "log_every": 1,
+            "sample_interval": 0,
+        },
+        "val_interval",
+        "val_bpd",
+    ),
+    (
+        "vdm_brain_mri_3d",
+        "train.yaml",
+        {
+            "max_epochs": 1,
+            "epoch_length": 2,
+            "image_size": 16,
+            "crop_size": 8,
+            "batch_size": 1,
+            "log_every": 1,
+            "sample_interval": 0,
+        },
+        "val_interval",
+        "val_bpd",
+    ),
+    (
+        "vdm_latent_brain_mri_3d",
+        "train_autoencoder.yaml",
+        {"max_epochs": 1, "epoch_length": 2, "image_size": "[32,32,32]", "crop_size": 16, "log_every": 1},
+        "val_interval",
+        "val_psnr",
+    ),
+    (
+        "vdm_latent_brain_mri_3d",
+        "train.yaml",
+        {
+            "max_epochs": 1,
+            "epoch_length": 2,
+            "image_size": "[32,32,32]",
+            "shifts": "[0]",
+            "batch_size": 1,
+            "log_every": 1,
+            "sample_interval": 0,
+        },
+        "val_interval",
+        "val_latent_bpd",
+    ),
 ]
 
 
-def run_case(bundle: str, config: str, overrides: dict, switch: str, word: str, validation: bool, nproc: int,
-             scratch: Path, timeout: float) -> dict:
+def run_case(
+    bundle: str,
+    config: str,
+    overrides: dict,
+    switch: str,
+    word: str,
+    validation: bool,
+    nproc: int,
+    scratch: Path,
+    timeout: float,
+) -> dict:
     src = BUNDLES / bundle
     root = scratch / f"{bundle}_{Path(config).stem}_{'on' if validation else 'off'}"
     (root / "models").mkdir(parents=True, exist_ok=True)
     for extra in (src / "models").glob("autoencoder.pt"):  # stage 2 of the latent VDM needs stage 1's weights
         (root / "models" / extra.name).write_bytes(extra.read_bytes())
     configs = [str(src / "configs" / config), str(src / "configs" / "train_multigpu.yaml")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}",
-           "-m", "monai.bundle", "run", "--config_file", repr(configs), "--bundle_root", str(root),
-           "--logging_file", str(src / "configs" / "logging.conf")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        repr(configs),
+        "--bundle_root",
+        str(root),
+        "--logging_file",
+        str(src / "configs" / "logging.conf"),
+    ]
     values = {**overrides, switch: 1 if validation else 0}
     for key, value in values.items():
         cmd += [f"--{key}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                                                            os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=str(scratch), env=env, capture_output=True, text=True, timeout=timeout)
         rc, log = proc.returncode, proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as e:
-        rc, log = 124, (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else str(e.stdout or "")
+        rc, log = (
+            124,
+            (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else str(e.stdout or ""),
+        )
     seconds = time.perf_counter() - t0
     seen = word in log or any(word in p.name for p in root.rglob("*"))
     iteration = ""
@@ -83,8 +179,16 @@ def run_case(bundle: str, config: str, overrides: dict, switch: str, word: str, 
 
         iteration = str(read_model_info(weights).get("iteration", ""))
     last = next((line for line in reversed(log.splitlines()) if line.strip()), "") if rc else ""
-    return {"bundle": bundle, "config": config, "validation": "on" if validation else "off", "rc": rc,
-            "seconds": seconds, "iteration": iteration, "validation_seen": seen, "last": last[-160:]}
+    return {
+        "bundle": bundle,
+        "config": config,
+        "validation": "on" if validation else "off",
+        "rc": rc,
+        "seconds": seconds,
+        "iteration": iteration,
+        "validation_seen": seen,
+        "last": last[-160:],
+    }
 
 
 def main(argv=None) -> int:
@@ -102,17 +206,23 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="torchrun_bundles_") as scratch:
         for bundle, config, overrides, switch, word in cases:
             for validation in (True, False):
-                row = run_case(bundle, config, overrides, switch, word, validation, args.nproc, Path(scratch),
-                               args.timeout)
+                row = run_case(
+                    bundle, config, overrides, switch, word, validation, args.nproc, Path(scratch), args.timeout
+                )
                 rows.append(row)
-                print(f"{bundle} {config} validation {row['validation']}: rc {row['rc']} in {row['seconds']:.0f} s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{bundle} {config} validation {row['validation']}: rc {row['rc']} in {row['seconds']:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     print(f"\n`torchrun --nproc_per_node {args.nproc}` (backend gloo without CUDA), validation on and off\n")
     print("| bundle | config | validation | exit | seconds | iterations | validation ran | last line on failure |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['bundle']} | {r['config']} | {r['validation']} | {r['rc']} | {r['seconds']:.0f} | {r['iteration']} | "
-              f"{'yes' if r['validation_seen'] else 'no'} | {r['last']} |")
+        print(
+            f"| {r['bundle']} | {r['config']} | {r['validation']} | {r['rc']} | {r['seconds']:.0f} | {r['iteration']} | "
+            f"{'yes' if r['validation_seen'] else 'no'} | {r['last']} |"
+        )
     failed = [r for r in rows if r["rc"] != 0]
     print(f"\n{len(rows) - len(failed)} of {len(rows)} runs exited 0.")
     return 1 if failed else 0

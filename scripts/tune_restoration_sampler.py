@@ -36,15 +36,26 @@ def main(argv=None) -> int:
     measured, extra = degrade(args.scenario, truth, seed=7)
     project = (lambda x: extra["op"].project(x, extra["low"])) if args.scenario == "sr4" else None
     print(f"{bundle.name} on the MNI152 tuning slice ({args.scenario})\n")
-    print("| start time | steps | PSNR (1 sample) | SSIM (1 sample) | PSNR (mean of 4) | SSIM (mean of 4) |\n|---|---|---|---|---|---|")
+    print(
+        "| start time | steps | PSNR (1 sample) | SSIM (1 sample) | PSNR (mean of 4) | SSIM (mean of 4) |\n|---|---|---|---|---|---|"
+    )
     for steps in args.steps:
         for start in args.start_times:
             r = ResidualRestorer(bundle.inferer, bundle.network, family, num_steps=steps, start_time=start)
             cells = []
             for n in (1, 4):
-                out, _ = r(measured, project=project, mask=extra.get("mask"), num_samples=n, generator=torch.Generator().manual_seed(0))
+                out, _ = r(
+                    measured,
+                    project=project,
+                    mask=extra.get("mask"),
+                    num_samples=n,
+                    generator=torch.Generator().manual_seed(0),
+                )
                 out = out.clamp(0, 1)
-                cells += [f"{float(10 * torch.log10(1 / ((out - truth) ** 2).mean())):.2f}", f"{float(ssim(out, truth).mean()):.3f}"]
+                cells += [
+                    f"{float(10 * torch.log10(1 / ((out - truth) ** 2).mean())):.2f}",
+                    f"{float(ssim(out, truth).mean()):.3f}",
+                ]
             print(f"| {start} | {steps} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

@@ -168,7 +168,9 @@ def test_earlier_single_file_layout_loads_and_converts(tmp_path):
     assert read_model_info(bundle / "models" / "model.pt") == {"family": "sr", "iteration": 7}
     net3, sched3 = small(), LearnedLinearSchedule()
     load_model(bundle / "models" / "model.pt", net3, sched3)
-    assert sched3.b.item() == -11.0 and all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net3.state_dict().values()))
+    assert sched3.b.item() == -11.0 and all(
+        torch.equal(a, b) for a, b in zip(net.state_dict().values(), net3.state_dict().values())
+    )
     listed = (bundle / "large_files.yml").read_text()
     assert sha256_of(bundle / "models" / "model.pt") in listed and "models/model_schedule.pt" in listed
     assert [r["converted"] for r in convert_bundle(bundle)] == [False]  # idempotent
@@ -223,8 +225,14 @@ def test_verify_net_in_out_with_readme_arguments(name):
     files = _files(name)
     readme = (BUNDLES / name / "docs" / "README.md").read_text()
     assert "verify_net_in_out network_def" in readme and "--n 16" in readme
-    verify_net_in_out(net_id="network_def", meta_file=files["meta_file"], config_file=files["config_file"],
-                      bundle_root=files["bundle_root"], n=16, device="cpu")
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=files["meta_file"],
+        config_file=files["config_file"],
+        bundle_root=files["bundle_root"],
+        n=16,
+        device="cpu",
+    )
 
 
 @pytest.mark.filterwarnings("ignore:No hash value provided")
@@ -244,7 +252,9 @@ def test_metadata_files_and_eval_metrics(name):
     logs = " ".join(p.read_text() for p in (root / "docs").glob("*log*.txt"))
     for key, value in metrics.items():
         shown = [f"{value:.{d}f}" for d in (1, 2, 3)] if isinstance(value, float) else [str(value)]
-        assert any(re.search(rf"(?<![\d.]){re.escape(s)}(?!\d)", logs) for s in shown), f"{name}: {key}={value} not in docs logs"
+        assert any(re.search(rf"(?<![\d.]){re.escape(s)}(?!\d)", logs) for s in shown), (
+            f"{name}: {key}={value} not in docs logs"
+        )
     licence = (root / "docs" / "data_license.txt").read_text()
     assert "MNI152" in licence and "Colin27" in licence
     listed = (root / "large_files.yml").read_text()

@@ -460,7 +460,11 @@ TINY_RESTORATION = {
 @pytest.fixture(scope="module", params=sorted(RESTORATION))
 def trained_restoration(request, tmp_path_factory):
     """Two training iterations of each restoration bundle; returns (bundle, bundle_root, log)."""
-    if importlib.util.find_spec("nilearn") is None or not COLIN27.is_file() or importlib.util.find_spec("tensorboard") is None:
+    if (
+        importlib.util.find_spec("nilearn") is None
+        or not COLIN27.is_file()
+        or importlib.util.find_spec("tensorboard") is None
+    ):
         pytest.skip("needs nilearn, mricron-data and tensorboard")
     bundle = BUNDLES / request.param
     work, root = tmp_path_factory.mktemp("cwd"), tmp_path_factory.mktemp(request.param)
@@ -470,8 +474,16 @@ def trained_restoration(request, tmp_path_factory):
 
 def test_restoration_bundle_layout():
     for name in RESTORATION:
-        for part in ("configs/metadata.json", "configs/train.yaml", "configs/inference.yaml", "configs/evaluate.yaml",
-                     "configs/logging.conf", "configs/train_multigpu.yaml", "docs/README.md", "LICENSE"):
+        for part in (
+            "configs/metadata.json",
+            "configs/train.yaml",
+            "configs/inference.yaml",
+            "configs/evaluate.yaml",
+            "configs/logging.conf",
+            "configs/train_multigpu.yaml",
+            "docs/README.md",
+            "LICENSE",
+        ):
             assert (BUNDLES / name / part).is_file(), f"{name}/{part}"
         for cfg in ("train.yaml", "inference.yaml"):
             text = (BUNDLES / name / "configs" / cfg).read_text()
@@ -513,7 +525,16 @@ def test_restoration_inference_on_demo_and_user_file(trained_restoration, nifti_
     src = nifti_folder / "brain_0.nii.gz"
     before = src.read_bytes()
     out2 = tmp_path / "user"
-    run_bundle("inference.yaml", tmp_path, root, bundle=bundle, output_dir=str(out2), input_image=str(src), num_steps=1, factor=2.0)
+    run_bundle(
+        "inference.yaml",
+        tmp_path,
+        root,
+        bundle=bundle,
+        output_dir=str(out2),
+        input_image=str(src),
+        num_steps=1,
+        factor=2.0,
+    )
     img, ref = nib.load(out2 / "brain_0_sr_synthetic.nii.gz"), nib.load(str(src))
     assert img.shape == (ref.shape[0] * 2, ref.shape[1] * 2, ref.shape[2])
     np.testing.assert_allclose(img.affine[:3, :2], ref.affine[:3, :2] / 2, atol=1e-5)
@@ -525,15 +546,29 @@ def test_restoration_evaluate_prints_table(trained_restoration, tmp_path):
     bundle, root, _ = trained_restoration
     configs = repr([str(bundle / "configs" / "inference.yaml"), str(bundle / "configs" / "evaluate.yaml")])
     if bundle.name in RESIDUAL:  # the unseen panel against the classical baselines (one small image here)
-        proc = bundle_cli("run", tmp_path, config_file=configs, bundle_root=str(root), num_samples=2, num_steps=2,
-                          panel_images="['mr_small']")
-        baseline = {"sr": "| mr_small | lanczos |", "denoise": "| mr_small | median3 + TV |",
-                    "inpaint": "| mr_small | biharmonic |"}[RESTORATION[bundle.name]]
+        proc = bundle_cli(
+            "run",
+            tmp_path,
+            config_file=configs,
+            bundle_root=str(root),
+            num_samples=2,
+            num_steps=2,
+            panel_images="['mr_small']",
+        )
+        baseline = {
+            "sr": "| mr_small | lanczos |",
+            "denoise": "| mr_small | median3 + TV |",
+            "inpaint": "| mr_small | biharmonic |",
+        }[RESTORATION[bundle.name]]
         assert baseline in proc.stdout and "| mr_small | model (mean of 2) |" in proc.stdout
         assert "model rows meet the bar" in proc.stdout
         return
-    proc = bundle_cli("run", tmp_path, config_file=configs, bundle_root=str(root), num_slices=2, num_samples=2, num_steps=2)
-    baseline = {"sr": "| bicubic |", "denoise": "| TV (Chambolle", "inpaint": "| biharmonic |"}[RESTORATION[bundle.name]]
+    proc = bundle_cli(
+        "run", tmp_path, config_file=configs, bundle_root=str(root), num_slices=2, num_samples=2, num_steps=2
+    )
+    baseline = {"sr": "| bicubic |", "denoise": "| TV (Chambolle", "inpaint": "| biharmonic |"}[
+        RESTORATION[bundle.name]
+    ]
     assert baseline in proc.stdout and "| ours: conditional DDPM, mean of 2, DPM-Solver++ 2 steps |" in proc.stdout
 
 
@@ -548,24 +583,54 @@ def test_super_resolution_3d_bundle(tmp_path):
 
     bundle = BUNDLES / "cddpm_super_resolution_3d"
     root = tmp_path / "bundle"
-    proc = run_bundle("train.yaml", tmp_path, root, bundle=bundle, max_epochs=1, epoch_length=2, crop_size=16,
-                      crops_per_volume=2, val_crop_size=16, val_interval=1, val_steps=2, sample_interval=1, log_every=1,
-                      image_size=96, device="cpu")
+    proc = run_bundle(
+        "train.yaml",
+        tmp_path,
+        root,
+        bundle=bundle,
+        max_epochs=1,
+        epoch_length=2,
+        crop_size=16,
+        crops_per_volume=2,
+        val_crop_size=16,
+        val_interval=1,
+        val_steps=2,
+        sample_interval=1,
+        log_every=1,
+        image_size=96,
+        device="cpu",
+    )
     log = proc.stdout + proc.stderr
     assert "val_psnr" in log and "train_loss" in log
     state = read_model_info(root / "models" / "model.pt")  # the entries stored beside the plain state_dict
     assert state["iteration"] == 2
     out = tmp_path / "out"
     configs = repr([str(bundle / "configs" / "inference.yaml"), str(bundle / "configs" / "evaluate.yaml")])
-    run_bundle("inference.yaml", tmp_path, root, bundle=bundle, output_dir=str(out), num_steps=1,
-               demo_crop="[40, 36, 32]", patch_size="[16, 16, 16]")
+    run_bundle(
+        "inference.yaml",
+        tmp_path,
+        root,
+        bundle=bundle,
+        output_dir=str(out),
+        num_steps=1,
+        demo_crop="[40, 36, 32]",
+        patch_size="[16, 16, 16]",
+    )
     result, truth = nib.load(out / "demo_input_sr_synthetic.nii.gz"), nib.load(out / "demo_truth.nii.gz")
     low = nib.load(out / "demo_input.nii.gz")
     assert result.shape == truth.shape == (40, 36, 32) and low.shape == (40, 36, 8)
     np.testing.assert_allclose(result.affine, truth.affine, atol=1e-5)
     assert result.header["descrip"].item().decode().startswith("SYNTHETIC")
-    proc = bundle_cli("run", tmp_path, config_file=configs, bundle_root=str(root), num_steps=1,
-                      demo_crop="[32, 32, 32]", patch_size="[16, 16, 16]", output_dir=str(tmp_path / "eval"))
+    proc = bundle_cli(
+        "run",
+        tmp_path,
+        config_file=configs,
+        bundle_root=str(root),
+        num_steps=1,
+        demo_crop="[32, 32, 32]",
+        patch_size="[16, 16, 16]",
+        output_dir=str(tmp_path / "eval"),
+    )
     assert "| trilinear interpolation |" in proc.stdout and "peak resident memory" in proc.stdout
 
 
@@ -579,19 +644,42 @@ def test_class_conditional_bundle(tmp_path):
 
     bundle = BUNDLES / "cddpm_class_conditional_2d"
     root = tmp_path / "bundle"
-    proc = run_bundle("train.yaml", tmp_path, root, bundle=bundle, max_epochs=1, epoch_length=2, batch_size=4,
-                      image_size=32, sample_interval=1, grid_sample_steps=2, log_every=1, device="cpu")
+    proc = run_bundle(
+        "train.yaml",
+        tmp_path,
+        root,
+        bundle=bundle,
+        max_epochs=1,
+        epoch_length=2,
+        batch_size=4,
+        image_size=32,
+        sample_interval=1,
+        grid_sample_steps=2,
+        log_every=1,
+        device="cpu",
+    )
     assert "train_loss" in proc.stdout + proc.stderr
     assert (root / "runs" / "samples" / "samples_epoch_1.png").is_file()
     state = read_model_info(root / "models" / "model.pt")  # the entries stored beside the plain state_dict
     assert state["iteration"] == 2 and state["num_classes"] == 3
     out = tmp_path / "samples"
-    run_bundle("inference.yaml", tmp_path, root, bundle=bundle, output_dir=str(out), num_samples=2, num_steps=2,
-               image_size=32, class_label=2)
+    run_bundle(
+        "inference.yaml",
+        tmp_path,
+        root,
+        bundle=bundle,
+        output_dir=str(out),
+        num_samples=2,
+        num_steps=2,
+        image_size=32,
+        class_label=2,
+    )
     prov = read_provenance(out / "sample_001_synthetic.nii.gz")
     assert prov.extra["class_label"] == 2 and prov.extra["guidance_scale"] == 2.0
     configs = repr([str(bundle / "configs" / "inference.yaml"), str(bundle / "configs" / "evaluate.yaml")])
-    proc = bundle_cli("run", tmp_path, config_file=configs, bundle_root=str(root), num_per_class=2, num_steps=2, image_size=32)
+    proc = bundle_cli(
+        "run", tmp_path, config_file=configs, bundle_root=str(root), num_per_class=2, num_steps=2, image_size=32
+    )
     assert "| real MNI152 slices (reference) |" in proc.stdout and "| generated, guidance 3 |" in proc.stdout
 
 
@@ -606,29 +694,59 @@ def test_vdm_3d_bundle(tmp_path):
 
     bundle = BUNDLES / "vdm_brain_mri_3d"
     root = tmp_path / "bundle"
-    proc = run_bundle("train.yaml", tmp_path, root, bundle=bundle, max_epochs=1, epoch_length=2, image_size=32,
-                      crop_size=16, batch_size=2, val_interval=1, num_time_samples=2, sample_interval=1,
-                      grid_sample_steps=2, log_every=1, device="cpu")
+    proc = run_bundle(
+        "train.yaml",
+        tmp_path,
+        root,
+        bundle=bundle,
+        max_epochs=1,
+        epoch_length=2,
+        image_size=32,
+        crop_size=16,
+        batch_size=2,
+        val_interval=1,
+        num_time_samples=2,
+        sample_interval=1,
+        grid_sample_steps=2,
+        log_every=1,
+        device="cpu",
+    )
     log = proc.stdout + proc.stderr
     assert "val_bpd" in log and "train_bpd" in log
     assert (root / "runs" / "samples" / "samples_epoch_1.png").is_file()
     state = read_model_info(root / "models" / "model.pt")  # the entries stored beside the plain state_dict
     assert state["iteration"] == 2
     out = tmp_path / "samples"
-    run_bundle("inference.yaml", tmp_path, root, bundle=bundle, output_dir=str(out), num_samples=2, num_steps=2,
-               image_size=16)
+    run_bundle(
+        "inference.yaml", tmp_path, root, bundle=bundle, output_dir=str(out), num_samples=2, num_steps=2, image_size=16
+    )
     img = nib.load(out / "sample_001_synthetic.nii.gz")
     assert img.shape == (16, 16, 16) and img.header["descrip"].item().decode().startswith("SYNTHETIC")
     ref = tmp_path / "ref.nii.gz"
     affine = np.array([[0, -2.0, 0, 10], [1.5, 0, 0, -20], [0, 0, 3.0, 5], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(np.zeros((12, 20, 8), np.float32), affine), str(ref))
-    run_bundle("inference.yaml", tmp_path, root, bundle=bundle, output_dir=str(tmp_path / "ref_out"), num_samples=1,
-               num_steps=2, reference_image=str(ref))
+    run_bundle(
+        "inference.yaml",
+        tmp_path,
+        root,
+        bundle=bundle,
+        output_dir=str(tmp_path / "ref_out"),
+        num_samples=1,
+        num_steps=2,
+        reference_image=str(ref),
+    )
     img = nib.load(tmp_path / "ref_out" / "sample_000_synthetic.nii.gz")
     assert img.shape == (12, 20, 8)
     np.testing.assert_allclose(img.affine, affine, atol=1e-5)
-    proc = run_bundle("evaluate.yaml", tmp_path, root, bundle=bundle, image_size=32, num_time_samples=2,
-                      output_file=str(tmp_path / "eval.json"))
+    proc = run_bundle(
+        "evaluate.yaml",
+        tmp_path,
+        root,
+        bundle=bundle,
+        image_size=32,
+        num_time_samples=2,
+        output_file=str(tmp_path / "eval.json"),
+    )
     assert "| lossless PNG of the same 8-bit images |" in proc.stdout
     res = json.loads((tmp_path / "eval.json").read_text())
     assert res["bpd"] > 0 and res["png_bpd"] > 0 and res["num_images"] == 1

@@ -22,7 +22,9 @@ from monai_medgen import cli, io
 
 COLIN = "/usr/share/mricron/templates/ch2bet.nii.gz"
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not os.path.isfile(COLIN), reason="Colin27 template (mricron-data: ch2bet.nii.gz) not installed")
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(COLIN), reason="Colin27 template (mricron-data: ch2bet.nii.gz) not installed"
+)
 FAST = ["--steps", "2", "--device", "cpu"]
 
 
@@ -127,8 +129,22 @@ def test_restore_nifti_keeps_geometry_and_records_provenance(bundles, files, tmp
     before = Path(files["nifti"]).read_bytes()
     out = tmp_path / "restored.nii.gz"
     bundle = bundles["cddpm_denoising_2d"]
-    rc = cli.main(["restore", "--bundle", str(bundle), "--input", files["nifti"], "--output", str(out), "--seed", "3",
-                   "--sampler", "ddim", *FAST])
+    rc = cli.main(
+        [
+            "restore",
+            "--bundle",
+            str(bundle),
+            "--input",
+            files["nifti"],
+            "--output",
+            str(out),
+            "--seed",
+            "3",
+            "--sampler",
+            "ddim",
+            *FAST,
+        ]
+    )
     assert rc == 0
     img, ref = nib.load(str(out)), nib.load(files["nifti"])
     assert img.shape == ref.shape == block[0].shape
@@ -145,8 +161,12 @@ def test_restore_nifti_keeps_geometry_and_records_provenance(bundles, files, tmp
     assert Path(files["nifti"]).read_bytes() == before
     # an existing output is kept unless --overwrite
     assert cli.main(["restore", "--bundle", str(bundle), "--input", files["nifti"], "--output", str(out), *FAST]) == 2
-    assert cli.main(["restore", "--bundle", str(bundle), "--input", files["nifti"], "--output", str(out), "--overwrite",
-                     *FAST]) == 0
+    assert (
+        cli.main(
+            ["restore", "--bundle", str(bundle), "--input", files["nifti"], "--output", str(out), "--overwrite", *FAST]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize("fmt", ["nrrd", "mha"])
@@ -154,8 +174,9 @@ def test_restore_nrrd_mha_keep_origin_spacing_direction(bundles, files, tmp_path
     import SimpleITK as sitk
 
     out = tmp_path / f"restored.{fmt}"
-    rc = cli.main(["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", files[fmt], "--output",
-                   str(out), *FAST])
+    rc = cli.main(
+        ["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", files[fmt], "--output", str(out), *FAST]
+    )
     assert rc == 0
     a, b = sitk.ReadImage(files[fmt]), sitk.ReadImage(str(out))
     assert a.GetSize() == b.GetSize()
@@ -166,8 +187,18 @@ def test_restore_nrrd_mha_keep_origin_spacing_direction(bundles, files, tmp_path
 
 
 def test_restore_into_folder_uses_input_format(bundles, files, tmp_path):
-    rc = cli.main(["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", files["mha"], "--output",
-                   str(tmp_path), *FAST])
+    rc = cli.main(
+        [
+            "restore",
+            "--bundle",
+            str(bundles["cddpm_denoising_2d"]),
+            "--input",
+            files["mha"],
+            "--output",
+            str(tmp_path),
+            *FAST,
+        ]
+    )
     assert rc == 0
     out = tmp_path / "colin_denoise_synthetic.mha"
     assert out.is_file() and io.is_synthetic(out)
@@ -181,8 +212,9 @@ def test_restore_dicom_series_to_derived_series(bundles, block, tmp_path):
     BAD_INPUTS.write_series(src, vol, affine)
     before = io.sha256_of(src)
     out = tmp_path / "derived"
-    rc = cli.main(["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", str(src), "--output", str(out),
-                   *FAST])
+    rc = cli.main(
+        ["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", str(src), "--output", str(out), *FAST]
+    )
     assert rc == 0
     assert io.sha256_of(src) == before
     given, back = io.read_image(src), io.read_image(out)
@@ -199,10 +231,15 @@ def test_restore_dicom_series_to_derived_series(bundles, block, tmp_path):
         assert "DERIVED" in list(d.ImageType) and "SECONDARY" in list(d.ImageType)
         assert "synthetic" in d.DerivationDescription.lower() and "cddpm_denoising_2d" in d.DerivationDescription
         assert d.StudyInstanceUID == old[0].StudyInstanceUID
+
     # origin, spacing and direction as stored in the headers: every slice where an input slice was
     def geometry(d):
-        return (tuple(float(v) for v in d.ImagePositionPatient), tuple(float(v) for v in d.ImageOrientationPatient),
-                tuple(float(v) for v in d.PixelSpacing), float(d.SliceThickness))
+        return (
+            tuple(float(v) for v in d.ImagePositionPatient),
+            tuple(float(v) for v in d.ImageOrientationPatient),
+            tuple(float(v) for v in d.PixelSpacing),
+            float(d.SliceThickness),
+        )
 
     assert sorted(map(geometry, new)) == sorted(map(geometry, old))
     assert {d.SourceImageSequence[0].ReferencedSOPInstanceUID for d in new} == {d.SOPInstanceUID for d in old}
@@ -211,22 +248,65 @@ def test_restore_dicom_series_to_derived_series(bundles, block, tmp_path):
     assert prov.model == "cddpm_denoising_2d" and prov.task == "denoise" and prov.steps == 2 and prov.synthetic
     # the same series to NIfTI keeps the geometry too
     nii = tmp_path / "restored.nii.gz"
-    assert cli.main(["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", str(src), "--output",
-                     str(nii), *FAST]) == 0
+    assert (
+        cli.main(
+            [
+                "restore",
+                "--bundle",
+                str(bundles["cddpm_denoising_2d"]),
+                "--input",
+                str(src),
+                "--output",
+                str(nii),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     np.testing.assert_allclose(io.read_image(nii).affine.numpy(), given.affine.numpy(), atol=1e-4)
     assert io.read_provenance(nii).input_checksum == before
     # a super-resolution factor would change the grid: no derived series for that
-    sr = cli.main(["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", str(src), "--output",
-                   str(tmp_path / "other"), "--factor", "2", *FAST])
+    sr = cli.main(
+        [
+            "restore",
+            "--bundle",
+            str(bundles["cddpm_denoising_2d"]),
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "other"),
+            "--factor",
+            "2",
+            *FAST,
+        ]
+    )
     assert sr == 2 and not (tmp_path / "other").exists()
     # an existing derived series is replaced only with --overwrite; a folder of other files never
-    again = ["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", str(src), "--output", str(out), *FAST]
+    again = [
+        "restore",
+        "--bundle",
+        str(bundles["cddpm_denoising_2d"]),
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        *FAST,
+    ]
     assert cli.main(again) == 2
     assert cli.main([*again, "--overwrite"]) == 0 and io.is_synthetic(out)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    keep = ["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", str(src), "--output",
-            str(tmp_path / "mine"), "--overwrite", *FAST]
+    keep = [
+        "restore",
+        "--bundle",
+        str(bundles["cddpm_denoising_2d"]),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "mine"),
+        "--overwrite",
+        *FAST,
+    ]
     assert cli.main(keep) == 2 and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
@@ -240,8 +320,9 @@ def test_restore_3d_super_resolution_per_axis_factor(tmp_path_factory, tmp_path)
     affine[:3, 2] *= 4
     thick, out = tmp_path / "thick.nii.gz", tmp_path / "fine.nii.gz"
     nib.save(nib.Nifti1Image(vol, affine), str(thick))
-    rc = cli.main(["restore", "--bundle", str(bundle), "--input", str(thick), "--output", str(out), "--factor", "1,1,4",
-                   *FAST])
+    rc = cli.main(
+        ["restore", "--bundle", str(bundle), "--input", str(thick), "--output", str(out), "--factor", "1,1,4", *FAST]
+    )
     assert rc == 0
     fine = nib.load(str(out))
     assert fine.shape == (32, 32, 32)
@@ -253,15 +334,47 @@ def test_restore_3d_super_resolution_per_axis_factor(tmp_path_factory, tmp_path)
     assert prov.task == "super_resolution" and prov.extra["factor"] == [1.0, 1.0, 4.0]
     assert prov.model == "cddpm_super_resolution_3d"
     # two factors for a 3D model: refused
-    assert cli.main(["restore", "--bundle", str(bundle), "--input", str(thick), "--output", str(tmp_path / "x.nii.gz"),
-                     "--factor", "1,4", *FAST]) == 2
+    assert (
+        cli.main(
+            [
+                "restore",
+                "--bundle",
+                str(bundle),
+                "--input",
+                str(thick),
+                "--output",
+                str(tmp_path / "x.nii.gz"),
+                "--factor",
+                "1,4",
+                *FAST,
+            ]
+        )
+        == 2
+    )
 
 
 def test_restore_samples_write_uncertainty_map(bundles, files, tmp_path):
     out, unc = tmp_path / "mean.nii.gz", tmp_path / "std.nii.gz"
-    rc = cli.main(["restore", "--bundle", str(bundles["cddpm_inpainting_2d"]), "--input", files["nifti"], "--mask",
-                   files["mask"], "--output", str(out), "--samples", "2", "--uncertainty", str(unc), "--sampler",
-                   "ancestral", *FAST])
+    rc = cli.main(
+        [
+            "restore",
+            "--bundle",
+            str(bundles["cddpm_inpainting_2d"]),
+            "--input",
+            files["nifti"],
+            "--mask",
+            files["mask"],
+            "--output",
+            str(out),
+            "--samples",
+            "2",
+            "--uncertainty",
+            str(unc),
+            "--sampler",
+            "ancestral",
+            *FAST,
+        ]
+    )
     assert rc == 0
     ref, mean, std = (nib.load(p) for p in (files["nifti"], str(out), str(unc)))
     assert std.shape == mean.shape == ref.shape
@@ -276,8 +389,24 @@ def test_restore_samples_write_uncertainty_map(bundles, files, tmp_path):
 
 def test_uncertainty_with_deterministic_sampler(bundles, files, tmp_path):
     out, unc = tmp_path / "mean.nii.gz", tmp_path / "std.nii.gz"
-    rc = cli.main(["restore", "--bundle", str(bundles["cddpm_denoising_2d"]), "--input", files["slice2d"], "--output",
-                   str(out), "--samples", "2", "--uncertainty", str(unc), "--sampler", "dpm++", *FAST])
+    rc = cli.main(
+        [
+            "restore",
+            "--bundle",
+            str(bundles["cddpm_denoising_2d"]),
+            "--input",
+            files["slice2d"],
+            "--output",
+            str(out),
+            "--samples",
+            "2",
+            "--uncertainty",
+            str(unc),
+            "--sampler",
+            "dpm++",
+            *FAST,
+        ]
+    )
     assert rc == 0
     assert nib.load(str(unc)).get_fdata().max() > 0
 
@@ -301,23 +430,39 @@ def test_help(command, capsys):
 # errors: one line, exit status 2, no traceback
 # ---------------------------------------------------------------------------------------------
 ERRORS = {
-    "no_weights": (["restore", "--bundle", "{untrained}", "--input", "{nifti}", "--output", "{tmp}/o.nii.gz"],
-                   "has no weights at"),
-    "no_config": (["restore", "--bundle", "{tmp}", "--input", "{nifti}", "--output", "{tmp}/o.nii.gz"],
-                  "has no configs/inference.yaml"),
-    "truncated": (["restore", "--bundle", "{den}", "--input", "{truncated}", "--output", "{tmp}/o.nii.gz"],
-                  "--input: could not read"),
-    "not_an_image": (["restore", "--bundle", "{den}", "--input", "{junk}", "--output", "{tmp}/o.nii.gz"],
-                     "is not a readable NIfTI, NRRD or MHA file"),
+    "no_weights": (
+        ["restore", "--bundle", "{untrained}", "--input", "{nifti}", "--output", "{tmp}/o.nii.gz"],
+        "has no weights at",
+    ),
+    "no_config": (
+        ["restore", "--bundle", "{tmp}", "--input", "{nifti}", "--output", "{tmp}/o.nii.gz"],
+        "has no configs/inference.yaml",
+    ),
+    "truncated": (
+        ["restore", "--bundle", "{den}", "--input", "{truncated}", "--output", "{tmp}/o.nii.gz"],
+        "--input: could not read",
+    ),
+    "not_an_image": (
+        ["restore", "--bundle", "{den}", "--input", "{junk}", "--output", "{tmp}/o.nii.gz"],
+        "is not a readable NIfTI, NRRD or MHA file",
+    ),
     "nan": (["restore", "--bundle", "{den}", "--input", "{nan}", "--output", "{tmp}/o.nii.gz"], "NaN or infinite"),
-    "output_is_input": (["restore", "--bundle", "{den}", "--input", "{nifti}", "--output", "{nifti}"],
-                        "is the --input file: refusing to overwrite an input"),
-    "empty_mask": (["restore", "--bundle", "{inp}", "--input", "{nifti}", "--mask", "{empty_mask}", "--output",
-                    "{tmp}/o.nii.gz"], "is empty"),
-    "mask_shape": (["restore", "--bundle", "{inp}", "--input", "{nifti}", "--mask", "{small_mask}", "--output",
-                    "{tmp}/o.nii.gz"], "must have the image's shape"),
-    "unknown_class": (["generate", "--bundle", "{vdm}", "--class", "3", "--num", "1", "--output-dir", "{tmp}/gen"],
-                      "--class 3: this bundle's model is unconditional"),
+    "output_is_input": (
+        ["restore", "--bundle", "{den}", "--input", "{nifti}", "--output", "{nifti}"],
+        "is the --input file: refusing to overwrite an input",
+    ),
+    "empty_mask": (
+        ["restore", "--bundle", "{inp}", "--input", "{nifti}", "--mask", "{empty_mask}", "--output", "{tmp}/o.nii.gz"],
+        "is empty",
+    ),
+    "mask_shape": (
+        ["restore", "--bundle", "{inp}", "--input", "{nifti}", "--mask", "{small_mask}", "--output", "{tmp}/o.nii.gz"],
+        "must have the image's shape",
+    ),
+    "unknown_class": (
+        ["generate", "--bundle", "{vdm}", "--class", "3", "--num", "1", "--output-dir", "{tmp}/gen"],
+        "--class 3: this bundle's model is unconditional",
+    ),
 }
 
 
@@ -326,8 +471,14 @@ def test_errors_exit_2_with_one_line(case, bundles, files, tmp_path):
     if case == "unknown_class":
         _vdm(bundles)
     args, fragment = ERRORS[case]
-    names = {**files, "den": str(bundles["cddpm_denoising_2d"]), "inp": str(bundles["cddpm_inpainting_2d"]),
-             "untrained": str(bundles["untrained"]), "vdm": str(bundles.get("vdm", "")), "tmp": str(tmp_path)}
+    names = {
+        **files,
+        "den": str(bundles["cddpm_denoising_2d"]),
+        "inp": str(bundles["cddpm_inpainting_2d"]),
+        "untrained": str(bundles["untrained"]),
+        "vdm": str(bundles.get("vdm", "")),
+        "tmp": str(tmp_path),
+    }
     before = Path(files["nifti"]).read_bytes()
     res = _run(*[a.format(**names) for a in args], "--device", "cpu")
     assert res.returncode == 2, res.stderr
@@ -395,8 +546,23 @@ def test_every_bad_input_one_line_exit_2_nothing_written(case, bad_input_files, 
 # ---------------------------------------------------------------------------------------------
 def test_generate_writes_synthetic_nifti(bundles, tmp_path):
     vdm = _vdm(bundles)
-    rc = cli.main(["generate", "--bundle", str(vdm), "--num", "2", "--steps", "2", "--seed", "1", "--output-dir",
-                   str(tmp_path), "--device", "cpu"])
+    rc = cli.main(
+        [
+            "generate",
+            "--bundle",
+            str(vdm),
+            "--num",
+            "2",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     written = sorted(tmp_path.glob("*.nii.gz"))
     assert len(written) == 2
@@ -414,8 +580,25 @@ def test_score_table_and_threshold(bundles, files, tmp_path, capsys):
     vdm = _vdm(bundles)
     out = tmp_path / "scores.json"
     inputs = [files["nifti"], files["slice2d"]]
-    rc = cli.main(["score", "--bundle", str(vdm), "--input", *inputs, "--num-slices", "2", "--time-samples", "2",
-                   "--device", "cpu", "--json", str(out), "--threshold", "100"])
+    rc = cli.main(
+        [
+            "score",
+            "--bundle",
+            str(vdm),
+            "--input",
+            *inputs,
+            "--num-slices",
+            "2",
+            "--time-samples",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+            "--threshold",
+            "100",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "| input | bits/dim | PNG bits/dim | score | flag |" in text and "OUT OF DISTRIBUTION" not in text
@@ -427,8 +610,23 @@ def test_score_table_and_threshold(bundles, files, tmp_path, capsys):
     assert [r["input"] for r in saved["results"]] == inputs
     np.testing.assert_allclose([r["bpd"] for r in saved["results"]], values, atol=1e-3)
 
-    rc = cli.main(["score", "--bundle", str(vdm), "--input", *inputs, "--num-slices", "2", "--time-samples", "2",
-                   "--device", "cpu", "--threshold", "-100"])
+    rc = cli.main(
+        [
+            "score",
+            "--bundle",
+            str(vdm),
+            "--input",
+            *inputs,
+            "--num-slices",
+            "2",
+            "--time-samples",
+            "2",
+            "--device",
+            "cpu",
+            "--threshold",
+            "-100",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert text.count("OUT OF DISTRIBUTION") == 2 and "2 of 2 input(s) flagged" in text

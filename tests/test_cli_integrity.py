@@ -25,7 +25,9 @@ from monai_medgen import cli, io
 
 COLIN = "/usr/share/mricron/templates/ch2bet.nii.gz"
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not os.path.isfile(COLIN), reason="Colin27 template (mricron-data: ch2bet.nii.gz) not installed")
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(COLIN), reason="Colin27 template (mricron-data: ch2bet.nii.gz) not installed"
+)
 
 
 def _load_bad_inputs():
@@ -137,12 +139,15 @@ def test_list_and_select_series(work):
     assert tuple(one.shape) == (1, *BAD_INPUTS.SHAPE) and one.meta["SeriesDescription"] == "T1"
 
 
-@pytest.mark.parametrize("case, message", [
-    ("mixed_orientation", "mixes 2 slice orientations"),
-    ("duplicate_positions", "duplicate slice positions"),
-    ("no_pixel_spacing", "PixelSpacing is missing"),
-    ("uneven_spacing", "not evenly spaced"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("mixed_orientation", "mixes 2 slice orientations"),
+        ("duplicate_positions", "duplicate slice positions"),
+        ("no_pixel_spacing", "PixelSpacing is missing"),
+        ("uneven_spacing", "not evenly spaced"),
+    ],
+)
 def test_inconsistent_series_refused(work, case, message):
     root, names = work
     with pytest.raises(ValueError, match=message):
@@ -167,16 +172,34 @@ def test_series_order_follows_positions_not_instance_numbers(tmp_path, volume):
     refs = {str(d.ImagePositionPatient): d for d in map(pydicom.dcmread, folder.glob("*.dcm"))}
     for d in map(pydicom.dcmread, Path(out).glob("*.dcm")):
         src = refs[str(d.ImagePositionPatient)]
-        np.testing.assert_allclose(d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept),
-                                   src.pixel_array.astype(np.float64) + 1.0, atol=float(d.RescaleSlope))
+        np.testing.assert_allclose(
+            d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept),
+            src.pixel_array.astype(np.float64) + 1.0,
+            atol=float(d.RescaleSlope),
+        )
 
 
 def test_restore_one_series_of_two_to_a_derived_series(work, tmp_path):
     root, names = work
     series = sorted(io.list_dicom_series(names["two_series"]), key=lambda s: s.description)
     out = tmp_path / "derived"
-    rc = cli.main(["restore", "--bundle", names["den"], "--input", names["two_series"], "--series-uid", series[0].uid,
-                   "--output", str(out), "--steps", "1", "--device", "cpu"])
+    rc = cli.main(
+        [
+            "restore",
+            "--bundle",
+            names["den"],
+            "--input",
+            names["two_series"],
+            "--series-uid",
+            series[0].uid,
+            "--output",
+            str(out),
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0 and io.is_derived_series_folder(out)
     new = [pydicom.dcmread(str(f)) for f in sorted(out.glob("*.dcm"))]
     t1_sops = {pydicom.dcmread(str(f)).SOPInstanceUID for f in series[0].files}
@@ -190,8 +213,11 @@ def test_restore_one_series_of_two_to_a_derived_series(work, tmp_path):
 def test_check_affine():
     good = BAD_INPUTS.oblique_affine()
     np.testing.assert_array_equal(io.check_affine(good), good)
-    for bad, message in ((np.full((4, 4), np.nan), "NaN or infinite"), (np.diag([1.0, 1.0, 0.0, 1.0]), "degenerate"),
-                         (np.zeros((3, 4)), "square")):
+    for bad, message in (
+        (np.full((4, 4), np.nan), "NaN or infinite"),
+        (np.diag([1.0, 1.0, 0.0, 1.0]), "degenerate"),
+        (np.zeros((3, 4)), "square"),
+    ):
         with pytest.raises(ValueError, match=message):
             io.check_affine(bad)
     io.check_affine(np.diag([1.0, 1.0, 0.0, 1.0]), spatial_dims=2)  # a 2D image: the third column does not matter
@@ -256,7 +282,9 @@ def test_os_errors_are_one_line_exit_2(work, tmp_path, monkeypatch, capsys):
     errors = _errors(capsys)
     assert len(errors) == 1 and "No space left on device" in errors[0] and "o.nii.gz" in errors[0]
     assert list(tmp_path.iterdir()) == []
-    message = cli.describe_os_error(PermissionError(errno.EACCES, "Permission denied", "/x/.o.nii.gz.monai_medgen-tmp-h-1-abcdefgh.tmp"))
+    message = cli.describe_os_error(
+        PermissionError(errno.EACCES, "Permission denied", "/x/.o.nii.gz.monai_medgen-tmp-h-1-abcdefgh.tmp")
+    )
     assert message.startswith("/x: Permission denied (errno 13); no permission")
 
 

@@ -35,8 +35,14 @@ def randomized(net: torch.nn.Module) -> torch.nn.Module:
 def small_score_net(spatial_dims=2, **kw):
     return randomized(
         ScoreUNet(
-            spatial_dims, 1, channels=(8, 16), num_res_blocks=1, norm_num_groups=8, num_head_channels=8,
-            fourier_exponents=(), **kw,
+            spatial_dims,
+            1,
+            channels=(8, 16),
+            num_res_blocks=1,
+            norm_num_groups=8,
+            num_head_channels=8,
+            fourier_exponents=(),
+            **kw,
         )
     )
 
@@ -112,7 +118,9 @@ def test_training_call_noises_like_monai_and_passes_condition_and_labels():
     assert pred.shape == x.shape
 
     gnet = GammaNet()
-    ConditionalDiffusionInferer(sched, network_input="gamma")(x, gnet, noise=noise, timesteps=t, condition=cond[:, :1], class_labels=labels)
+    ConditionalDiffusionInferer(sched, network_input="gamma")(
+        x, gnet, noise=noise, timesteps=t, condition=cond[:, :1], class_labels=labels
+    )
     assert torch.equal(gnet.calls[-1]["class_labels"], labels)
     assert torch.equal(gnet.calls[-1]["condition"], cond[:, :1])
 
@@ -218,13 +226,21 @@ def test_class_labels_and_condition_reach_the_network_during_sampling():
     inf = ConditionalDiffusionInferer(DiscreteSchedule.linear_betas(20))
     net = small_score_net(num_classes=2, cond_channels=1)
     z, cond = torch.randn(2, 1, 8, 8, generator=gen(0)), torch.randn(2, 1, 8, 8)
-    a = inf.sample(z, net, sampler="ddim", num_steps=3, condition=cond, class_labels=torch.tensor([0, 0]), verbose=False)
-    b = inf.sample(z, net, sampler="ddim", num_steps=3, condition=cond, class_labels=torch.tensor([1, 1]), verbose=False)
-    c = inf.sample(z, net, sampler="ddim", num_steps=3, condition=-cond, class_labels=torch.tensor([0, 0]), verbose=False)
+    a = inf.sample(
+        z, net, sampler="ddim", num_steps=3, condition=cond, class_labels=torch.tensor([0, 0]), verbose=False
+    )
+    b = inf.sample(
+        z, net, sampler="ddim", num_steps=3, condition=cond, class_labels=torch.tensor([1, 1]), verbose=False
+    )
+    c = inf.sample(
+        z, net, sampler="ddim", num_steps=3, condition=-cond, class_labels=torch.tensor([0, 0]), verbose=False
+    )
     assert (a - b).abs().max() > 1e-3 and (a - c).abs().max() > 1e-3
 
     rec = GammaNet()  # a custom gamma network is named as such (only ScoreUNet is recognised by type)
-    ConditionalDiffusionInferer(DiscreteSchedule.linear_betas(20), network_input="gamma").sample(z, rec, num_steps=3, condition=cond, class_labels=1, verbose=False)
+    ConditionalDiffusionInferer(DiscreteSchedule.linear_betas(20), network_input="gamma").sample(
+        z, rec, num_steps=3, condition=cond, class_labels=1, verbose=False
+    )
     assert len(rec.calls) == 3
     assert all(torch.equal(call["class_labels"], torch.tensor([1, 1])) for call in rec.calls)
     assert all(torch.equal(call["condition"], cond) for call in rec.calls)
@@ -237,8 +253,13 @@ def test_guidance_zero_equals_the_conditional_prediction():
     ours = inf.sample(z, net, num_steps=5, class_labels=labels, guidance_scale=0.0, generator=gen(3), verbose=False)
     assert all(call["batch"] == 2 for call in net.calls)  # one conditional call per step, no null batch
     direct = sample_loop(
-        lambda zz, g: net(zz, g, class_labels=labels), z, inf.schedule, time_grid(5, 20),
-        generator=gen(3), clip_x0=(-1.0, 1.0), verbose=False,
+        lambda zz, g: net(zz, g, class_labels=labels),
+        z,
+        inf.schedule,
+        time_grid(5, 20),
+        generator=gen(3),
+        clip_x0=(-1.0, 1.0),
+        verbose=False,
     ).sample.clamp(-1, 1)
     assert torch.allclose(ours, direct, atol=1e-6)
     net.calls.clear()
@@ -258,8 +279,14 @@ def test_repaint_keeps_the_known_region_exactly():
     mask[..., 2:6, 3:7] = 1
     z = torch.randn(2, 1, 8, 8, generator=gen(5))
     out = inf.sample(
-        z, net, num_steps=8, mask=mask, known=known, repaint={"jump_length": 2, "jump_n_sample": 2},
-        generator=gen(6), verbose=False,
+        z,
+        net,
+        num_steps=8,
+        mask=mask,
+        known=known,
+        repaint={"jump_length": 2, "jump_n_sample": 2},
+        generator=gen(6),
+        verbose=False,
     )
     keep = mask.expand_as(known) == 0
     assert torch.equal(out[keep], known[keep])
@@ -278,8 +305,16 @@ def test_num_samples_returns_mean_and_std_maps():
     net = small_score_net(cond_channels=1)
     z, cond = torch.randn(2, 1, 8, 8, generator=gen(0)), torch.randn(2, 1, 8, 8)
     mean, std, inter = inf.sample(
-        z, net, num_steps=4, condition=cond, num_samples=3, samples_per_batch=2, generator=gen(1), verbose=False,
-        save_intermediates=True, intermediate_steps=2,
+        z,
+        net,
+        num_steps=4,
+        condition=cond,
+        num_samples=3,
+        samples_per_batch=2,
+        generator=gen(1),
+        verbose=False,
+        save_intermediates=True,
+        intermediate_steps=2,
     )
     assert mean.shape == std.shape == (2, 1, 8, 8)
     assert (std > 0).all() and torch.isfinite(mean).all()
@@ -306,13 +341,29 @@ def test_patch_path_with_patches_smaller_than_the_volume():
     net = small_score_net(spatial_dims=3, cond_channels=1, num_classes=2)
     z, cond = torch.randn(2, 1, 11, 13, 9, generator=gen(0)), torch.randn(2, 1, 11, 13, 9)
     out = inf.sample(
-        z, net, sampler="dpm++", num_steps=2, condition=cond, class_labels=torch.tensor([0, 1]), guidance_scale=1.0,
-        patch_size=(8, 8, 8), overlap=0.25, sw_batch_size=4, generator=gen(1), verbose=False,
+        z,
+        net,
+        sampler="dpm++",
+        num_steps=2,
+        condition=cond,
+        class_labels=torch.tensor([0, 1]),
+        guidance_scale=1.0,
+        patch_size=(8, 8, 8),
+        overlap=0.25,
+        sw_batch_size=4,
+        generator=gen(1),
+        verbose=False,
     )
     assert out.shape == (2, 1, 11, 13, 9) and torch.isfinite(out).all()
     whole = inf.sample(
-        z[..., :8, :8, :8], net, sampler="dpm++", num_steps=2, condition=cond[..., :8, :8, :8],
-        class_labels=torch.tensor([0, 1]), guidance_scale=1.0, verbose=False,
+        z[..., :8, :8, :8],
+        net,
+        sampler="dpm++",
+        num_steps=2,
+        condition=cond[..., :8, :8, :8],
+        class_labels=torch.tensor([0, 1]),
+        guidance_scale=1.0,
+        verbose=False,
     )
     assert (out[..., :8, :8, :8] - whole).abs().max() > 0  # blended, not a single-patch result
 
@@ -328,7 +379,13 @@ def test_supervised_trainer_two_iterations(kind):
         null = net.null_class
     else:
         net = DiffusionModelUNet(
-            2, 2, 1, channels=(8, 16), attention_levels=(False, False), num_res_blocks=1, norm_num_groups=8,
+            2,
+            2,
+            1,
+            channels=(8, 16),
+            attention_levels=(False, False),
+            num_res_blocks=1,
+            norm_num_groups=8,
             num_class_embeds=3,
         )
         null = 2
@@ -343,9 +400,15 @@ def test_supervised_trainer_two_iterations(kind):
         return out
 
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=net,
-        optimizer=torch.optim.Adam(net.parameters(), 1e-3), loss_function=torch.nn.MSELoss(), inferer=inf,
-        prepare_batch=recording, amp=False,
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 1e-3),
+        loss_function=torch.nn.MSELoss(),
+        inferer=inf,
+        prepare_batch=recording,
+        amp=False,
     )
     trainer.run()
     assert trainer.state.iteration == 2

@@ -46,7 +46,9 @@ def test_demo_volumes_3d():
 def test_items_flow_through_monai_dataloader(mni_slices):
     from monai.transforms import Compose, RandFlipd, ScaleIntensityRanged
 
-    ds = Dataset(mni_slices[:8], transform=Compose([ScaleIntensityRanged("image", 0, 1, -1, 1), RandFlipd("image", prob=0.5)]))
+    ds = Dataset(
+        mni_slices[:8], transform=Compose([ScaleIntensityRanged("image", 0, 1, -1, 1), RandFlipd("image", prob=0.5)])
+    )
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert tuple(batch["image"].shape) == (4, 1, 64, 64) and float(batch["image"].min()) >= -1.0
 

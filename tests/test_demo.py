@@ -30,10 +30,23 @@ def test_quick_start_runs_the_bundle(tmp_path, monkeypatch):
     committed = bundle / "models" / "model.pt"
     before = _sha(committed)
     out = tmp_path / "qs"
-    summary = main([
-        "--epochs", "1", "--epoch-length", "2", "--num-samples", "2", "--sample-steps", "2", "--output-dir", str(out),
-        "--device", "cpu", "--short",
-    ])
+    summary = main(
+        [
+            "--epochs",
+            "1",
+            "--epoch-length",
+            "2",
+            "--num-samples",
+            "2",
+            "--sample-steps",
+            "2",
+            "--output-dir",
+            str(out),
+            "--device",
+            "cpu",
+            "--short",
+        ]
+    )
     # part 1: the committed SR weights beat the best classical interpolation on every held-out image, Colin27 included
     names = [r["image"] for r in summary["restoration"]]
     assert names[0] == "colin27_t1" and {"mr_small", "ct_small"} <= set(names)

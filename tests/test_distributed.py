@@ -35,7 +35,7 @@ needs_training = pytest.mark.skipif(
 )
 
 # checks every call of the score network; one JSON summary per process in the bundle root
-PROBE = '''
+PROBE = """
 import json, os
 import torch
 
@@ -57,7 +57,7 @@ def attach(network, inferer, out_dir):
             json.dump(stats, f)
 
     network.register_forward_pre_hook(hook)
-'''
+"""
 
 PROBE_CONFIG = """
 +imports:
@@ -67,10 +67,24 @@ PROBE_CONFIG = """
 """
 
 # a few iterations on tiny crops; validation on 3 slices, split unevenly over the two processes
-RESTORATION = {"max_epochs": 1, "epoch_length": 2, "crop_size": 16, "batch_size": 2, "num_val_slices": 3,
-               "val_steps": 2, "log_every": 1}
-CLASS_CONDITIONAL = {"max_epochs": 1, "epoch_length": 2, "image_size": 16, "batch_size": 2, "samples_per_class": 1,
-                     "grid_sample_steps": 2, "log_every": 1}
+RESTORATION = {
+    "max_epochs": 1,
+    "epoch_length": 2,
+    "crop_size": 16,
+    "batch_size": 2,
+    "num_val_slices": 3,
+    "val_steps": 2,
+    "log_every": 1,
+}
+CLASS_CONDITIONAL = {
+    "max_epochs": 1,
+    "epoch_length": 2,
+    "image_size": 16,
+    "batch_size": 2,
+    "samples_per_class": 1,
+    "grid_sample_steps": 2,
+    "log_every": 1,
+}
 
 
 def torchrun_bundle(bundle: Path, tmp_path: Path, **overrides) -> tuple[str, list[dict]]:
@@ -79,15 +93,35 @@ def torchrun_bundle(bundle: Path, tmp_path: Path, **overrides) -> tuple[str, lis
     root = tmp_path / "bundle"
     (tmp_path / "gamma_probe.py").write_text(PROBE)
     (tmp_path / "probe.yaml").write_text(PROBE_CONFIG)
-    configs = [str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "train_multigpu.yaml"),
-               str(tmp_path / "probe.yaml")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-           "-m", "monai.bundle", "run", "--config_file", repr(configs), "--bundle_root", str(root),
-           "--logging_file", str(bundle / "configs" / "logging.conf")]
+    configs = [
+        str(bundle / "configs" / "train.yaml"),
+        str(bundle / "configs" / "train_multigpu.yaml"),
+        str(tmp_path / "probe.yaml"),
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        repr(configs),
+        "--bundle_root",
+        str(root),
+        "--logging_file",
+        str(bundle / "configs" / "logging.conf"),
+    ]
     for key, value in overrides.items():
         cmd += [f"--{key}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     proc = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
@@ -113,8 +147,18 @@ def process_group(tmp_path):
 
 
 def test_inferer_reads_the_network_inside_ddp(process_group):
-    net = ScoreUNet(spatial_dims=2, in_channels=1, num_classes=3, channels=[8, 8], attention_levels=[False, False],
-                    num_res_blocks=1, norm_num_groups=4, num_head_channels=8, fourier_exponents=[], residual=False)
+    net = ScoreUNet(
+        spatial_dims=2,
+        in_channels=1,
+        num_classes=3,
+        channels=[8, 8],
+        attention_levels=[False, False],
+        num_res_blocks=1,
+        norm_num_groups=4,
+        num_head_channels=8,
+        fourier_exponents=[],
+        residual=False,
+    )
     ddp = torch.nn.parallel.DistributedDataParallel(net)
     assert unwrap_network(ddp) is net and unwrap_network(net) is net
     inferer = ConditionalDiffusionInferer(num_train_timesteps=50)

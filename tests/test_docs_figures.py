@@ -31,7 +31,7 @@ def test_readme_images_exist_in_the_repository(readme):
 
 def test_main_readme_has_a_gallery_with_samples_restorations_gif_and_curves():
     text = (REPO / "README.md").read_text()
-    gallery = text[text.index("## Gallery"):text.index("## Bundles")]
+    gallery = text[text.index("## Gallery") : text.index("## Bundles")]
     links = IMAGE.findall(gallery)
     assert any("restoration" in link for link in links) and any(link.endswith(".gif") for link in links)
     assert any("samples.png" in link for link in links) and any("training_curves" in link for link in links)

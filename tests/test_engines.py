@@ -42,7 +42,9 @@ def test_short_supervised_training_on_real_slices_lowers_heldout_bpd():
     net = ScoreUNet(2, 1, channels=(8, 16), num_res_blocks=1, norm_num_groups=8, num_head_channels=8, grid_levels=256)
     inferer = VDMInferer(LearnedLinearSchedule())
     before = evaluate_bpd(inferer, net, test, num_time_samples=8)["bpd"]
-    trainer, ema = build_vdm_trainer(train, net, inferer, batch_size=8, crop_size=32, lr=3e-3, warmup_steps=5, total_steps=200, max_epochs=4)
+    trainer, ema = build_vdm_trainer(
+        train, net, inferer, batch_size=8, crop_size=32, lr=3e-3, warmup_steps=5, total_steps=200, max_epochs=4
+    )
     trainer.run()
     assert trainer.state.iteration == 4 * (len(train) // 8)
     after = evaluate_bpd(inferer, net, test, num_time_samples=8)["bpd"]

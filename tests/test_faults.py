@@ -51,16 +51,28 @@ needs_training = pytest.mark.skipif(
 
 
 def _command(root: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.yaml"),
-           "--bundle_root", str(root)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(root / "configs" / "train.yaml"),
+        "--bundle_root",
+        str(root),
+    ]
     for key, value in TINY.items():
         cmd += [f"--{key}", str(value)]
     return cmd
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def _iterations(log: str) -> list[int]:
@@ -79,8 +91,9 @@ def _train_and_kill(root: Path, cwd: Path, kill_epoch: int = 3, min_iter: int = 
     """Start training, poll until ``checkpoint_epoch={kill_epoch - 1}.pt`` exists and the log shows iteration
     ``min_iter`` of epoch ``kill_epoch``, then SIGKILL; returns (log, seconds from start to kill)."""
     lines: list[str] = []
-    proc = subprocess.Popen(_command(root), cwd=str(cwd), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        _command(root), cwd=str(cwd), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
     reader.start()
     ckpt = root / "runs" / "checkpoints" / f"checkpoint_epoch={kill_epoch - 1}.pt"
@@ -109,10 +122,15 @@ def _checkpoint_files(folder: Path) -> dict[str, dict]:
 
 
 def _table(title: str, infos: dict[str, dict]) -> str:
-    rows = [f"{title}\n| file | bytes | SHA-256 (verified against .sha256) | trainer iteration | epoch |",
-            "|---|---|---|---|---|"]
-    rows += [f"| {name} | {i['bytes']} | {i['sha256'][:16]}... ({'yes' if i['checksum_file'] else 'no sidecar'}) | "
-             f"{i['iteration']} | {i['epoch']} |" for name, i in infos.items()]
+    rows = [
+        f"{title}\n| file | bytes | SHA-256 (verified against .sha256) | trainer iteration | epoch |",
+        "|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {name} | {i['bytes']} | {i['sha256'][:16]}... ({'yes' if i['checksum_file'] else 'no sidecar'}) | "
+        f"{i['iteration']} | {i['epoch']} |"
+        for name, i in infos.items()
+    ]
     return "\n".join(rows)
 
 
@@ -133,10 +151,16 @@ def test_kill_mid_epoch_then_resume(tmp_path):
 
     # the checkpoints on disk are whole: each matches its SHA-256 and loads; nothing else is in the folder
     assert sorted(p.name for p in ckpt_dir.iterdir()) == [
-        "checkpoint_epoch=1.pt", "checkpoint_epoch=1.pt.sha256", "checkpoint_epoch=2.pt", "checkpoint_epoch=2.pt.sha256"]
+        "checkpoint_epoch=1.pt",
+        "checkpoint_epoch=1.pt.sha256",
+        "checkpoint_epoch=2.pt",
+        "checkpoint_epoch=2.pt.sha256",
+    ]
     before = _checkpoint_files(ckpt_dir)
     assert [(i["iteration"], i["epoch"], i["checksum_file"]) for i in before.values()] == [
-        (EPOCH_LENGTH, 1, True), (2 * EPOCH_LENGTH, 2, True)]
+        (EPOCH_LENGTH, 1, True),
+        (2 * EPOCH_LENGTH, 2, True),
+    ]
     for name, info in before.items():
         assert (ckpt_dir / f"{name}.sha256").read_text().split()[0] == info["sha256"]
     assert resume_checkpoint(ckpt_dir).endswith("checkpoint_epoch=2.pt")
@@ -147,8 +171,10 @@ def test_kill_mid_epoch_then_resume(tmp_path):
     bad = damaged / "runs" / "checkpoints" / "checkpoint_epoch=2.pt"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     truncated_bytes = bad.stat().st_size
-    partial = [damaged / "runs" / "checkpoints" / n for n in (".checkpoint_epoch=3.pt.k2j4x9_a.tmp.pt",
-                                                               ".checkpoint_epoch=3.pt.q8w1e2r3.tmp.sha256")]
+    partial = [
+        damaged / "runs" / "checkpoints" / n
+        for n in (".checkpoint_epoch=3.pt.k2j4x9_a.tmp.pt", ".checkpoint_epoch=3.pt.q8w1e2r3.tmp.sha256")
+    ]
     partial[0].write_bytes((ckpt_dir / "checkpoint_epoch=1.pt").read_bytes()[:4096])
     partial[1].write_text("")
 
@@ -177,28 +203,40 @@ def test_kill_mid_epoch_then_resume(tmp_path):
     assert not any(p.exists() for p in partial)
     assert read_model_info(damaged / "models" / "model.pt")["iteration"] == EPOCHS * EPOCH_LENGTH
     # the intact checkpoint it resumed from is untouched; the damaged one was saved again (then pruned, n_saved 2)
-    assert verify_checkpoint(damaged / "runs" / "checkpoints" / "checkpoint_epoch=1.pt")["sha256"] == (
-        before["checkpoint_epoch=1.pt"]["sha256"])
+    assert (
+        verify_checkpoint(damaged / "runs" / "checkpoints" / "checkpoint_epoch=1.pt")["sha256"]
+        == (before["checkpoint_epoch=1.pt"]["sha256"])
+    )
     assert sorted(p.name for p in (damaged / "runs" / "checkpoints").glob("*.pt")) == [
-        "checkpoint_epoch=1.pt", "checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt", "checkpoint_final_iteration=40.pt"]
+        "checkpoint_epoch=1.pt",
+        "checkpoint_epoch=3.pt",
+        "checkpoint_epoch=4.pt",
+        "checkpoint_final_iteration=40.pt",
+    ]
 
-    print(f"\nkill-and-resume ({BUNDLE.name}, {EPOCHS} epochs x {EPOCH_LENGTH} iterations):"
-          f"\n- SIGKILL {seconds:.1f} s after start, last logged iteration {killed_at} (epoch 3, iteration "
-          f"{killed_at - 2 * EPOCH_LENGTH}/{EPOCH_LENGTH}); no temporary files, no models/model.pt"
-          f"\n- restart resumed at iteration {resumed[0] - 1} from checkpoint_epoch=2.pt, ran {resumed[0]}..{resumed[-1]}, "
-          f"model.pt iteration {state['iteration']}"
-          f"\n- damaged copy (checkpoint_epoch=2.pt truncated to {truncated_bytes} bytes, 2 temporary "
-          f"files of a half-finished save): skipped with a warning, resumed at iteration {EPOCH_LENGTH} from "
-          f"checkpoint_epoch=1.pt, finished at {EPOCHS * EPOCH_LENGTH}\n"
-          + _table("checkpoints after the kill:", before) + "\n" + _table("checkpoints after the resumed run:", after))
+    print(
+        f"\nkill-and-resume ({BUNDLE.name}, {EPOCHS} epochs x {EPOCH_LENGTH} iterations):"
+        f"\n- SIGKILL {seconds:.1f} s after start, last logged iteration {killed_at} (epoch 3, iteration "
+        f"{killed_at - 2 * EPOCH_LENGTH}/{EPOCH_LENGTH}); no temporary files, no models/model.pt"
+        f"\n- restart resumed at iteration {resumed[0] - 1} from checkpoint_epoch=2.pt, ran {resumed[0]}..{resumed[-1]}, "
+        f"model.pt iteration {state['iteration']}"
+        f"\n- damaged copy (checkpoint_epoch=2.pt truncated to {truncated_bytes} bytes, 2 temporary "
+        f"files of a half-finished save): skipped with a warning, resumed at iteration {EPOCH_LENGTH} from "
+        f"checkpoint_epoch=1.pt, finished at {EPOCHS * EPOCH_LENGTH}\n"
+        + _table("checkpoints after the kill:", before)
+        + "\n"
+        + _table("checkpoints after the resumed run:", after)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the verification itself (in process, fast)
 # ---------------------------------------------------------------------------------------------
 def _state(iteration: int) -> dict:
-    return {"network": {"w": torch.full((64, 64), float(iteration))},
-            "trainer": {"iteration": iteration, "epoch": iteration // 10}}
+    return {
+        "network": {"w": torch.full((64, 64), float(iteration))},
+        "trainer": {"iteration": iteration, "epoch": iteration // 10},
+    }
 
 
 def test_resume_checkpoint_choices(tmp_path):
@@ -234,7 +272,8 @@ def test_resume_checkpoint_choices(tmp_path):
         resume_checkpoint(folder)
     assert all(os.path.basename(p) in str(e.value) for p in paths) and "--resume false" in str(e.value)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [os.path.basename(p) for p in paths] + ["checkpoint_epoch=1.pt.sha256", "checkpoint_epoch=3.pt.sha256"])
+        [os.path.basename(p) for p in paths] + ["checkpoint_epoch=1.pt.sha256", "checkpoint_epoch=3.pt.sha256"]
+    )
 
 
 def test_verified_saver_writes_atomically_and_prunes(tmp_path):
@@ -246,14 +285,25 @@ def test_verified_saver_writes_atomically_and_prunes(tmp_path):
 
     net = torch.nn.Linear(3, 2)
     engine = Engine(lambda e, b: None)
-    saver = VerifiedCheckpointSaver(str(tmp_path), {"network": net, "trainer": engine}, save_final=True,
-                                    save_interval=1, n_saved=2, epoch_level=True)
+    saver = VerifiedCheckpointSaver(
+        str(tmp_path),
+        {"network": net, "trainer": engine},
+        save_final=True,
+        save_interval=1,
+        n_saved=2,
+        epoch_level=True,
+    )
     saver.attach(engine)
     engine.run([0, 1], max_epochs=3)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["checkpoint_epoch=2.pt", "checkpoint_epoch=2.pt.sha256", "checkpoint_epoch=3.pt",
-                     "checkpoint_epoch=3.pt.sha256", "checkpoint_final_iteration=6.pt",
-                     "checkpoint_final_iteration=6.pt.sha256"]
+    assert names == [
+        "checkpoint_epoch=2.pt",
+        "checkpoint_epoch=2.pt.sha256",
+        "checkpoint_epoch=3.pt",
+        "checkpoint_epoch=3.pt.sha256",
+        "checkpoint_final_iteration=6.pt",
+        "checkpoint_final_iteration=6.pt.sha256",
+    ]
     for p in tmp_path.glob("*.pt"):
         info = verify_checkpoint(p)
         assert info["checksum_file"] and (tmp_path / f"{p.name}.sha256").read_text().split()[0] == info["sha256"]

@@ -32,8 +32,16 @@ needs_data = pytest.mark.skipif(
 
 def run_bundle(config: str, cwd: Path, bundle_root: Path, **overrides) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run`` of this bundle's ``configs/<config>`` in a fresh process run from ``cwd``."""
-    argv = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / config),
-            "--bundle_root", str(bundle_root)]
+    argv = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(BUNDLE / "configs" / config),
+        "--bundle_root",
+        str(bundle_root),
+    ]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -44,9 +52,18 @@ def run_bundle(config: str, cwd: Path, bundle_root: Path, **overrides) -> subpro
 
 
 def tiny_autoencoder(channels=(8, 16, 16)) -> AutoencoderKL:
-    return AutoencoderKL(spatial_dims=3, in_channels=1, out_channels=1, channels=channels, latent_channels=3,
-                         num_res_blocks=1, attention_levels=(False,) * len(channels), norm_num_groups=8,
-                         with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+    return AutoencoderKL(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        channels=channels,
+        latent_channels=3,
+        num_res_blocks=1,
+        attention_levels=(False,) * len(channels),
+        norm_num_groups=8,
+        with_encoder_nonlocal_attn=False,
+        with_decoder_nonlocal_attn=False,
+    )
 
 
 def tiny_score_net() -> ScoreUNet:
@@ -79,8 +96,9 @@ def test_round_trip_shapes_3d():
     g = torch.Generator().manual_seed(3)
     sample = inferer.sample(net, (1, 1, 16, 24, 16), num_steps=3, sampler="dpm++", generator=g, verbose=False)
     assert sample.shape == (1, 1, 16, 24, 16) and sample.abs().max() <= 1.0
-    again = inferer.sample(net, (1, 1, 16, 24, 16), num_steps=3, sampler="dpm++", verbose=False,
-                           generator=torch.Generator().manual_seed(3))
+    again = inferer.sample(
+        net, (1, 1, 16, 24, 16), num_steps=3, sampler="dpm++", verbose=False, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(sample, again)  # same seed, same volume
     latents = inferer.sample(net, (1, 1, 16, 24, 16), num_steps=2, decode=False, verbose=False)
     assert latents.shape == (1, 3, 4, 6, 4)
@@ -156,9 +174,15 @@ def test_autoencoder_training_reduces_loss_on_mni152():
     before = fixed_loss()
     loader = DataLoader(Dataset(items, transform=slice_training_transforms(32)), batch_size=2, shuffle=True)
     trainer = SupervisedTrainer(
-        device=torch.device("cpu"), max_epochs=25, train_data_loader=loader, network=ae,
-        optimizer=torch.optim.Adam(ae.parameters(), lr=3e-3), loss_function=loss_fn, inferer=SimpleInferer(),
-        prepare_batch=DiffusionPrepareBatch(), decollate=False,
+        device=torch.device("cpu"),
+        max_epochs=25,
+        train_data_loader=loader,
+        network=ae,
+        optimizer=torch.optim.Adam(ae.parameters(), lr=3e-3),
+        loss_function=loss_fn,
+        inferer=SimpleInferer(),
+        prepare_batch=DiffusionPrepareBatch(),
+        decollate=False,
     )
     trainer.run()
     after = fixed_loss()
@@ -192,9 +216,17 @@ def test_bundle_layout_and_metadata():
 
     from monai_medgen.bundle import schema_path
 
-    for name in ("configs/metadata.json", "configs/train_autoencoder.yaml", "configs/train.yaml",
-                 "configs/inference.yaml", "configs/evaluate.yaml", "configs/train_multigpu.yaml",
-                 "configs/logging.conf", "docs/README.md", "LICENSE"):
+    for name in (
+        "configs/metadata.json",
+        "configs/train_autoencoder.yaml",
+        "configs/train.yaml",
+        "configs/inference.yaml",
+        "configs/evaluate.yaml",
+        "configs/train_multigpu.yaml",
+        "configs/logging.conf",
+        "docs/README.md",
+        "LICENSE",
+    ):
         assert (BUNDLE / name).is_file(), name
     for cfg in BUNDLE.glob("configs/*.yaml"):
         assert "import scripts" not in cfg.read_text()
@@ -218,8 +250,17 @@ def test_bundle_two_stages_and_inference(tmp_path):
     ae_state = read_model_info(root / "models" / "autoencoder.pt")
     assert ae_state["iteration"] == 2 and ae_state["config"]["latent_channels"] == 3
 
-    proc = run_bundle("train.yaml", work, root, shifts="[0]", val_interval=1, num_time_samples=2,
-                      sample_interval=1, grid_sample_steps=2, **tiny)
+    proc = run_bundle(
+        "train.yaml",
+        work,
+        root,
+        shifts="[0]",
+        val_interval=1,
+        num_time_samples=2,
+        sample_interval=1,
+        grid_sample_steps=2,
+        **tiny,
+    )
     log = proc.stdout + proc.stderr
     assert "val_latent_bpd" in log and "train_latent_bpd" in log and "scale factor" in log
     assert (root / "runs" / "vdm" / "samples" / "samples_epoch_1.png").is_file()
@@ -229,8 +270,9 @@ def test_bundle_two_stages_and_inference(tmp_path):
     assert ckpt["latent_inferer"]["scale_factor"] == pytest.approx(state["scale_factor"])
 
     out = tmp_path / "samples"
-    proc = run_bundle("inference.yaml", work, root, output_dir=str(out), image_size="[48, 32, 40]",
-                      num_steps=2, device="cpu")
+    proc = run_bundle(
+        "inference.yaml", work, root, output_dir=str(out), image_size="[48, 32, 40]", num_steps=2, device="cpu"
+    )
     assert "sampled 1 volume(s) of 48x32x40 voxels from latents 3x12x8x12" in proc.stdout
     img = nib.load(out / "sample_000_synthetic.nii.gz")
     assert img.shape == (48, 32, 40) and is_synthetic(out / "sample_000_synthetic.nii.gz")
@@ -241,7 +283,9 @@ def test_bundle_two_stages_and_inference(tmp_path):
     np.testing.assert_allclose(np.abs(np.diag(img.affine)[:3]), 1.0)
     data = img.get_fdata()
     assert 0.0 <= data.min() and data.max() <= 1.0
-    assert read_provenance(out / "sample_000_synthetic.nii.gz").extra["scale_factor"] == pytest.approx(state["scale_factor"])
+    assert read_provenance(out / "sample_000_synthetic.nii.gz").extra["scale_factor"] == pytest.approx(
+        state["scale_factor"]
+    )
     assert (out / "samples.png").is_file()
 
 
@@ -257,8 +301,9 @@ def test_committed_weights_sample_from_the_bundle(tmp_path):
         pytest.fail("vdm_latent_brain_mri_3d has no committed models/model.pt")
     work, out = tmp_path / "cwd", tmp_path / "samples"
     work.mkdir()
-    proc = run_bundle("inference.yaml", work, BUNDLE, output_dir=str(out), image_size="[64, 64, 64]", num_steps=4,
-                      device="cpu")
+    proc = run_bundle(
+        "inference.yaml", work, BUNDLE, output_dir=str(out), image_size="[64, 64, 64]", num_steps=4, device="cpu"
+    )
     assert "sampled 1 volume(s) of 64x64x64 voxels from latents 3x16x16x16" in proc.stdout
     path = out / "sample_000_synthetic.nii.gz"
     img = nib.load(path)

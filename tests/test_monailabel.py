@@ -88,8 +88,11 @@ def test_info_lists_the_bundles_and_their_options(client):
     info = client.info()
     models = medgen_client.parse_info(info)
     tasks = {
-        "cddpm_super_resolution_2d": "super_resolution", "cddpm_super_resolution_3d": "super_resolution",
-        "cddpm_denoising_2d": "denoise", "cddpm_inpainting_2d": "inpaint", "vdm_brain_mri_2d": "generate",
+        "cddpm_super_resolution_2d": "super_resolution",
+        "cddpm_super_resolution_3d": "super_resolution",
+        "cddpm_denoising_2d": "denoise",
+        "cddpm_inpainting_2d": "inpaint",
+        "vdm_brain_mri_2d": "generate",
     }
     if (CLASS_BUNDLE / "models" / "model.pt").is_file():
         tasks["cddpm_class_conditional_2d"] = "generate"
@@ -222,7 +225,9 @@ def test_generate_vdm(client, data, tmp_path):
     img, out = load(path)
     check_output(path, (128, 128, 2), img.affine)
     _reference_geometry_checks(img.affine, (128, 128, 2), load(data["slices"])[0])
-    assert result.medgen["provenance"]["task"] == "generate" and "class_label" not in result.medgen["provenance"]["extra"]
+    assert (
+        result.medgen["provenance"]["task"] == "generate" and "class_label" not in result.medgen["provenance"]["extra"]
+    )
 
 
 def test_next_sample_generates_a_new_datastore_volume(client, tmp_path):
@@ -253,13 +258,21 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(client, data
     nib.save(nib.Nifti1Image(np.stack([slices, slices], -1), slices_img.affine), str(four_d))
     garbage = tmp_path / "broken.nii.gz"
     garbage.write_bytes(b"\x1f\x8b not really a gzip NIfTI")
-    generative = "cddpm_class_conditional_2d" if (CLASS_BUNDLE / "models" / "model.pt").is_file() else "vdm_brain_mri_2d"
+    generative = (
+        "cddpm_class_conditional_2d" if (CLASS_BUNDLE / "models" / "model.pt").is_file() else "vdm_brain_mri_2d"
+    )
 
     _bad(client, 400, "must be a volume", "cddpm_super_resolution_3d", str(two_d), FAST)  # 2D image, 3D model
     _bad(client, 400, "one channel", "cddpm_denoising_2d", str(four_d), FAST)
     _bad(client, 400, "needs a mask", "cddpm_inpainting_2d", data["slices_masked"], FAST)
-    _bad(client, 400, "steps must be an integer in [1, 2000], got 5000", "cddpm_denoising_2d", data["slices_noisy"],
-         {"steps": 5000})
+    _bad(
+        client,
+        400,
+        "steps must be an integer in [1, 2000], got 5000",
+        "cddpm_denoising_2d",
+        data["slices_noisy"],
+        {"steps": 5000},
+    )
     _bad(client, 400, "steps must be an integer", "cddpm_denoising_2d", data["slices_noisy"], {"steps": 0})
     _bad(client, 400, "guidance", generative, image_id="colin27_slices", params={"guidance": 50, "steps": 2})
     _bad(client, 400, "sampler must be one of", "cddpm_denoising_2d", data["slices_noisy"], {"sampler": "euler"})
@@ -276,8 +289,17 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(client, data
 # without the server: options and geometry
 # ---------------------------------------------------------------------------------------------
 def _model(**kw):
-    base = dict(name="m", root=Path("."), version="0", task="sr", spatial_dims=2, network=None, inferer=None,
-                max_steps=2000, factor=4.0)
+    base = dict(
+        name="m",
+        root=Path("."),
+        version="0",
+        task="sr",
+        spatial_dims=2,
+        network=None,
+        inferer=None,
+        max_steps=2000,
+        factor=4.0,
+    )
     return served.ServedModel(**{**base, **kw})
 
 
@@ -287,22 +309,37 @@ def test_options_are_checked_with_the_option_named():
     # what MONAI Label sends for an option left out: the published list; "20" as text from a form field
     assert sr.parse_options({**sr.config(), "steps": "7"})["steps"] == 7
     for options, text in [
-        ({"steps": 0}, "steps must be an integer in [1, 2000]"), ({"steps": 2001}, "steps"), ({"steps": 2.5}, "steps"),
-        ({"steps": True}, "steps"), ({"steps": "many"}, "steps"), ({"seed": -1}, "seed"),
-        ({"num_samples": 17}, "num_samples must be an integer in [1, 16]"), ({"sampler": "heun"}, "sampler"),
-        ({"factor": 0.5}, "factor must be a number in [1, 8]"), ({"factor": "1,1,4"}, "one number (in-plane)"),
+        ({"steps": 0}, "steps must be an integer in [1, 2000]"),
+        ({"steps": 2001}, "steps"),
+        ({"steps": 2.5}, "steps"),
+        ({"steps": True}, "steps"),
+        ({"steps": "many"}, "steps"),
+        ({"seed": -1}, "seed"),
+        ({"num_samples": 17}, "num_samples must be an integer in [1, 16]"),
+        ({"sampler": "heun"}, "sampler"),
+        ({"factor": 0.5}, "factor must be a number in [1, 8]"),
+        ({"factor": "1,1,4"}, "one number (in-plane)"),
     ]:
         with pytest.raises(served.RequestError, match=re.escape(text)):
             sr.parse_options(options)
-    assert _model(spatial_dims=3, factor=[1.0, 1.0, 4.0]).parse_options({"factor": "1, 1, 4"})["factor"] == [1.0, 1.0, 4.0]
+    assert _model(spatial_dims=3, factor=[1.0, 1.0, 4.0]).parse_options({"factor": "1, 1, 4"})["factor"] == [
+        1.0,
+        1.0,
+        4.0,
+    ]
     assert _model(spatial_dims=3).parse_options({"factor": 2})["factor"] == [2.0, 2.0, 2.0]
     gen = _model(task="generate", class_names=["axial", "coronal", "sagittal"], guidance_scale=2.0, max_steps=1000)
     opts = gen.parse_options({"class": "Sagittal", "num_slices": 4})
     assert (opts["class_label"], opts["guidance"], opts["num_slices"]) == (2, 2.0, 4)
     assert gen.parse_options({"class": 1})["class_label"] == 1
-    for options, text in [({"class": "oblique"}, "class must be one of"), ({"class": 3}, "class"),
-                          ({"guidance": 21}, "guidance must be a number in [0, 20]"), ({"guidance": "nan"}, "guidance"),
-                          ({"num_slices": 65}, "num_slices"), ({"steps": 1001}, "steps")]:
+    for options, text in [
+        ({"class": "oblique"}, "class must be one of"),
+        ({"class": 3}, "class"),
+        ({"guidance": 21}, "guidance must be a number in [0, 20]"),
+        ({"guidance": "nan"}, "guidance"),
+        ({"num_slices": 65}, "num_slices"),
+        ({"steps": 1001}, "steps"),
+    ]:
         with pytest.raises(served.RequestError, match=re.escape(text)):
             gen.parse_options(options)
     with pytest.raises(served.RequestError, match="unconditional"):
@@ -317,7 +354,11 @@ def test_output_size_is_bounded_naming_the_cause():
         sr.check_output_size(image, 8.0)
     with pytest.raises(served.RequestError, match="too large"):
         _model(task="denoise").check_output_size(MetaTensor(torch.zeros(1, 600, 600, 2)))
-    assert _model(spatial_dims=3).check_output_size(MetaTensor(torch.zeros(1, 64, 64, 16)), [1.0, 1.0, 4.0]) == (64, 64, 64)
+    assert _model(spatial_dims=3).check_output_size(MetaTensor(torch.zeros(1, 64, 64, 16)), [1.0, 1.0, 4.0]) == (
+        64,
+        64,
+        64,
+    )
     with pytest.raises(served.RequestError, match=re.escape("512^3")):
         _model(spatial_dims=3).check_output_size(MetaTensor(torch.zeros(1, 600, 600, 150)), [1.0, 1.0, 4.0])
 
@@ -357,7 +398,9 @@ def test_bundles_are_found_and_named_models_checked(tmp_path):
     found = [p.name for p in served.find_bundles()]
     assert {"cddpm_denoising_2d", "cddpm_super_resolution_3d", "vdm_brain_mri_2d"} <= set(found)
     assert [p.name for p in served.find_bundles(names="vdm_brain_mri_2d, cddpm_denoising_2d")] == [
-        "vdm_brain_mri_2d", "cddpm_denoising_2d"]
+        "vdm_brain_mri_2d",
+        "cddpm_denoising_2d",
+    ]
     with pytest.raises(ValueError, match="not bundles"):
         served.find_bundles(names="nope")
     with pytest.raises(ValueError, match="does not exist"):

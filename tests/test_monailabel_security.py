@@ -37,8 +37,13 @@ from MedGenLib import medgen_client  # noqa: E402  (the Slicer module's helper p
 
 #: models the attacks go through, the first one served (restoration first: it reads the image's voxels); the
 #: server serves every bundle of the repository that loads
-PREFERRED = ("cddpm_denoising_2d", "cddpm_super_resolution_2d", "cddpm_inpainting_2d", "vdm_brain_mri_2d",
-             "cddpm_class_conditional_2d")
+PREFERRED = (
+    "cddpm_denoising_2d",
+    "cddpm_super_resolution_2d",
+    "cddpm_inpainting_2d",
+    "vdm_brain_mri_2d",
+    "cddpm_class_conditional_2d",
+)
 INPAINTING = "cddpm_inpainting_2d"
 MAX_UPLOAD_MB = 48
 GIB = 2**30
@@ -68,15 +73,25 @@ def sandbox(tmp_path_factory):
     stale = tmp / f"{confine.UploadFolder.PREFIX}{_dead_pid()}_killed"  # what a killed server leaves
     stale.mkdir()
     (stale / "old_upload.nii.gz").write_bytes(b"left by a killed server")
-    return {"root": root, "studies": studies, "outside": outside, "victim": victim, "tmp": tmp, "stale": stale,
-            "log": root / "server" / "monailabel_server.log", **data}
+    return {
+        "root": root,
+        "studies": studies,
+        "outside": outside,
+        "victim": victim,
+        "tmp": tmp,
+        "stale": stale,
+        "log": root / "server" / "monailabel_server.log",
+        **data,
+    }
 
 
 @pytest.fixture(scope="module")
 def server(sandbox):
     srv = MONAILabelServer(
-        sandbox["studies"], conf={"bundles": str(REPO / "bundles"), "max_upload_mb": MAX_UPLOAD_MB},
-        log_path=sandbox["log"], env={"TMPDIR": str(sandbox["tmp"]), "OMP_NUM_THREADS": "1"},
+        sandbox["studies"],
+        conf={"bundles": str(REPO / "bundles"), "max_upload_mb": MAX_UPLOAD_MB},
+        log_path=sandbox["log"],
+        env={"TMPDIR": str(sandbox["tmp"]), "OMP_NUM_THREADS": "1"},
     )
     srv.start()
     try:
@@ -121,7 +136,11 @@ def _files(folder: Path, skip=()) -> dict:
         if any(path == s or s in path.parents for s in skip) or not path.is_file():
             continue
         stat = path.stat()
-        out[str(path.relative_to(folder))] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+        out[str(path.relative_to(folder))] = (
+            stat.st_size,
+            stat.st_mtime_ns,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+        )
     return out
 
 
@@ -195,24 +214,62 @@ def test_s1_datastore_ids_and_tags_are_names_never_paths(server, sandbox):
     image = upload(sandbox["slices_noisy"])
     victim = str(sandbox["victim"])
     images_before = listed(server)
-    for target in ("../../x", "../../outside/victim", victim, str(sandbox["root"] / "x"), "..", ".hidden", "a/b", "a\\b"):
-        refused(call(server, "PUT", "/datastore/image", {"image": target}, files={"file": image}), 400, "image must be a name",
-                NEVER_A_PATH)
+    for target in (
+        "../../x",
+        "../../outside/victim",
+        victim,
+        str(sandbox["root"] / "x"),
+        "..",
+        ".hidden",
+        "a/b",
+        "a\\b",
+    ):
+        refused(
+            call(server, "PUT", "/datastore/image", {"image": target}, files={"file": image}),
+            400,
+            "image must be a name",
+            NEVER_A_PATH,
+        )
         refused(call(server, "PUT", "/datastore/", {"image": target}, files={"file": image}), 400, NEVER_A_PATH)
         refused(call(server, "DELETE", "/datastore/image", {"id": target}), 400, "id must be a name", NEVER_A_PATH)
         refused(call(server, "DELETE", "/datastore/", {"id": target}), 400, NEVER_A_PATH)
         refused(call(server, "GET", "/datastore/image", {"image": target}), 400, NEVER_A_PATH)
-        refused(call(server, "PUT", "/datastore/label", {"image": "colin27_slices", "tag": target},
-                     files={"label": upload(sandbox["slices_mask"])}), 400, "tag must be a name", NEVER_A_PATH)
-        refused(call(server, "PUT", "/datastore/label", {"image": target, "tag": "final"},
-                     files={"label": upload(sandbox["slices_mask"])}), 400, NEVER_A_PATH)
+        refused(
+            call(
+                server,
+                "PUT",
+                "/datastore/label",
+                {"image": "colin27_slices", "tag": target},
+                files={"label": upload(sandbox["slices_mask"])},
+            ),
+            400,
+            "tag must be a name",
+            NEVER_A_PATH,
+        )
+        refused(
+            call(
+                server,
+                "PUT",
+                "/datastore/label",
+                {"image": target, "tag": "final"},
+                files={"label": upload(sandbox["slices_mask"])},
+            ),
+            400,
+            NEVER_A_PATH,
+        )
         refused(call(server, "DELETE", "/datastore/label", {"id": "colin27_slices", "tag": target}), 400, NEVER_A_PATH)
         refused(call(server, "GET", "/datastore/label", {"label": "colin27_slices", "tag": target}), 400, NEVER_A_PATH)
     # an uploaded file name with a path in it gives only its stem as the id, inside the studies folder
-    status, body = call(server, "PUT", "/datastore/image", files={"file": upload(sandbox["slices_noisy"], "../../evil.nii.gz")})
+    status, body = call(
+        server, "PUT", "/datastore/image", files={"file": upload(sandbox["slices_noisy"], "../../evil.nii.gz")}
+    )
     assert (status, body) == (200, {"image": "evil"}), body
     assert (sandbox["studies"] / "evil.nii.gz").is_file() and not (sandbox["root"] / "evil.nii.gz").exists()
-    refused(call(server, "PUT", "/datastore/image", {"image": "evil"}, files={"file": image}), 409, "already in the datastore")
+    refused(
+        call(server, "PUT", "/datastore/image", {"image": "evil"}, files={"file": image}),
+        409,
+        "already in the datastore",
+    )
     assert call(server, "DELETE", "/datastore/image", {"id": "evil"}) == (200, {})
     assert not (sandbox["studies"] / "evil.nii.gz").exists()
     refused(call(server, "DELETE", "/datastore/image", {"id": "evil"}), 404, "no image 'evil'")
@@ -221,9 +278,18 @@ def test_s1_datastore_ids_and_tags_are_names_never_paths(server, sandbox):
 
 
 def test_s1_disabled_endpoints_answer_404_with_a_message(server):
-    for method, path in [("PUT", "/session/"), ("GET", "/logs/"), ("POST", "/reload"), ("GET", "/model/cddpm_denoising_2d"),
-                         ("PUT", "/model/cddpm_denoising_2d"), ("GET", "/ohif/../../etc/passwd"), ("POST", "/batch/infer/x"),
-                         ("POST", "/train/"), ("GET", "/datastore/dataset"), ("POST", "/infer/wsi/cddpm_denoising_2d")]:
+    for method, path in [
+        ("PUT", "/session/"),
+        ("GET", "/logs/"),
+        ("POST", "/reload"),
+        ("GET", "/model/cddpm_denoising_2d"),
+        ("PUT", "/model/cddpm_denoising_2d"),
+        ("GET", "/ohif/../../etc/passwd"),
+        ("POST", "/batch/infer/x"),
+        ("POST", "/train/"),
+        ("GET", "/datastore/dataset"),
+        ("POST", "/infer/wsi/cddpm_denoising_2d"),
+    ]:
         refused(call(server, method, path, body=b"" if method != "GET" else None), 404, "does not serve")
 
 
@@ -242,36 +308,75 @@ def test_s2_infer_never_reads_a_server_path(server, sandbox, models):
     target = models.inpaint or models.main
     for key in ("image", "label", "session", "skip_writer", "logging"):
         fields = {"params": json.dumps({**models.fast(target), key: existing})}
-        refused(call(server, "POST", models.path(target), {"image": "colin27_slices"}, fields=fields), 400,
-                f"['{key}'] is not an option", "never as a path")
+        refused(
+            call(server, "POST", models.path(target), {"image": "colin27_slices"}, fields=fields),
+            400,
+            f"['{key}'] is not an option",
+            "never as a path",
+        )
     # the mask as a text field (a server path) is refused: uploads only
-    refused(call(server, "POST", models.path(target), {"image": "colin27_slices"},
-                 fields={"params": json.dumps(models.fast(target)), "label": existing}), 400, "label must be an uploaded file")
-    refused(call(server, "POST", models.path(), {"image": "colin27_slices", "session_id": "x"}, fields=params),
-            400, "sessions are not served")
-    refused(call(server, "POST", models.path(), {"image": "no_such_image"}, fields=params), 404,
-            "no image 'no_such_image' in the datastore")
+    refused(
+        call(
+            server,
+            "POST",
+            models.path(target),
+            {"image": "colin27_slices"},
+            fields={"params": json.dumps(models.fast(target)), "label": existing},
+        ),
+        400,
+        "label must be an uploaded file",
+    )
+    refused(
+        call(server, "POST", models.path(), {"image": "colin27_slices", "session_id": "x"}, fields=params),
+        400,
+        "sessions are not served",
+    )
+    refused(
+        call(server, "POST", models.path(), {"image": "no_such_image"}, fields=params),
+        404,
+        "no image 'no_such_image' in the datastore",
+    )
 
 
 def test_s2_the_allowed_ways_still_work(server, sandbox, models, tmp_path):
     fast = {"params": json.dumps(models.fast(steps=2))}
-    status, body = call(server, "POST", models.path(), {"output": "json"}, fields=fast,
-                        files={"file": upload(sandbox["slices_noisy"])})
+    status, body = call(
+        server, "POST", models.path(), {"output": "json"}, fields=fast, files={"file": upload(sandbox["slices_noisy"])}
+    )
     assert status == 200 and body["medgen"]["synthetic"] is True, body
     status, body = call(server, "POST", models.path(), {"image": "colin27_slices", "output": "image"}, fields=fast)
     assert status == 200 and body[:2] == b"\x1f\x8b"
     (tmp_path / "out.nii.gz").write_bytes(body)
     assert len(nib.load(str(tmp_path / "out.nii.gz")).shape) == 3
     # a label for a datastore image under a tag that is a name, used as the inpainting mask, then removed
-    assert call(server, "PUT", "/datastore/label", {"image": "colin27_slices", "tag": "mask"},
-                files={"label": upload(sandbox["slices_mask"])})[0] == 200
+    assert (
+        call(
+            server,
+            "PUT",
+            "/datastore/label",
+            {"image": "colin27_slices", "tag": "mask"},
+            files={"label": upload(sandbox["slices_mask"])},
+        )[0]
+        == 200
+    )
     assert (sandbox["studies"] / "labels" / "mask" / "colin27_slices.nii.gz").is_file()
     if models.inpaint:
-        status, body = call(server, "POST", models.path(models.inpaint), {"image": "colin27_slices", "output": "json"},
-                            fields={"params": json.dumps({**models.fast(models.inpaint), "label_tag": "mask"})})
+        status, body = call(
+            server,
+            "POST",
+            models.path(models.inpaint),
+            {"image": "colin27_slices", "output": "json"},
+            fields={"params": json.dumps({**models.fast(models.inpaint), "label_tag": "mask"})},
+        )
         assert status == 200 and body["medgen"]["task"] == "inpaint"
-        status, body = call(server, "POST", models.path(models.inpaint), {"output": "json"},
-                            fields={"params": json.dumps(models.fast(models.inpaint))}, files={"file": upload(sandbox["slices_masked"]), "label": upload(sandbox["slices_mask"])})
+        status, body = call(
+            server,
+            "POST",
+            models.path(models.inpaint),
+            {"output": "json"},
+            fields={"params": json.dumps(models.fast(models.inpaint))},
+            files={"file": upload(sandbox["slices_masked"]), "label": upload(sandbox["slices_mask"])},
+        )
         assert status == 200 and body["medgen"]["task"] == "inpaint"
     assert call(server, "DELETE", "/datastore/label", {"id": "colin27_slices", "tag": "mask"}) == (200, {})
     refused(call(server, "DELETE", "/datastore/label", {"id": "colin27_slices", "tag": "mask"}), 404, "no label")
@@ -292,7 +397,9 @@ def _memory(pid: int) -> tuple:
 
 def test_s3_huge_declared_size_is_refused_before_decoding(server, sandbox, models, tmp_path):
     zeros = tmp_path / "zeros_800.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((800, 800, 800), np.uint8), np.eye(4)), str(zeros))  # 2.2 MB gzipped, 512 MB decoded
+    nib.save(
+        nib.Nifti1Image(np.zeros((800, 800, 800), np.uint8), np.eye(4)), str(zeros)
+    )  # 2.2 MB gzipped, 512 MB decoded
     assert zeros.stat().st_size < 4 * 2**20
     pid = server.process.pid
     idle, peak_before = _memory(pid)
@@ -311,22 +418,31 @@ def test_s3_huge_declared_size_is_refused_before_decoding(server, sandbox, model
         for model in {models.main, models.inpaint or models.main}:
             refused(call(server, "POST", models.path(model), files={"file": data}), 413, declared, "at most 16777216")
         if models.inpaint:
-            refused(call(server, "POST", models.path(models.inpaint), {"image": "colin27_slices"}, files={"label": data}),
-                    413, declared)
+            refused(
+                call(server, "POST", models.path(models.inpaint), {"image": "colin27_slices"}, files={"label": data}),
+                413,
+                declared,
+            )
         refused(call(server, "PUT", "/datastore/image", {"image": "zeros"}, files={"file": data}), 413, declared)
-        refused(call(server, "PUT", "/datastore/label", {"image": "colin27_slices"}, files={"label": data}), 413, declared)
+        refused(
+            call(server, "PUT", "/datastore/label", {"image": "colin27_slices"}, files={"label": data}), 413, declared
+        )
         # the largest image accepted (256^3 float32, declared = the cap) is decoded once before it is stored
         largest = tmp_path / "zeros_256.nii.gz"
         nib.save(nib.Nifti1Image(np.zeros((256, 256, 256), np.float32), np.eye(4)), str(largest))
         assert call(server, "PUT", "/datastore/image", {"image": "largest"}, files={"file": upload(largest)}) == (
-            200, {"image": "largest"})
+            200,
+            {"image": "largest"},
+        )
         assert call(server, "DELETE", "/datastore/image", {"id": "largest"}) == (200, {})
     finally:
         stop.set()
         sampler.join()
     _, peak_after = _memory(pid)
-    print(f"\nserver RSS idle {idle / GIB:.2f} GiB, sampled max {max(samples) / GIB:.2f} GiB over {len(samples)} samples, "
-          f"high-water mark before/after {peak_before / GIB:.2f}/{peak_after / GIB:.2f} GiB")
+    print(
+        f"\nserver RSS idle {idle / GIB:.2f} GiB, sampled max {max(samples) / GIB:.2f} GiB over {len(samples)} samples, "
+        f"high-water mark before/after {peak_before / GIB:.2f}/{peak_after / GIB:.2f} GiB"
+    )
     assert max(samples) - idle < GIB
     assert peak_after <= max(peak_before, idle + GIB)  # the high-water mark never rose above idle + 1 GiB
     assert not {"zeros", "largest"} & listed(server)
@@ -337,8 +453,11 @@ def test_s3_output_grid_is_bounded_too(server, sandbox, models, tmp_path):
         pytest.skip(f"no restoration bundle loads (serving {sorted(models.info)})")
     wide = tmp_path / "wide.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((600, 600, 2), np.float32), np.eye(4)), str(wide))
-    refused(call(server, "POST", models.path(), fields={"params": json.dumps(models.fast())}, files={"file": upload(wide)}),
-            400, "too large")
+    refused(
+        call(server, "POST", models.path(), fields={"params": json.dumps(models.fast())}, files={"file": upload(wide)}),
+        400,
+        "too large",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,15 +466,27 @@ def test_s3_output_grid_is_bounded_too(server, sandbox, models, tmp_path):
 def test_s4_one_request_cannot_ask_for_days_of_compute(server, sandbox, models):
     info = call(server, "GET", "/info/")[1]
     limits = info["medgen"]["limits"]
-    assert limits["max_work"] == 2e8 and limits["max_voxels"] == 256**3 and limits["max_upload_bytes"] == MAX_UPLOAD_MB * 2**20
+    assert (
+        limits["max_work"] == 2e8
+        and limits["max_voxels"] == 256**3
+        and limits["max_upload_bytes"] == MAX_UPLOAD_MB * 2**20
+    )
     medgen = models.info[models.main]["medgen"]
     max_steps = medgen["limits"]["steps"][1]
     if models.restores:
-        options, what = {"steps": max_steps, "num_samples": 16}, f"steps {max_steps} x num_samples 16 x the 64 x 64 x 8 image"
+        options, what = (
+            {"steps": max_steps, "num_samples": 16},
+            f"steps {max_steps} x num_samples 16 x the 64 x 64 x 8 image",
+        )
     else:
         options, what = models.fast(steps=max_steps, num_slices=64), f"steps {max_steps} x num_slices 64"
-    refused(call(server, "POST", models.path(), {"image": "colin27_slices"}, fields={"params": json.dumps(options)}), 400,
-            "request too large", what, "at most 2e+08")
+    refused(
+        call(server, "POST", models.path(), {"image": "colin27_slices"}, fields={"params": json.dumps(options)}),
+        400,
+        "request too large",
+        what,
+        "at most 2e+08",
+    )
 
 
 def test_s4_info_answers_while_inferences_run_and_the_queue_is_bounded(server, sandbox, models):
@@ -363,8 +494,13 @@ def test_s4_info_answers_while_inferences_run_and_the_queue_is_bounded(server, s
     long = models.fast(steps=60, num_samples=2) if models.restores else models.fast(steps=200, num_slices=4)
 
     def infer(name, options):
-        results[name] = call(server, "POST", models.path(), {"image": "colin27_slices", "output": "json"},
-                             fields={"params": json.dumps(options)})
+        results[name] = call(
+            server,
+            "POST",
+            models.path(),
+            {"image": "colin27_slices", "output": "json"},
+            fields={"params": json.dumps(options)},
+        )
 
     long_job = threading.Thread(target=infer, args=("long", long))
     long_job.start()
@@ -385,14 +521,25 @@ def test_s4_info_answers_while_inferences_run_and_the_queue_is_bounded(server, s
         while call(server, "GET", "/info/", timeout=30)[1]["medgen"]["queue"]["waiting"] < 2:
             assert time.time() < deadline and long_job.is_alive(), "the waiting jobs never queued"
             time.sleep(0.05)
-        refused(call(server, "POST", models.path(), {"image": "colin27_slices"},
-                     fields={"params": json.dumps(models.fast())}), 429, "the server is busy", "retry later")
+        refused(
+            call(
+                server, "POST", models.path(), {"image": "colin27_slices"}, fields={"params": json.dumps(models.fast())}
+            ),
+            429,
+            "the server is busy",
+            "retry later",
+        )
     finally:
         long_job.join()
         for t in waiting:
             t.join()
     assert {k: v[0] for k, v in results.items()} == {"long": 200, "wait0": 200, "wait1": 200}, results
-    assert call(server, "GET", "/info/")[1]["medgen"]["queue"] == {"running": 0, "waiting": 0, "workers": 1, "max_waiting": 2}
+    assert call(server, "GET", "/info/")[1]["medgen"]["queue"] == {
+        "running": 0,
+        "waiting": 0,
+        "workers": 1,
+        "max_waiting": 2,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,14 +565,23 @@ def test_s5_uploads_are_removed_after_success_and_failure(server, sandbox, model
     if models.inpaint:
         fast_inpaint = {"params": json.dumps(models.fast(models.inpaint))}
         requests += [
-            (models.inpaint, fast_inpaint, {"file": upload(sandbox["slices_masked"]), "label": upload(sandbox["slices_mask"])}, 200),
+            (
+                models.inpaint,
+                fast_inpaint,
+                {"file": upload(sandbox["slices_masked"]), "label": upload(sandbox["slices_mask"])},
+                200,
+            ),
             (models.inpaint, fast_inpaint, {"file": upload(sandbox["slices_masked"]), "label": upload(nan)}, 400),
         ]
     for model, fields, files, status in requests:
         got, body = call(server, "POST", models.path(model), {"output": "json"}, fields=fields, files=files)
         assert got == status, body
         assert list(private.iterdir()) == []
-    refused(call(server, "POST", models.path(), fields={"params": "{}"}, files={"file": upload(truncated)}), 400, "truncated")
+    refused(
+        call(server, "POST", models.path(), fields={"params": "{}"}, files={"file": upload(truncated)}),
+        400,
+        "truncated",
+    )
     refused(call(server, "PUT", "/datastore/image", {"image": "nan"}, files={"file": upload(nan)}), 400, "NaN")
     assert "nan" not in listed(server) and not (sandbox["studies"] / "nan.nii.gz").exists()
 
@@ -438,29 +594,64 @@ def test_s6_datastore_uploads_are_checked(server, sandbox, tmp_path):
     studies_before = sorted(p.name for p in sandbox["studies"].iterdir())
     rng = np.random.default_rng(0)
     noise = rng.bytes((MAX_UPLOAD_MB - 8) * 2**20)  # random bytes under the byte cap: refused by type
-    refused(call(server, "PUT", "/datastore/image", {"image": "noise"}, files={"file": ("noise.nii.gz", noise)}), 400,
-            "not a NIfTI", "NRRD")
+    refused(
+        call(server, "PUT", "/datastore/image", {"image": "noise"}, files={"file": ("noise.nii.gz", noise)}),
+        400,
+        "not a NIfTI",
+        "NRRD",
+    )
     big = rng.bytes((MAX_UPLOAD_MB + 8) * 2**20)  # over the byte cap: refused by its Content-Length
-    refused(call(server, "PUT", "/datastore/image", {"image": "big"}, files={"file": ("big.nii.gz", big)}), 413,
-            "the server accepts at most")
+    refused(
+        call(server, "PUT", "/datastore/image", {"image": "big"}, files={"file": ("big.nii.gz", big)}),
+        413,
+        "the server accepts at most",
+    )
     fake_gz = gzip.compress(b"#!/bin/sh\necho hello\n")
-    refused(call(server, "PUT", "/datastore/image", {"image": "script"}, files={"file": ("run.sh", fake_gz)}), 400,
-            "not a gzipped NIfTI")
-    detached = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: " + str(sandbox["victim"]).encode() + b"\n\n"
-    refused(call(server, "PUT", "/datastore/image", {"image": "detached"}, files={"file": ("x.nrrd", detached)}), 400,
-            "separate data file")
+    refused(
+        call(server, "PUT", "/datastore/image", {"image": "script"}, files={"file": ("run.sh", fake_gz)}),
+        400,
+        "not a gzipped NIfTI",
+    )
+    detached = (
+        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: "
+        + str(sandbox["victim"]).encode()
+        + b"\n\n"
+    )
+    refused(
+        call(server, "PUT", "/datastore/image", {"image": "detached"}, files={"file": ("x.nrrd", detached)}),
+        400,
+        "separate data file",
+    )
     mhd = f"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_FLOAT\nElementDataFile = {sandbox['victim']}\n"
-    refused(call(server, "PUT", "/datastore/image", {"image": "mhd"}, files={"file": ("x.mha", mhd.encode())}), 400,
-            "separate data file")
+    refused(
+        call(server, "PUT", "/datastore/image", {"image": "mhd"}, files={"file": ("x.mha", mhd.encode())}),
+        400,
+        "separate data file",
+    )
     pair = bytearray(348)
     pair[:4] = (348).to_bytes(4, "little")
     pair[344:348] = b"ni1\x00"
-    refused(call(server, "PUT", "/datastore/image", {"image": "pair"}, files={"file": ("x.hdr", bytes(pair))}), 400, "NIfTI pair")
+    refused(
+        call(server, "PUT", "/datastore/image", {"image": "pair"}, files={"file": ("x.hdr", bytes(pair))}),
+        400,
+        "NIfTI pair",
+    )
     other_grid = tmp_path / "other_grid.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 8), np.float32), np.eye(4)), str(other_grid))
-    refused(call(server, "PUT", "/datastore/label", {"image": "colin27_slices", "tag": "final"},
-                 files={"label": upload(other_grid)}), 400, "not the image's")
-    refused(call(server, "PUT", "/datastore/image", {"image": "nofile"}, fields={"params": "{}"}), 400, "upload the image")
+    refused(
+        call(
+            server,
+            "PUT",
+            "/datastore/label",
+            {"image": "colin27_slices", "tag": "final"},
+            files={"label": upload(other_grid)},
+        ),
+        400,
+        "not the image's",
+    )
+    refused(
+        call(server, "PUT", "/datastore/image", {"image": "nofile"}, fields={"params": "{}"}), 400, "upload the image"
+    )
     assert listed(server) == before
     assert sorted(p.name for p in sandbox["studies"].iterdir()) == studies_before
 
@@ -471,33 +662,73 @@ def test_s6_datastore_uploads_are_checked(server, sandbox, tmp_path):
 def test_s7_malformed_requests_get_4xx_with_a_message(server, sandbox, models):
     image = {"file": upload(sandbox["slices_noisy"])}
     infer = models.path()
-    refused(call(server, "POST", infer, fields={"params": "{bad json"}, files=image), 400, "params must be a JSON object",
-            "not valid JSON")
+    refused(
+        call(server, "POST", infer, fields={"params": "{bad json"}, files=image),
+        400,
+        "params must be a JSON object",
+        "not valid JSON",
+    )
     refused(call(server, "POST", infer, fields={"params": "[1, 2]"}, files=image), 400, "got a JSON list")
-    refused(call(server, "POST", infer, fields={"params": "{}"}), 400, "give the id of a datastore image", "upload the image")
+    refused(
+        call(server, "POST", infer, fields={"params": "{}"}),
+        400,
+        "give the id of a datastore image",
+        "upload the image",
+    )
     refused(call(server, "POST", infer, body=b""), 400, "give the id of a datastore image")
-    refused(call(server, "POST", infer, {"image": "colin27_slices"}, fields={"params": "{}"}, files=image), 400, "not both")
-    refused(call(server, "POST", infer, {"image": "colin27_slices", "output": "dicom_seg"}), 400, "output must be one of")
-    refused(call(server, "POST", infer, {"image": "colin27_slices"}, fields={"params": json.dumps({"steps": 0})}), 400,
-            "steps must be an integer")
-    refused(call(server, "POST", infer, {"image": "colin27_slices"}, fields={"params": json.dumps({"sampler": ["x"]})}), 400,
-            "sampler must be one of")
-    refused(call(server, "POST", "/infer/no_such_model", {"image": "colin27_slices"}), 404, "is not served", models.main)
-    refused(call(server, "POST", infer, body=b"--xyz\r\nnot a multipart body",
-                 headers={"Content-Type": "multipart/form-data; boundary=xyz"}), 400)
-    refused(call(server, "POST", infer, {"image": "colin27_slices"}, files={"params": ("p.json", b"{}")}), 400,
-            "params must be a form field of text")
-    refused(call(server, "POST", "/activelearning/random", body=b"{not json",
-                 headers={"Content-Type": "application/json"}), 400, "not valid JSON")
+    refused(
+        call(server, "POST", infer, {"image": "colin27_slices"}, fields={"params": "{}"}, files=image), 400, "not both"
+    )
+    refused(
+        call(server, "POST", infer, {"image": "colin27_slices", "output": "dicom_seg"}), 400, "output must be one of"
+    )
+    refused(
+        call(server, "POST", infer, {"image": "colin27_slices"}, fields={"params": json.dumps({"steps": 0})}),
+        400,
+        "steps must be an integer",
+    )
+    refused(
+        call(server, "POST", infer, {"image": "colin27_slices"}, fields={"params": json.dumps({"sampler": ["x"]})}),
+        400,
+        "sampler must be one of",
+    )
+    refused(
+        call(server, "POST", "/infer/no_such_model", {"image": "colin27_slices"}), 404, "is not served", models.main
+    )
+    refused(
+        call(
+            server,
+            "POST",
+            infer,
+            body=b"--xyz\r\nnot a multipart body",
+            headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+        ),
+        400,
+    )
+    refused(
+        call(server, "POST", infer, {"image": "colin27_slices"}, files={"params": ("p.json", b"{}")}),
+        400,
+        "params must be a form field of text",
+    )
+    refused(
+        call(server, "POST", "/activelearning/random", body=b"{not json", headers={"Content-Type": "application/json"}),
+        400,
+        "not valid JSON",
+    )
     refused(call(server, "POST", "/activelearning/no_such_strategy", body=b"{}"), 404, "strategies")
-    refused(call(server, "PUT", "/datastore/image/info", {"image": "colin27_slices"}, fields={"info": "[]"}), 400,
-            "info must be a JSON object")
+    refused(
+        call(server, "PUT", "/datastore/image/info", {"image": "colin27_slices"}, fields={"info": "[]"}),
+        400,
+        "info must be a JSON object",
+    )
     refused(call(server, "GET", "/datastore/image/info", {"image": "no_such_image"}), 404, "no image")
     refused(call(server, "GET", "/datastore/image"), 400, "image must be a name")
     refused(call(server, "GET", "/datastore/", {"output": "bogus"}), 400, "output must be one of")
     status, info = call(server, "GET", "/datastore/image/info", {"image": "colin27_slices"})
     assert status == 200 and "path" not in info  # no server path in an answer
-    status, body = call(server, "POST", "/activelearning/random", body=b"{}", headers={"Content-Type": "application/json"})
+    status, body = call(
+        server, "POST", "/activelearning/random", body=b"{}", headers={"Content-Type": "application/json"}
+    )
     assert status == 200 and "path" not in body and body["id"] in listed(server)
 
 
@@ -507,8 +738,27 @@ def test_s7_malformed_requests_get_4xx_with_a_message(server, sandbox, models):
 def test_names_are_checked():
     for good in ("colin27_slices", "scan 1 (copy)", "a.b", "x" * 128, "final", "synthetic_vdm_11"):
         assert confine.check_name(good) == good
-    for bad in ("", "..", ".", "../x", "/etc/passwd", "a/b", "a\\b", "C:x", ".hidden", "-rf", " x", "x ", "x.", "x" * 129,
-                "a\x00b", "a\nb", None, 3, ["a"]):
+    for bad in (
+        "",
+        "..",
+        ".",
+        "../x",
+        "/etc/passwd",
+        "a/b",
+        "a\\b",
+        "C:x",
+        ".hidden",
+        "-rf",
+        " x",
+        "x ",
+        "x.",
+        "x" * 129,
+        "a\x00b",
+        "a\nb",
+        None,
+        3,
+        ["a"],
+    ):
         with pytest.raises(served.RequestError, match="never a path") as e:
             confine.check_name(bad, "image")
         assert e.value.status_code == 400
@@ -535,13 +785,18 @@ def test_headers_are_read_before_decoding(tmp_path):
     assert e.value.status_code == 413
     nrrd = confine.sniff_image(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 10 20 30\nencoding: gzip\n\n\x1f\x8b")
     assert (nrrd.kind, nrrd.shape, nrrd.bytes_per_voxel) == ("nrrd", (10, 20, 30), 2)
-    mha = confine.sniff_image(b"ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementNumberOfChannels = 2\n"
-                              b"ElementType = MET_FLOAT\nElementDataFile = LOCAL\n" + b"\0" * 16)
+    mha = confine.sniff_image(
+        b"ObjectType = Image\nNDims = 3\nDimSize = 4 5 6\nElementNumberOfChannels = 2\n"
+        b"ElementType = MET_FLOAT\nElementDataFile = LOCAL\n" + b"\0" * 16
+    )
     assert (mha.kind, mha.shape) == ("mha", (4, 5, 6, 2))
-    for head, text in [(b"\x89PNG\r\n", "not a NIfTI"), (gzip.compress(b"hello"), "not a gzipped NIfTI"),
-                       (b"NRRD0004\nsizes: 4 4\ndata file: /etc/x\n\n", "separate data file"),
-                       (b"NRRD0004\nsizes: 4 -4\n\n", "invalid dimensions"),
-                       (b"ObjectType = Image\nDimSize = 4 4\nElementDataFile = /etc/x\n", "separate data file")]:
+    for head, text in [
+        (b"\x89PNG\r\n", "not a NIfTI"),
+        (gzip.compress(b"hello"), "not a gzipped NIfTI"),
+        (b"NRRD0004\nsizes: 4 4\ndata file: /etc/x\n\n", "separate data file"),
+        (b"NRRD0004\nsizes: 4 -4\n\n", "invalid dimensions"),
+        (b"ObjectType = Image\nDimSize = 4 4\nElementDataFile = /etc/x\n", "separate data file"),
+    ]:
         with pytest.raises(served.RequestError, match=text):
             confine.sniff_image(head)
     truncated = tmp_path / "t.nii"
@@ -574,9 +829,13 @@ def test_uploads_are_copied_with_a_byte_cap_and_stale_folders_removed(tmp_path):
 def test_params_are_the_model_options_only():
     assert confine.parse_params('{"steps": 3, "client_id": "slicer"}', ["steps"]) == {"steps": 3}
     assert confine.parse_params("", ["steps"]) == {} and confine.parse_params(None, ["steps"]) == {}
-    for text, message in [("{", "not valid JSON"), ("[]", "got a JSON list"), ('"x"', "got a JSON str"),
-                          ('{"image": "/etc/passwd"}', "['image'] is not an option"),
-                          ('{"label": "x", "model": "y"}', "['label', 'model'] are not options")]:
+    for text, message in [
+        ("{", "not valid JSON"),
+        ("[]", "got a JSON list"),
+        ('"x"', "got a JSON str"),
+        ('{"image": "/etc/passwd"}', "['image'] is not an option"),
+        ('{"label": "x", "model": "y"}', "['label', 'model'] are not options"),
+    ]:
         with pytest.raises(served.RequestError, match=message.replace("[", r"\[").replace("]", r"\]")):
             confine.parse_params(text, ["steps"])
 
@@ -597,7 +856,9 @@ def test_the_job_queue_is_bounded():
 
 
 def test_limits_from_conf():
-    limits = confine.ServerLimits.from_conf({"max_voxels": "1000", "max_upload_mb": "2", "max_work": "1e6", "max_waiting": "0"})
+    limits = confine.ServerLimits.from_conf(
+        {"max_voxels": "1000", "max_upload_mb": "2", "max_work": "1e6", "max_waiting": "0"}
+    )
     assert limits.describe() == {"max_voxels": 1000, "max_upload_bytes": 2 * 2**20, "max_work": 1e6, "max_waiting": 0}
     assert confine.ServerLimits.from_conf({}).describe()["max_work"] == 2e8
     with pytest.raises(ValueError, match="--conf max_work must be a number"):
@@ -613,9 +874,13 @@ def test_work_estimate_names_what_makes_it_large():
     assert sr.work(options, (16, 16, 8)) == 10 * 2 * 64 * 64 * 8
     with pytest.raises(served.RequestError, match=r"steps 10 x num_samples 2 x the 16 x 16 x 8 image at factor 4.0"):
         sr.check_work(options, (16, 16, 8), 1e5)
-    volume = served.ServedModel(task="sr", spatial_dims=3, factor=[1.0, 1.0, 4.0], patch_size=(64, 64, 64), overlap=0.25, **base)
+    volume = served.ServedModel(
+        task="sr", spatial_dims=3, factor=[1.0, 1.0, 4.0], patch_size=(64, 64, 64), overlap=0.25, **base
+    )
     # 100 x 48 x 32 at (1, 1, 4) -> 100 x 48 x 128: two patches along x (interval 48), one along y, three along z
     assert volume.work(volume.parse_options({"steps": 1, "factor": "1,1,4"}), (100, 48, 32)) == 2 * 64 * 48 * 3 * 64
-    gen = served.ServedModel(task="generate", spatial_dims=2, image_size=64, class_names=["a", "b"], guidance_scale=2.0, **base)
+    gen = served.ServedModel(
+        task="generate", spatial_dims=2, image_size=64, class_names=["a", "b"], guidance_scale=2.0, **base
+    )
     assert gen.work(gen.parse_options({"steps": 5, "num_slices": 4}), None) == 5 * 4 * 64 * 64 * 2
     assert gen.work(gen.parse_options({"steps": 5, "num_slices": 4, "guidance": 0}), None) == 5 * 4 * 64 * 64

@@ -18,15 +18,23 @@ NOTEBOOK = REPO / "notebooks" / "restore_and_generate.ipynb"
 
 def _images(nb) -> list[str]:
     """MIME types of the pictures the executed notebook displays."""
-    return [mime for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-            for mime in out.get("data", {}) if mime.startswith("image/")]
+    return [
+        mime
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        for mime in out.get("data", {})
+        if mime.startswith("image/")
+    ]
 
 
 def test_restore_and_generate_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDGEN_NOTEBOOK_OUTPUT", str(tmp_path / "outputs"))
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     nb = nbformat.read(str(NOTEBOOK), as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError naming the failing cell
     out = tmp_path / "outputs"
     assert (out / "restoration.png").is_file()
@@ -35,5 +43,7 @@ def test_restore_and_generate_notebook_runs(tmp_path, monkeypatch):
     assert len(list(generated.glob("*_synthetic.nii.gz"))) == 4
     # the restoration figure, the sample grid and the sampling animation are shown
     assert _images(nb).count("image/png") >= 2 and "image/gif" in _images(nb)
-    text = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", []))
+    text = "".join(
+        out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+    )
     assert "bicubic  PSNR" in text and "ours     PSNR" in text

@@ -16,8 +16,12 @@ from monai_medgen.metrics import png_bits_per_dim
 
 COLIN = "/usr/share/mricron/templates/ch2bet.nii.gz"
 VDM = Path(__file__).resolve().parents[1] / "bundles" / "vdm_brain_mri_2d"
-needs_colin = pytest.mark.skipif(not os.path.isfile(COLIN), reason="Colin27 (mricron-data: ch2bet.nii.gz) not installed")
-needs_vdm = pytest.mark.skipif(not (VDM / "models" / "model.pt").is_file(), reason="no trained vdm_brain_mri_2d weights")
+needs_colin = pytest.mark.skipif(
+    not os.path.isfile(COLIN), reason="Colin27 (mricron-data: ch2bet.nii.gz) not installed"
+)
+needs_vdm = pytest.mark.skipif(
+    not (VDM / "models" / "model.pt").is_file(), reason="no trained vdm_brain_mri_2d weights"
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,9 @@ def test_degenerate_inputs_refused(image, fragment):
 def test_cli_refuses_degenerate_input_with_one_line(case, tmp_path, capsys):
     image = np.full((64, 64), 100.0) if case == "constant" else np.random.default_rng(0).random((4, 4)) + 1
     path = _save(tmp_path, case, image)
-    rc = cli.main(["score", "--bundle", str(VDM), "--input", path, "--device", "cpu", "--json", str(tmp_path / "r.json")])
+    rc = cli.main(
+        ["score", "--bundle", str(VDM), "--input", path, "--device", "cpu", "--json", str(tmp_path / "r.json")]
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2 and len(lines) == 1, err
@@ -123,8 +129,10 @@ def test_brain_more_typical_than_noise_and_photograph(colin_slice, vdm):
         "constant plus noise": 0.5 + 0.1 * rng.standard_normal((128, 128)),
         "camera": skimage.data.camera(),
     }
-    score = {k: ood.score_slices(ood.prepare_slices(v, name=k), network, inferer, num_time_samples=16)["score"][0]
-             for k, v in images.items()}
+    score = {
+        k: ood.score_slices(ood.prepare_slices(v, name=k), network, inferer, num_time_samples=16)["score"][0]
+        for k, v in images.items()
+    }
     assert score["colin27"] < ood.DEFAULT_THRESHOLDS["png"] < min(score["constant plus noise"], score["camera"]), score
 
 

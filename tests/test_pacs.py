@@ -37,7 +37,9 @@ BUNDLE = REPO / "bundles" / "cddpm_denoising_2d"
 ORTHANC, PLUGIN = dicomweb.find_orthanc()
 needs_orthanc = [
     pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)"),
-    pytest.mark.skipif(not os.path.isfile(COLIN), reason="Colin27 template (mricron-data: ch2bet.nii.gz) not installed"),
+    pytest.mark.skipif(
+        not os.path.isfile(COLIN), reason="Colin27 template (mricron-data: ch2bet.nii.gz) not installed"
+    ),
 ]
 
 
@@ -45,6 +47,8 @@ def orthanc_test(fn):
     for mark in needs_orthanc:
         fn = mark(fn)
     return fn
+
+
 FAST = ["--steps", "2", "--device", "cpu"]
 
 
@@ -91,7 +95,9 @@ def _check_in_orthanc(orthanc, series, derived_uid, tmp_path, title):
     tags = PACS.series_tags(client, series["study"], derived_uid)
     PACS.print_tags(f"{title}: derived series read back from Orthanc", tags)
     assert PACS.check_derived(series["tags"], tags, BUNDLE.name) == []
-    assert tags["ImageType"] == ["DERIVED", "SECONDARY"] and tags["SeriesNumber"] == series["tags"]["SeriesNumber"] + 1000
+    assert (
+        tags["ImageType"] == ["DERIVED", "SECONDARY"] and tags["SeriesNumber"] == series["tags"]["SeriesNumber"] + 1000
+    )
     # the pixels, downloaded again: the input's grid and world geometry, marked synthetic, this brain
     back = tmp_path / f"{title}_derived"
     client.retrieve_series(series["study"], derived_uid, back)
@@ -112,8 +118,20 @@ def test_cli_restores_a_pacs_series_and_stores_the_derived_series(orthanc, serie
     before = _new_series(orthanc, series)
     monkeypatch.setenv(dicomweb.PASSWORD_ENV, orthanc.password)
     url = orthanc.dicomweb_url.replace("://", f"://{orthanc.username}@")  # the password from the environment
-    rc = cli.main(["restore", "--bundle", str(BUNDLE), "--dicomweb", url, "--study-uid", series["study"],
-                   "--series-uid", series["series"], *FAST])
+    rc = cli.main(
+        [
+            "restore",
+            "--bundle",
+            str(BUNDLE),
+            "--dicomweb",
+            url,
+            "--study-uid",
+            series["study"],
+            "--series-uid",
+            series["series"],
+            *FAST,
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     new = _new_series(orthanc, series, before)
@@ -130,12 +148,30 @@ def test_cli_writes_a_pacs_series_to_local_files_with_output(orthanc, series, mo
     monkeypatch.setenv(dicomweb.PASSWORD_ENV, orthanc.password)
     url = orthanc.dicomweb_url.replace("://", f"://{orthanc.username}@")
     out = tmp_path / "restored.nii.gz"
-    assert cli.main(["restore", "--bundle", str(BUNDLE), "--dicomweb", url, "--series-uid", series["series"],
-                     "--output", str(out), *FAST]) == 0  # the study found by the server
+    assert (
+        cli.main(
+            [
+                "restore",
+                "--bundle",
+                str(BUNDLE),
+                "--dicomweb",
+                url,
+                "--series-uid",
+                series["series"],
+                "--output",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )  # the study found by the server
     np.testing.assert_allclose(nib.load(str(out)).affine, io.read_image(series["folder"]).affine.numpy(), atol=1e-4)
     prov = io.read_provenance(out)
-    assert prov.extra["dicomweb"] == {"url": orthanc.dicomweb_url, "study_uid": series["study"],
-                                      "series_uid": series["series"]}
+    assert prov.extra["dicomweb"] == {
+        "url": orthanc.dicomweb_url,
+        "study_uid": series["study"],
+        "series_uid": series["series"],
+    }
     assert _new_series(orthanc, series, before) == []  # nothing stored on the server
 
 
@@ -143,30 +179,51 @@ def test_cli_writes_a_pacs_series_to_local_files_with_output(orthanc, series, mo
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--dicomweb", "{unreachable}", "--series-uid", "{series}"], "--dicomweb {unreachable}: cannot reach the server"),
+        (
+            ["--dicomweb", "{unreachable}", "--series-uid", "{series}"],
+            "--dicomweb {unreachable}: cannot reach the server",
+        ),
         (["--dicomweb", "{user_root}/no-such-root", "--series-uid", "{series}"], "HTTP 404"),
         (["--dicomweb", "{root}", "--series-uid", "{series}"], "HTTP 401"),  # no user
         (["--dicomweb", "{wrong_user}", "--series-uid", "{series}"], "refused the user name or password"),
         (["--dicomweb", "{user_root}", "--series-uid", "1.2.3.4"], "--series-uid 1.2.3.4: no series with"),
-        (["--dicomweb", "{user_root}", "--study-uid", "1.2.3", "--series-uid", "{series}"], "--study-uid 1.2.3: no study"),
+        (
+            ["--dicomweb", "{user_root}", "--study-uid", "1.2.3", "--series-uid", "{series}"],
+            "--study-uid 1.2.3: no study",
+        ),
         (["--dicomweb", "{user_root}", "--series-uid", "../etc/passwd"], "--series-uid must be a DICOM UID"),
         (["--dicomweb", "{user_root}"], "--dicomweb needs --series-uid"),
-        (["--dicomweb", "ftp://127.0.0.1/dicom-web", "--series-uid", "{series}"], "--dicomweb must be the http(s) address"),
-        (["--dicomweb", "{user_root}", "--series-uid", "{series}", "--samples", "2", "--uncertainty", "{tmp}/u"],
-         "--uncertainty with --dicomweb needs --output"),
-        (["--input", "{tmp}/x.nii.gz", "--study-uid", "{series}", "--output", "{tmp}/o.nii.gz"],
-         "--study-uid applies to --dicomweb"),
+        (
+            ["--dicomweb", "ftp://127.0.0.1/dicom-web", "--series-uid", "{series}"],
+            "--dicomweb must be the http(s) address",
+        ),
+        (
+            ["--dicomweb", "{user_root}", "--series-uid", "{series}", "--samples", "2", "--uncertainty", "{tmp}/u"],
+            "--uncertainty with --dicomweb needs --output",
+        ),
+        (
+            ["--input", "{tmp}/x.nii.gz", "--study-uid", "{series}", "--output", "{tmp}/o.nii.gz"],
+            "--study-uid applies to --dicomweb",
+        ),
         (["--input", "{tmp}/x.nii.gz"], "--output is required"),
-        (["--dicomweb", "{user_root}", "--series-uid", "{series}", "--bundle", "{sr_bundle}", "--factor", "2"],
-         "a derived series stored on the server keeps the input series' grid"),
+        (
+            ["--dicomweb", "{user_root}", "--series-uid", "{series}", "--bundle", "{sr_bundle}", "--factor", "2"],
+            "a derived series stored on the server keeps the input series' grid",
+        ),
     ],
 )
 def test_cli_pacs_errors_name_the_option(orthanc, series, monkeypatch, capsys, tmp_path, args, fragment):
     monkeypatch.setenv(dicomweb.PASSWORD_ENV, "wrong" if "{wrong_user}" in args else orthanc.password)
     user_root = orthanc.dicomweb_url.replace("://", f"://{orthanc.username}@")
-    names = {"unreachable": f"http://127.0.0.1:{dicomweb._free_port()}/dicom-web", "root": orthanc.dicomweb_url,
-             "user_root": user_root, "wrong_user": user_root, "series": series["series"], "tmp": str(tmp_path),
-             "sr_bundle": str(REPO / "bundles" / "cddpm_super_resolution_2d")}
+    names = {
+        "unreachable": f"http://127.0.0.1:{dicomweb._free_port()}/dicom-web",
+        "root": orthanc.dicomweb_url,
+        "user_root": user_root,
+        "wrong_user": user_root,
+        "series": series["series"],
+        "tmp": str(tmp_path),
+        "sr_bundle": str(REPO / "bundles" / "cddpm_super_resolution_2d"),
+    }
     argv = [a.format(**names) for a in args]
     bundle = [] if "--bundle" in argv else ["--bundle", str(BUNDLE)]
     before = _new_series(orthanc, series)
@@ -181,7 +238,9 @@ def test_cli_pacs_errors_name_the_option(orthanc, series, monkeypatch, capsys, t
 
 def test_input_and_dicomweb_exclude_each_other(capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["restore", "--bundle", str(BUNDLE), "--input", "a.nii.gz", "--dicomweb", "http://127.0.0.1/dicom-web"])
+        cli.main(
+            ["restore", "--bundle", str(BUNDLE), "--input", "a.nii.gz", "--dicomweb", "http://127.0.0.1/dicom-web"]
+        )
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
@@ -194,8 +253,10 @@ def _multipart(fields: dict) -> tuple[bytes, str]:
     body = b""
     for name, value in fields.items():
         if isinstance(value, tuple):
-            head = f'Content-Disposition: form-data; name="{name}"; filename="{value[0]}"\r\n' \
-                   "Content-Type: application/octet-stream\r\n\r\n"
+            head = (
+                f'Content-Disposition: form-data; name="{name}"; filename="{value[0]}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            )
             data = value[1]
         else:
             head, data = f'Content-Disposition: form-data; name="{name}"\r\n\r\n', value.encode()
@@ -205,8 +266,9 @@ def _multipart(fields: dict) -> tuple[bytes, str]:
 
 def _call(method: str, url: str, fields: dict | None = None, timeout: float = 300) -> tuple[int, dict]:
     body, content_type = _multipart(fields) if fields is not None else (None, None)
-    request = urllib.request.Request(url, data=body, method=method,
-                                     headers={"Content-Type": content_type} if content_type else {})
+    request = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": content_type} if content_type else {}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return answer.status, json.loads(answer.read())
@@ -218,11 +280,18 @@ def _call(method: str, url: str, fields: dict | None = None, timeout: float = 30
 def test_monailabel_on_orthanc_restores_a_series_and_stores_it_back(orthanc, series, capsys, tmp_path):
     from monai_medgen.apps.monailabel.local import MONAILabelServer
 
-    env = {"MONAI_LABEL_DATASTORE_USERNAME": orthanc.username, "MONAI_LABEL_DATASTORE_PASSWORD": orthanc.password,
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        "MONAI_LABEL_DATASTORE_USERNAME": orthanc.username,
+        "MONAI_LABEL_DATASTORE_PASSWORD": orthanc.password,
+        "OMP_NUM_THREADS": "1",
+    }
     models = f"{BUNDLE.name},cddpm_super_resolution_2d"
-    server = MONAILabelServer(orthanc.dicomweb_url, conf={"bundles": str(REPO / "bundles"), "models": models},
-                              log_path=tmp_path / "monailabel_server.log", env=env)
+    server = MONAILabelServer(
+        orthanc.dicomweb_url,
+        conf={"bundles": str(REPO / "bundles"), "models": models},
+        log_path=tmp_path / "monailabel_server.log",
+        env=env,
+    )
     server.start()
     try:
         status, stats = _call("GET", f"{server.url}/datastore/?output=stats")
@@ -237,8 +306,9 @@ def test_monailabel_on_orthanc_restores_a_series_and_stores_it_back(orthanc, ser
 
         before = _new_series(orthanc, series)
         params = json.dumps({"sampler": "dpm++", "steps": 2, "seed": 0})
-        status, answer = _call("POST", f"{server.url}/infer/{BUNDLE.name}?image={series['series']}&output=json",
-                               {"params": params})
+        status, answer = _call(
+            "POST", f"{server.url}/infer/{BUNDLE.name}?image={series['series']}&output=json", {"params": params}
+        )
         assert status == 200, answer
         pacs = answer["medgen"]["pacs"]
         new = _new_series(orthanc, series, before)
@@ -249,8 +319,11 @@ def test_monailabel_on_orthanc_restores_a_series_and_stores_it_back(orthanc, ser
             _check_in_orthanc(orthanc, series, new[0], tmp_path, "MONAI Label /infer on --studies <Orthanc>")
 
         # super-resolution onto a finer grid: the volume is answered, nothing is stored (a derived series keeps the grid)
-        status, answer = _call("POST", f"{server.url}/infer/cddpm_super_resolution_2d?image={series['series']}&output=json",
-                               {"params": json.dumps({"steps": 1, "factor": 1.25})})
+        status, answer = _call(
+            "POST",
+            f"{server.url}/infer/cddpm_super_resolution_2d?image={series['series']}&output=json",
+            {"params": json.dumps({"steps": 1, "factor": 1.25})},
+        )
         assert status == 200 and answer["medgen"]["shape"] == [112, 135, 4], answer
         assert answer["medgen"]["pacs"]["stored"] is False and "grid" in answer["medgen"]["pacs"]["reason"]
 
@@ -261,7 +334,9 @@ def test_monailabel_on_orthanc_restores_a_series_and_stores_it_back(orthanc, ser
         assert status == 400 and "never a path" in answer["detail"], answer
         upload = tmp_path / "upload.nii.gz"
         nib.save(nib.Nifti1Image(np.ones((16, 16, 2), np.float32), np.eye(4)), str(upload))
-        status, answer = _call("PUT", f"{server.url}/datastore/image?image=mine", {"file": ("upload.nii.gz", upload.read_bytes())})
+        status, answer = _call(
+            "PUT", f"{server.url}/datastore/image?image=mine", {"file": ("upload.nii.gz", upload.read_bytes())}
+        )
         assert status == 400 and "DICOMweb server" in answer["detail"], answer
         assert _new_series(orthanc, series, before) == new  # nothing else stored
     except BaseException:
@@ -286,9 +361,13 @@ def test_uids_and_addresses_are_checked(monkeypatch):
     c = dicomweb.DICOMwebClient("https://bob:s%40cret@pacs.example:443/dicomweb")
     assert c.url == "https://pacs.example:443/dicomweb" and c._auth.startswith("Basic ")
     assert dicomweb.DICOMwebClient("http://127.0.0.1:8042/dicom-web")._auth is None
-    for bad, fragment in [("ftp://h/dicom-web", "http(s) address"), ("127.0.0.1:8042", "http(s) address"),
-                          ("http:///dicom-web", "http(s) address"), ("http://h/dicom-web?x=1", "without a query"),
-                          ("http://h:99999/dicom-web", "invalid port")]:
+    for bad, fragment in [
+        ("ftp://h/dicom-web", "http(s) address"),
+        ("127.0.0.1:8042", "http(s) address"),
+        ("http:///dicom-web", "http(s) address"),
+        ("http://h/dicom-web?x=1", "without a query"),
+        ("http://h:99999/dicom-web", "invalid port"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(fragment)):
             dicomweb.DICOMwebClient(bad, what="--dicomweb")
 
@@ -300,8 +379,10 @@ def test_unreachable_server_names_the_address():
 
 
 def test_multipart_related_parts():
-    body = (b"preamble\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\nfirst\r\n--XyZ \r\n"
-            b"Content-Type: application/dicom\r\nContent-Location: /x\r\n\r\nsec\r\nond\r\n--XyZ--\r\nepilogue")
+    body = (
+        b"preamble\r\n--XyZ\r\nContent-Type: application/dicom\r\n\r\nfirst\r\n--XyZ \r\n"
+        b"Content-Type: application/dicom\r\nContent-Location: /x\r\n\r\nsec\r\nond\r\n--XyZ--\r\nepilogue"
+    )
     parts = dicomweb.parse_multipart_related(body, 'multipart/related; type="application/dicom"; boundary="XyZ"')
     assert [p[1] for p in parts] == [b"first", b"sec\r\nond"]
     assert parts[1][0] == {"content-type": "application/dicom", "content-location": "/x"}

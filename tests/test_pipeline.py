@@ -46,10 +46,12 @@ ARRAY = {
 DICT = {
     "SimulateLowResolutiond": lambda: T.SimulateLowResolutiond("image", factor=2.0, cond_key="sr"),
     "RandLowResolutiond": lambda: T.RandLowResolutiond("image", factors=(2.0, 4.0), cond_key="rlr", seed=3),
-    "RandMixedNoised": lambda: T.RandMixedNoised("image", sigma=(0.05, 0.1), salt_pepper=0.05, cond_key="noisy",
-                                                 seed=3),
-    "RandInpaintingMaskd": lambda: T.RandInpaintingMaskd("image", min_fraction=0.1, max_fraction=0.2,
-                                                         cond_key="masked", mask_key="mask", seed=3),
+    "RandMixedNoised": lambda: T.RandMixedNoised(
+        "image", sigma=(0.05, 0.1), salt_pepper=0.05, cond_key="noisy", seed=3
+    ),
+    "RandInpaintingMaskd": lambda: T.RandInpaintingMaskd(
+        "image", min_fraction=0.1, max_fraction=0.2, cond_key="masked", mask_key="mask", seed=3
+    ),
     "JoinComplexd": lambda: T.JoinComplexd("two", output_key="cplx"),
     "SplitComplexd": lambda: T.SplitComplexd("cplx", output_key="split"),
 }
@@ -57,7 +59,9 @@ SAVED = ("sr", "rlr", "noisy", "masked", "mask", "split")  # what the dictionary
 
 
 def test_every_public_transform_is_covered():
-    public = {getattr(T, n) for n in T.__all__ if isinstance(getattr(T, n), type) and issubclass(getattr(T, n), Transform)}
+    public = {
+        getattr(T, n) for n in T.__all__ if isinstance(getattr(T, n), type) and issubclass(getattr(T, n), Transform)
+    }
     covered = {type(f()) for f in (*ARRAY.values(), *DICT.values())}
     assert public == covered, f"not covered: {sorted(c.__name__ for c in public - covered)}"
 
@@ -132,9 +136,20 @@ ARRAY_CHAINS = {  # name -> transforms between LoadImage and SaveImage
 def test_array_transform_in_multiprocess_pipeline(name, crops, tmp_path):
     """Compose([LoadImage, <transform>, SaveImage]) over four files, two fork workers: the batch keeps each file's
     affine and name, and the saved NIfTI keeps the input's grid and world geometry."""
-    chain = Compose([LoadImage(image_only=True, ensure_channel_first=True), *ARRAY_CHAINS[name](),
-                     SaveImage(output_dir=str(tmp_path), output_postfix="out", separate_folder=False, resample=False,
-                               output_dtype=np.float32, print_log=False)])
+    chain = Compose(
+        [
+            LoadImage(image_only=True, ensure_channel_first=True),
+            *ARRAY_CHAINS[name](),
+            SaveImage(
+                output_dir=str(tmp_path),
+                output_postfix="out",
+                separate_folder=False,
+                resample=False,
+                output_dtype=np.float32,
+                print_log=False,
+            ),
+        ]
+    )
     loader = DataLoader(Dataset(crops, transform=chain), batch_size=2, num_workers=2)
     batches = list(loader)
     assert len(batches) == 2
@@ -155,14 +170,30 @@ def test_array_transform_in_multiprocess_pipeline(name, crops, tmp_path):
 
 
 def _dict_chain(out_dir: str | None) -> Compose:
-    chain = [LoadImaged("image", image_only=True, ensure_channel_first=True),
-             *(DICT[n]() for n in ("SimulateLowResolutiond", "RandLowResolutiond", "RandMixedNoised",
-                                   "RandInpaintingMaskd")),
-             ConcatItemsd(["image", "masked"], name="two"), DICT["JoinComplexd"](), DICT["SplitComplexd"](),
-             DeleteItemsd("cplx")]  # complex tensors have no NIfTI writer here; the real split is saved
+    chain = [
+        LoadImaged("image", image_only=True, ensure_channel_first=True),
+        *(
+            DICT[n]()
+            for n in ("SimulateLowResolutiond", "RandLowResolutiond", "RandMixedNoised", "RandInpaintingMaskd")
+        ),
+        ConcatItemsd(["image", "masked"], name="two"),
+        DICT["JoinComplexd"](),
+        DICT["SplitComplexd"](),
+        DeleteItemsd("cplx"),
+    ]  # complex tensors have no NIfTI writer here; the real split is saved
     if out_dir is not None:
-        chain += [SaveImaged(k, output_dir=out_dir, output_postfix=k, separate_folder=False, resample=False,
-                             output_dtype=np.float32, print_log=False) for k in SAVED]
+        chain += [
+            SaveImaged(
+                k,
+                output_dir=out_dir,
+                output_postfix=k,
+                separate_folder=False,
+                resample=False,
+                output_dtype=np.float32,
+                print_log=False,
+            )
+            for k in SAVED
+        ]
     return Compose(chain)
 
 
@@ -170,12 +201,20 @@ def test_dictionary_pipeline_with_spawned_workers(crops, tmp_path):
     """All dictionary transforms in one Compose with LoadImaged/SaveImaged, run by two *spawned* workers (the
     pipeline is pickled to them): the collated batch keeps affine, file name and the degradation record of each
     item in its metadata, and every saved file keeps the input's geometry."""
-    loader = DataLoader(Dataset([{"image": p} for p in crops], transform=_dict_chain(str(tmp_path))), batch_size=2,
-                        num_workers=2, multiprocessing_context="spawn")
+    loader = DataLoader(
+        Dataset([{"image": p} for p in crops], transform=_dict_chain(str(tmp_path))),
+        batch_size=2,
+        num_workers=2,
+        multiprocessing_context="spawn",
+    )
     batches = list(loader)
     assert len(batches) == 2
-    records = {"sr": ["SimulateLowResolution"], "rlr": ["RandLowResolution"], "noisy": ["RandMixedNoise"],
-               "masked": ["RandInpaintingMask"]}
+    records = {
+        "sr": ["SimulateLowResolution"],
+        "rlr": ["RandLowResolution"],
+        "noisy": ["RandMixedNoise"],
+        "masked": ["RandInpaintingMask"],
+    }
     for batch, paths in zip(batches, (crops[:2], crops[2:])):
         for key in (*records, "image", "mask", "split"):
             x = batch[key]
@@ -207,8 +246,9 @@ def test_dictionary_pipeline_with_spawned_workers(crops, tmp_path):
 
 def _run(seed: int | None) -> tuple[list[int], list[torch.Tensor]]:
     set_determinism(seed=seed)
-    loader = DataLoader(Dataset([{"image": p} for p in _run.crops], transform=_dict_chain(None)), batch_size=1,
-                        num_workers=2)
+    loader = DataLoader(
+        Dataset([{"image": p} for p in _run.crops], transform=_dict_chain(None)), batch_size=1, num_workers=2
+    )
     seeds, images = [], []
     for batch in loader:
         seeds.append(int(batch["noisy_degradation"]["noise_seed"][0]))

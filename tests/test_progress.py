@@ -26,8 +26,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _net(cond_channels: int = 1) -> ScoreUNet:
     torch.manual_seed(0)
-    return ScoreUNet(2, 1, cond_channels=cond_channels, channels=(8, 16), num_res_blocks=1, norm_num_groups=8,
-                     num_head_channels=8, fourier_exponents=[], residual=False).eval()
+    return ScoreUNet(
+        2,
+        1,
+        cond_channels=cond_channels,
+        channels=(8, 16),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+        fourier_exponents=[],
+        residual=False,
+    ).eval()
 
 
 def _volume(shape=(1, 16, 16, 5)) -> MetaTensor:
@@ -59,16 +68,28 @@ def test_residual_restore_reports_the_whole_volume_in_plane(monkeypatch, capsys)
     monkeypatch.setattr(restore_module, "MAX_PIXELS_PER_BATCH", 2 * 16 * 16)  # two slices per batch
     inferer = ResidualDiffusionInferer(family="denoise", num_train_timesteps=100, prediction_type="v_prediction")
     calls = []
-    out, _ = restore_residual(_net(cond_channels_of("denoise")), inferer, _volume(), num_steps=1, verbose=True,
-                              progress=lambda d, t: calls.append((d, t)))
+    out, _ = restore_residual(
+        _net(cond_channels_of("denoise")),
+        inferer,
+        _volume(),
+        num_steps=1,
+        verbose=True,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert out.shape == (1, 16, 16, 5)
     assert calls == [(2, 5), (4, 5), (5, 5)]
     lines = _bar_lines(capsys.readouterr().err)
     assert lines and "5/5" in lines[-1] and lines[-1].startswith("restore (denoise): 100%")
     # a 2D image is one slice: the callback still ends at (1, 1), and no bar is drawn
     calls.clear()
-    restore_residual(_net(cond_channels_of("denoise")), inferer, MetaTensor(_volume()[..., 0]), num_steps=1, verbose=True,
-                     progress=lambda d, t: calls.append((d, t)))
+    restore_residual(
+        _net(cond_channels_of("denoise")),
+        inferer,
+        MetaTensor(_volume()[..., 0]),
+        num_steps=1,
+        verbose=True,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert calls == [(1, 1)] and _bar_lines(capsys.readouterr().err) == []
 
 
@@ -78,8 +99,15 @@ def test_residual_thick_slices_count_the_planes_of_both_stacks(monkeypatch):
     low = _volume((1, 12, 10, 4))
     for planes, total in (("both", 10 + 12), ("one", 10)):
         calls = []
-        out, _ = restore_residual(_net(cond_channels_of("sr")), inferer, low, factor=(1, 1, 2), num_steps=1, planes=planes,
-                                  progress=lambda d, t, calls=calls: calls.append((d, t)))
+        out, _ = restore_residual(
+            _net(cond_channels_of("sr")),
+            inferer,
+            low,
+            factor=(1, 1, 2),
+            num_steps=1,
+            planes=planes,
+            progress=lambda d, t, calls=calls: calls.append((d, t)),
+        )
         assert out.shape == (1, 12, 10, 8)
         assert calls[-1] == (total, total) and all(t == total for _, t in calls)
         assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) > 1
@@ -88,8 +116,16 @@ def test_residual_thick_slices_count_the_planes_of_both_stacks(monkeypatch):
 def test_conditional_ddpm_restore_reports_slices(capsys):
     inferer = ConditionalDiffusionInferer(num_train_timesteps=100, prediction_type="v_prediction")
     calls = []
-    out, _ = restore_image(_net(), inferer, "denoise", _volume(), num_steps=1, batch_size=2, verbose=True,
-                           progress=lambda d, t: calls.append((d, t)))
+    out, _ = restore_image(
+        _net(),
+        inferer,
+        "denoise",
+        _volume(),
+        num_steps=1,
+        batch_size=2,
+        verbose=True,
+        progress=lambda d, t: calls.append((d, t)),
+    )
     assert out.shape == (1, 16, 16, 5)
     assert calls == [(2, 5), (4, 5), (5, 5)]
     lines = [line for line in _bar_lines(capsys.readouterr().err) if line.startswith("restore (denoise)")]
@@ -109,10 +145,25 @@ def test_command_line_restore_shows_one_bar_over_the_volume(tmp_path, capfd):
     parser["bundle_root"], parser["device"] = str(bundle), "cpu"
     save_model(bundle / "models" / "model.pt", parser.get_parsed_content("network"))
     scan = tmp_path / "scan.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(_volume((1, 32, 32, 6))[0], np.float32), np.diag([1.0, 1.0, 3.0, 1.0])), str(scan))
+    nib.save(
+        nib.Nifti1Image(np.asarray(_volume((1, 32, 32, 6))[0], np.float32), np.diag([1.0, 1.0, 3.0, 1.0])), str(scan)
+    )
     out = tmp_path / "restored.nii.gz"
-    rc = cli.main(["restore", "--bundle", str(bundle), "--input", str(scan), "--output", str(out), "--steps", "1",
-                   "--device", "cpu"])
+    rc = cli.main(
+        [
+            "restore",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(scan),
+            "--output",
+            str(out),
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0 and nib.load(str(out)).shape == (32, 32, 6)
     lines = [line for line in _bar_lines(capfd.readouterr().err) if line.startswith("restore (denoise)")]
     assert lines and "6/6" in lines[-1] and "100%" in lines[-1]

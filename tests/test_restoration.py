@@ -26,8 +26,15 @@ from monai_medgen.restoration import (
 def tiny(task: str) -> ScoreUNet:
     torch.manual_seed(0)
     return ScoreUNet(
-        2, 1, cond_channels=cond_channels(task), channels=(8, 16), num_res_blocks=1, norm_num_groups=4,
-        num_head_channels=8, fourier_exponents=(), residual=False,
+        2,
+        1,
+        cond_channels=cond_channels(task),
+        channels=(8, 16),
+        num_res_blocks=1,
+        norm_num_groups=4,
+        num_head_channels=8,
+        fourier_exponents=(),
+        residual=False,
     ).eval()
 
 
@@ -39,7 +46,9 @@ def brain_like(shape=(1, 30, 34, 3)) -> MetaTensor:
     g = np.random.default_rng(0)
     x = np.zeros(shape, np.float32)
     x[:, 5:-5, 6:-6] = 200 + 50 * g.random((shape[0], shape[1] - 10, shape[2] - 12, *shape[3:]), dtype=np.float32)
-    return MetaTensor(torch.as_tensor(x), affine=torch.as_tensor(AFFINE if len(shape) == 4 else AFFINE[[0, 1, 3]][:, [0, 1, 3]]))
+    return MetaTensor(
+        torch.as_tensor(x), affine=torch.as_tensor(AFFINE if len(shape) == 4 else AFFINE[[0, 1, 3]][:, [0, 1, 3]])
+    )
 
 
 def test_cond_channels_and_bad_task():
@@ -97,7 +106,9 @@ def test_restore_image_keeps_geometry(task):
         m[:, 10:20, 12:22] = 1
         mask = MetaTensor(m, affine=img.affine)
     factor = 2.0 if task == "sr" else 1.0
-    out, std = restore_image(tiny(task), INFERER, task, img, mask=mask, factor=factor, num_steps=3, num_samples=2, seed=1)
+    out, std = restore_image(
+        tiny(task), INFERER, task, img, mask=mask, factor=factor, num_steps=3, num_samples=2, seed=1
+    )
     expected = upsample_in_plane(img, 2.0) if task == "sr" else img
     assert out.shape == expected.shape and std.shape == expected.shape
     np.testing.assert_allclose(np.asarray(out.affine), np.asarray(expected.affine))
@@ -105,7 +116,9 @@ def test_restore_image_keeps_geometry(task):
     if task == "inpaint":  # the known voxels come back exactly
         known = ~mask.bool()
         torch.testing.assert_close(out.as_tensor()[known], img.as_tensor()[known])
-    again, _ = restore_image(tiny(task), INFERER, task, img, mask=mask, factor=factor, num_steps=3, num_samples=2, seed=1)
+    again, _ = restore_image(
+        tiny(task), INFERER, task, img, mask=mask, factor=factor, num_steps=3, num_samples=2, seed=1
+    )
     torch.testing.assert_close(again, out)
 
 
@@ -173,8 +186,15 @@ def test_restore_file_round_trip(tmp_path):
 def tiny3d(task: str = "sr") -> ScoreUNet:
     torch.manual_seed(0)
     return ScoreUNet(
-        3, 1, cond_channels=cond_channels(task), channels=(4, 8), num_res_blocks=1, norm_num_groups=4,
-        num_head_channels=4, fourier_exponents=(), residual=False,
+        3,
+        1,
+        cond_channels=cond_channels(task),
+        channels=(4, 8),
+        num_res_blocks=1,
+        norm_num_groups=4,
+        num_head_channels=4,
+        fourier_exponents=(),
+        residual=False,
     ).eval()
 
 
@@ -189,7 +209,9 @@ def test_restore_volume_patch_path_and_geometry():
     assert whole.shape == expected.shape == (1, 18, 20, 14)
     np.testing.assert_allclose(np.asarray(whole.affine), np.asarray(expected.affine))
     torch.testing.assert_close(one, whole)
-    patched, std = restore_image(net, INFERER, "sr", img, factor=(1, 1, 2), num_steps=2, patch_size=(8, 8, 8), num_samples=2)
+    patched, std = restore_image(
+        net, INFERER, "sr", img, factor=(1, 1, 2), num_steps=2, patch_size=(8, 8, 8), num_samples=2
+    )
     assert patched.shape == whole.shape and std.shape == whole.shape and torch.isfinite(patched).all()
     with pytest.raises(ValueError, match="volume"):
         restore_image(net, INFERER, "sr", brain_like((1, 16, 16)), num_steps=2)

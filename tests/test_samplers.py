@@ -47,6 +47,22 @@ def test_nfe_counts_network_calls_and_ddim_eta0_is_deterministic():
         return 0.1 * x
 
     z = torch.randn(1, 1, 4, 4)
-    a = sample_loop(eps_fn, z, FixedLinearSchedule(), time_grid(7), sampler="ddim", generator=torch.Generator().manual_seed(0), verbose=False)
-    b = sample_loop(eps_fn, z, FixedLinearSchedule(), time_grid(7), sampler="ddim", generator=torch.Generator().manual_seed(1), verbose=False)
+    a = sample_loop(
+        eps_fn,
+        z,
+        FixedLinearSchedule(),
+        time_grid(7),
+        sampler="ddim",
+        generator=torch.Generator().manual_seed(0),
+        verbose=False,
+    )
+    b = sample_loop(
+        eps_fn,
+        z,
+        FixedLinearSchedule(),
+        time_grid(7),
+        sampler="ddim",
+        generator=torch.Generator().manual_seed(1),
+        verbose=False,
+    )
     assert a.nfe == 7 and torch.equal(a.sample, b.sample)

@@ -19,7 +19,12 @@ T = torch.linspace(0, 1, 1001)
 
 @pytest.mark.parametrize(
     "schedule",
-    [FixedLinearSchedule(), LearnedLinearSchedule(), MonotoneNetSchedule(n_features=64), DiscreteSchedule.linear_betas(1000)],
+    [
+        FixedLinearSchedule(),
+        LearnedLinearSchedule(),
+        MonotoneNetSchedule(n_features=64),
+        DiscreteSchedule.linear_betas(1000),
+    ],
     ids=["fixed", "learned_linear", "monotone_net", "discrete"],
 )
 def test_endpoints_and_monotone(schedule):
@@ -27,7 +32,9 @@ def test_endpoints_and_monotone(schedule):
     assert torch.all(g[1:] >= g[:-1]), "gamma must be non-decreasing in t"
     assert g[-1] > g[0]
     g0, g1 = schedule.endpoints()
-    assert torch.allclose(g0.detach().float(), g[0], atol=1e-4) and torch.allclose(g1.detach().float(), g[-1], atol=1e-4)
+    assert torch.allclose(g0.detach().float(), g[0], atol=1e-4) and torch.allclose(
+        g1.detach().float(), g[-1], atol=1e-4
+    )
 
 
 def test_fixed_and_learned_linear_start_at_reference_values():

@@ -39,21 +39,47 @@ INFO = {
     "name": "monai_medgen",
     "models": {
         "cddpm_super_resolution_2d": {
-            "type": "others", "labels": [], "dimension": 2,
+            "type": "others",
+            "labels": [],
+            "dimension": 2,
             "description": "monai_medgen 4x super-resolution of 2D T1-weighted brain MRI slices (cddpm_super_resolution_2d)",
-            "config": {"sampler": ["dpm++", "ancestral", "ddim"], "steps": 20, "seed": 0, "num_samples": 1, "factor": 4.0},
-            "medgen": {"bundle": "cddpm_super_resolution_2d", "task": "super_resolution", "spatial_dims": 2,
-                       "needs_mask": False, "classes": [],
-                       "limits": {"steps": [1, 2000], "seed": [0, 2147483647], "num_samples": [1, 16], "factor": [1.0, 8.0]}},
+            "config": {
+                "sampler": ["dpm++", "ancestral", "ddim"],
+                "steps": 20,
+                "seed": 0,
+                "num_samples": 1,
+                "factor": 4.0,
+            },
+            "medgen": {
+                "bundle": "cddpm_super_resolution_2d",
+                "task": "super_resolution",
+                "spatial_dims": 2,
+                "needs_mask": False,
+                "classes": [],
+                "limits": {"steps": [1, 2000], "seed": [0, 2147483647], "num_samples": [1, 16], "factor": [1.0, 8.0]},
+            },
         },
         "cddpm_inpainting_2d": {
-            "type": "others", "labels": [], "dimension": 2, "description": "inpainting",
+            "type": "others",
+            "labels": [],
+            "dimension": 2,
+            "description": "inpainting",
             "config": {"sampler": ["dpm++", "ancestral", "ddim"], "steps": 20, "seed": 0, "num_samples": 1},
-            "medgen": {"task": "inpaint", "spatial_dims": 2, "needs_mask": True, "classes": [],
-                       "limits": {"steps": [1, 2000], "seed": [0, 2147483647], "num_samples": [1, 16]}},
+            "medgen": {
+                "task": "inpaint",
+                "spatial_dims": 2,
+                "needs_mask": True,
+                "classes": [],
+                "limits": {"steps": [1, 2000], "seed": [0, 2147483647], "num_samples": [1, 16]},
+            },
         },
-        "segmentation_spleen": {"type": "segmentation", "labels": ["spleen"], "dimension": 3, "description": "stock",
-                                "config": {"device": ["cpu"]}},
+        "segmentation_spleen": {
+            "type": "segmentation",
+            "labels": ["spleen"],
+            "dimension": 3,
+            "description": "stock",
+            "config": {"device": ["cpu"]},
+        },
     },
     "strategies": {"generate": {"description": "Generate a new synthetic volume"}},
 }
@@ -66,8 +92,17 @@ def test_parse_info_keeps_the_app_models_with_their_options():
     assert (sr.task, sr.spatial_dims, sr.needs_mask, sr.generative) == ("super_resolution", 2, False, False)
     opts = {o.name: o for o in sr.options}
     assert [o.name for o in sr.options] == ["sampler", "steps", "seed", "num_samples", "factor"]
-    assert (opts["sampler"].kind, opts["sampler"].default, opts["sampler"].choices) == ("choice", "dpm++", ["dpm++", "ancestral", "ddim"])
-    assert (opts["steps"].kind, opts["steps"].default, opts["steps"].minimum, opts["steps"].maximum) == ("int", 20, 1, 2000)
+    assert (opts["sampler"].kind, opts["sampler"].default, opts["sampler"].choices) == (
+        "choice",
+        "dpm++",
+        ["dpm++", "ancestral", "ddim"],
+    )
+    assert (opts["steps"].kind, opts["steps"].default, opts["steps"].minimum, opts["steps"].maximum) == (
+        "int",
+        20,
+        1,
+        2000,
+    )
     assert (opts["factor"].kind, opts["factor"].minimum, opts["factor"].maximum) == ("float", 1.0, 8.0)
     assert models["cddpm_inpainting_2d"].needs_mask
     with pytest.raises(ValueError, match="/info/"):
@@ -77,11 +112,19 @@ def test_parse_info_keeps_the_app_models_with_their_options():
 def test_request_params_checks_widget_values():
     sr = medgen_client.parse_info(INFO)["cddpm_super_resolution_2d"]
     assert medgen_client.request_params(sr, {"sampler": "ddim", "steps": 10.0, "factor": "2"}) == {
-        "sampler": "ddim", "steps": 10, "factor": 2.0}
+        "sampler": "ddim",
+        "steps": 10,
+        "factor": 2.0,
+    }
     assert medgen_client.request_params(sr, {}) == {}  # the server's defaults
-    for values, text in [({"sampler": "euler"}, "sampler must be one of"), ({"steps": 0}, "steps must be in [1, 2000]"),
-                         ({"steps": 2.5}, "steps must be an integer"), ({"factor": "x"}, "factor must be a number"),
-                         ({"factor": float("inf")}, "factor must be a finite"), ({"guidance": 1}, "not an option")]:
+    for values, text in [
+        ({"sampler": "euler"}, "sampler must be one of"),
+        ({"steps": 0}, "steps must be in [1, 2000]"),
+        ({"steps": 2.5}, "steps must be an integer"),
+        ({"factor": "x"}, "factor must be a number"),
+        ({"factor": float("inf")}, "factor must be a finite"),
+        ({"guidance": 1}, "not an option"),
+    ]:
         with pytest.raises(ValueError, match=text.replace("[", r"\[").replace("]", r"\]")):
             medgen_client.request_params(sr, values)
 
@@ -89,8 +132,9 @@ def test_request_params_checks_widget_values():
 def test_multipart_round_trip_keeps_binary_data_exact():
     rng = np.random.default_rng(0)
     nasty = b"\r\n--not-the-boundary\r\n\r\n" + rng.integers(0, 256, 5000, dtype=np.uint8).tobytes() + b"\r\n"
-    body, content_type = medgen_client.encode_multipart({"params": json.dumps({"steps": 5})},
-                                                         {"file": ("scan.nii.gz", nasty), "label": ("m.nii.gz", b"")})
+    body, content_type = medgen_client.encode_multipart(
+        {"params": json.dumps({"steps": 5})}, {"file": ("scan.nii.gz", nasty), "label": ("m.nii.gz", b"")}
+    )
     parts = medgen_client.decode_multipart(body, content_type)
     assert parts["file"]["data"] == nasty and parts["file"]["filename"] == "scan.nii.gz"
     assert parts["label"]["data"] == b"" and json.loads(parts["params"]["data"]) == {"steps": 5}
@@ -106,7 +150,8 @@ def _server_answer(params: dict, image: bytes, filename: str) -> tuple:
         + json.dumps(params).encode()
         + f'\r\n--{b}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n".encode()
-        + image + f"\r\n--{b}--\r\n".encode()
+        + image
+        + f"\r\n--{b}--\r\n".encode()
     )
     return f"multipart/form-data; boundary={b}", body
 
@@ -118,9 +163,18 @@ def test_parse_infer_response_and_save_result_and_uncertainty(tmp_path):
     prov = io.Provenance(model="cddpm_denoising_2d", task="denoise", sampler="dpm++", steps=5, seed=0)
     io.write_image(mean, tmp_path / "mean.nii.gz", provenance=prov)
     io.write_image(std, tmp_path / "std.nii.gz", provenance=prov)
-    params = {"medgen": {"task": "denoise", "provenance": json.loads(prov.to_json()), "uncertainty": {
-        "format": "nii.gz", "encoding": "base64", "data": base64.b64encode((tmp_path / "std.nii.gz").read_bytes()).decode()}},
-        "latencies": {"total": 1.2}}
+    params = {
+        "medgen": {
+            "task": "denoise",
+            "provenance": json.loads(prov.to_json()),
+            "uncertainty": {
+                "format": "nii.gz",
+                "encoding": "base64",
+                "data": base64.b64encode((tmp_path / "std.nii.gz").read_bytes()).decode(),
+            },
+        },
+        "latencies": {"total": 1.2},
+    }
     content_type, body = _server_answer(params, (tmp_path / "mean.nii.gz").read_bytes(), "x_denoise_synthetic.nii.gz")
     result = medgen_client.parse_infer_response(content_type, body)
     assert result.task == "denoise" and result.image_filename == "x_denoise_synthetic.nii.gz"
@@ -131,7 +185,9 @@ def test_parse_infer_response_and_save_result_and_uncertainty(tmp_path):
         np.testing.assert_allclose(img.get_fdata(), ref[0].numpy(), atol=1e-6)
         np.testing.assert_allclose(img.affine, affine)
         assert io.is_synthetic(path)
-    only_json = medgen_client.parse_infer_response("application/json", json.dumps({"medgen": {"task": "inpaint"}}).encode())
+    only_json = medgen_client.parse_infer_response(
+        "application/json", json.dumps({"medgen": {"task": "inpaint"}}).encode()
+    )
     assert only_json.image is None and only_json.task == "inpaint" and only_json.uncertainty() is None
     with pytest.raises(ValueError, match="no image"):
         only_json.save(str(tmp_path), "x")
@@ -141,8 +197,9 @@ def test_build_infer_request_uploads_image_mask_and_params(tmp_path):
     image, mask = tmp_path / "scan.nii.gz", tmp_path / "hole.nii.gz"
     image.write_bytes(b"image bytes")
     mask.write_bytes(b"mask bytes")
-    req = medgen_client.build_infer_request("http://127.0.0.1:8000/", "cddpm_inpainting_2d", str(image), {"steps": 5},
-                                            str(mask))
+    req = medgen_client.build_infer_request(
+        "http://127.0.0.1:8000/", "cddpm_inpainting_2d", str(image), {"steps": 5}, str(mask)
+    )
     assert req.get_method() == "POST" and req.full_url == "http://127.0.0.1:8000/infer/cddpm_inpainting_2d?output=all"
     parts = medgen_client.decode_multipart(req.data, req.get_header("Content-type"))
     assert parts["file"]["data"] == b"image bytes" and parts["file"]["filename"] == "scan.nii.gz"
@@ -159,7 +216,8 @@ def test_build_infer_request_uploads_image_mask_and_params(tmp_path):
 
 def test_error_messages_and_names():
     assert medgen_client.error_message(400, b'{"detail":"steps must be an integer in [1, 2000], got 5000."}') == (
-        "server error 400: steps must be an integer in [1, 2000], got 5000.")
+        "server error 400: steps must be an integer in [1, 2000], got 5000."
+    )
     assert "field required" in medgen_client.error_message(422, json.dumps({"detail": [{"msg": "field required"}]}))
     assert medgen_client.error_message(500, b"Internal Server Error") == "server error 500: Internal Server Error"
     assert medgen_client.result_volume_name("MRHead", "denoise") == "MRHead (synthetic, denoise)"
@@ -207,7 +265,8 @@ def test_busy_text_names_model_input_size_and_seconds():
     assert detail == "256 x 256 x 130 voxels" and background.describe_volume(None) == ""
     assert background.busy_text("cddpm_denoising_2d on MRHead", 61.6, detail) == (
         "cddpm_denoising_2d on MRHead (256 x 256 x 130 voxels): 62 s - the server reports no progress for one volume; "
-        "waiting for its answer.")
+        "waiting for its answer."
+    )
     assert background.busy_text("Generating a new volume", -1).startswith("Generating a new volume: 0 s")
 
 
@@ -225,8 +284,13 @@ def test_module_folder_is_a_slicer_scripted_module_extension():
     # Slicer loads every .py at the top of a module folder as a module: only MedGen.py may be there
     assert sorted(p.name for p in MODULE.glob("*.py")) == ["MedGen.py"]
     extension = (SLICER / "CMakeLists.txt").read_text()
-    for needed in ("project(MedGen)", "find_package(Slicer REQUIRED)", "add_subdirectory(MedGen)",
-                   "Slicer_EXTENSION_GENERATE_CONFIG", "Slicer_EXTENSION_CPACK"):
+    for needed in (
+        "project(MedGen)",
+        "find_package(Slicer REQUIRED)",
+        "add_subdirectory(MedGen)",
+        "Slicer_EXTENSION_GENERATE_CONFIG",
+        "Slicer_EXTENSION_CPACK",
+    ):
         assert needed in extension
     module = (MODULE / "CMakeLists.txt").read_text()
     assert "slicerMacroBuildScriptedModule" in module and "add_subdirectory(Testing)" in module
@@ -235,7 +299,8 @@ def test_module_folder_is_a_slicer_scripted_module_extension():
         assert (MODULE / entry).is_file(), entry
     # every helper of MedGenLib is installed with the module
     assert sorted(e for e in scripts if e.startswith("MedGenLib/")) == sorted(
-        f"MedGenLib/{p.name}" for p in (MODULE / "MedGenLib").glob("*.py"))
+        f"MedGenLib/{p.name}" for p in (MODULE / "MedGenLib").glob("*.py")
+    )
     assert "Resources/Icons/MedGen.png" in resources and "Resources/UI/MedGen.ui" in resources
     from PIL import Image
 
@@ -260,7 +325,9 @@ def test_ui_file_holds_every_widget_the_module_uses():
     assert widgets["inputVolumeSelector"] == "qMRMLNodeComboBox"
     assert widgets["maskSegmentSelector"] == "qMRMLSegmentSelectorWidget"
     assert widgets["progressBar"] == "QProgressBar"
-    receivers = {c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    receivers = {
+        c.findtext("receiver") for c in root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
     assert receivers == {"inputVolumeSelector", "maskSegmentSelector"}
     # the module file itself: valid Python that takes its helpers from MedGenLib and its layout from the .ui
     tree = ast.parse(source)
@@ -275,5 +342,6 @@ def test_testing_unittest_module_passes_here():
     finally:
         sys.path.remove(str(MODULE / "Testing" / "Python"))
     result = unittest.TextTestRunner(verbosity=0, stream=io_module.StringIO()).run(
-        unittest.defaultTestLoader.loadTestsFromModule(MedGenClientTest))
+        unittest.defaultTestLoader.loadTestsFromModule(MedGenClientTest)
+    )
     assert result.testsRun == 4 and result.wasSuccessful(), result.failures + result.errors

@@ -27,8 +27,15 @@ def tiny_net(spatial_dims: int = 2, **kw) -> ScoreUNet:
     output convolutions, so every all-zero weight gets random values (the output then depends on everything)."""
     torch.manual_seed(0)
     net = ScoreUNet(
-        spatial_dims, 1, channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, norm_num_groups=8,
-        num_head_channels=8, fourier_exponents=(), **kw,
+        spatial_dims,
+        1,
+        channels=(8, 16),
+        attention_levels=(False, True),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+        fourier_exponents=(),
+        **kw,
     ).eval()
     g = gen(123)
     with torch.no_grad():
@@ -61,9 +68,19 @@ def test_sdpa_attention_equals_plain_attention(spatial_dims, size):
     (g_plain,) = torch.autograd.grad(net(x, gamma).square().sum(), x)
     torch.testing.assert_close(g_sdpa, g_plain, atol=1e-4, rtol=1e-4)
     # the flag is not part of the weights: a state dict loads into either
-    assert set(ScoreUNet(spatial_dims, 1, channels=(8, 16), norm_num_groups=8, num_head_channels=8,
-                         attention_levels=(False, True), fourier_exponents=(), num_classes=2,
-                         use_flash_attention=False).state_dict()) == set(net.state_dict())
+    assert set(
+        ScoreUNet(
+            spatial_dims,
+            1,
+            channels=(8, 16),
+            norm_num_groups=8,
+            num_head_channels=8,
+            attention_levels=(False, True),
+            fourier_exponents=(),
+            num_classes=2,
+            use_flash_attention=False,
+        ).state_dict()
+    ) == set(net.state_dict())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +167,9 @@ def test_restore_image_result_does_not_depend_on_batch_size():
 
     inferer = ConditionalDiffusionInferer(DiscreteSchedule.linear_betas(100), prediction_type="v_prediction")
     net = tiny_net(cond_channels=1, residual=False)
-    vol = MetaTensor(torch.rand(1, 16, 16, 3, generator=gen(4)) + 0.1, affine=torch.diag(torch.tensor([1.0, 1.0, 3.0, 1.0])))
+    vol = MetaTensor(
+        torch.rand(1, 16, 16, 3, generator=gen(4)) + 0.1, affine=torch.diag(torch.tensor([1.0, 1.0, 3.0, 1.0]))
+    )
     kw = dict(sampler="ancestral", num_steps=4, seed=7)
     one_by_one, _ = restore_image(net, inferer, "denoise", vol, batch_size=1, **kw)
     together, _ = restore_image(net, inferer, "denoise", vol, batch_size=3, **kw)
@@ -204,9 +223,19 @@ def test_sampling_loop_reads_nothing_back_per_step(monkeypatch, sampler):
     reads = []
     for steps in (5, 40):
         counts = _count_host_reads(monkeypatch)
-        out = sample_loop(lambda x, g: net(x, g, condition=cond), z, schedule, time_grid(steps, 100), sampler=sampler,
-                          generator=gen(2), clip_x0=(-1.0, 1.0), verbose=False)
-        whole = inferer.sample(z, net, sampler=sampler, num_steps=steps, condition=cond, generator=gen(2), verbose=False)
+        out = sample_loop(
+            lambda x, g: net(x, g, condition=cond),
+            z,
+            schedule,
+            time_grid(steps, 100),
+            sampler=sampler,
+            generator=gen(2),
+            clip_x0=(-1.0, 1.0),
+            verbose=False,
+        )
+        whole = inferer.sample(
+            z, net, sampler=sampler, num_steps=steps, condition=cond, generator=gen(2), verbose=False
+        )
         assert out.nfe == steps and torch.isfinite(whole).all()
         reads.append(counts["n"])
         monkeypatch.undo()
@@ -240,10 +269,28 @@ def test_cli_restore_speed_flags(tmp_path):
             p.copy_(0.2 * torch.randn(p.shape, generator=g))
     save_model(bundle / "models" / "model.pt", net)
     src = tmp_path / "noisy.nii.gz"
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((24, 24, 2)).astype(np.float32) + 0.1, np.eye(4)), str(src))
-    common = ["restore", "--bundle", str(bundle), "--input", str(src), "--steps", "2", "--sampler", "ddim", "--device", "cpu"]
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((24, 24, 2)).astype(np.float32) + 0.1, np.eye(4)), str(src)
+    )
+    common = [
+        "restore",
+        "--bundle",
+        str(bundle),
+        "--input",
+        str(src),
+        "--steps",
+        "2",
+        "--sampler",
+        "ddim",
+        "--device",
+        "cpu",
+    ]
     outs = {}
-    for name, flags in (("default", []), ("cl", ["--channels-last"]), ("bf16", ["--channels-last", "--autocast", "bf16"])):
+    for name, flags in (
+        ("default", []),
+        ("cl", ["--channels-last"]),
+        ("bf16", ["--channels-last", "--autocast", "bf16"]),
+    ):
         out = tmp_path / f"{name}.nii.gz"
         assert cli.main([*common, "--output", str(out), *flags]) == 0
         outs[name] = nib.load(str(out)).get_fdata()

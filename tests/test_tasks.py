@@ -113,7 +113,9 @@ def test_blind_degradation_items(family, mni_slice):
         assert torch.allclose(it["base"] + it["image"] / 2, x, atol=1e-6)  # residual = 2 (x - base)
         if family == "inpaint":
             mask = it["cond"][1:2]
-            assert float(mask.sum()) > 0 and torch.equal(it["image"][mask == 0], torch.zeros_like(it["image"][mask == 0]))
+            assert float(mask.sum()) > 0 and torch.equal(
+                it["image"][mask == 0], torch.zeros_like(it["image"][mask == 0])
+            )
     # the degradation is drawn anew per item (blind training), and reproducibly from the seed
     assert not torch.allclose(items[0]["cond"], items[1]["cond"])
     t2 = BlindDegradationd(family=family)
@@ -143,15 +145,31 @@ def test_restoration_times():
 def test_sample_loop_x0_hook():
     schedule = DiscreteSchedule.linear_betas(100)
     z = torch.randn(2, 1, 8, 8)
-    out = sample_loop(lambda z, g: torch.zeros_like(z), z, schedule, restoration_times(3, 0.5, 100), sampler="dpm++",
-                      x0_hook=lambda x0: torch.full_like(x0, 0.25), verbose=False)
+    out = sample_loop(
+        lambda z, g: torch.zeros_like(z),
+        z,
+        schedule,
+        restoration_times(3, 0.5, 100),
+        sampler="dpm++",
+        x0_hook=lambda x0: torch.full_like(x0, 0.25),
+        verbose=False,
+    )
     assert torch.allclose(out.sample, torch.full_like(z, 0.25), atol=1e-5)
 
 
 def _tiny(family: str) -> tuple[ScoreUNet, ResidualDiffusionInferer]:
     torch.manual_seed(0)
-    net = ScoreUNet(2, 1, cond_channels=cond_channels_of(family), channels=(8, 16), num_res_blocks=1,
-                    norm_num_groups=8, num_head_channels=8, fourier_exponents=[], residual=False).eval()
+    net = ScoreUNet(
+        2,
+        1,
+        cond_channels=cond_channels_of(family),
+        channels=(8, 16),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+        fourier_exponents=[],
+        residual=False,
+    ).eval()
     return net, ResidualDiffusionInferer(family=family, num_train_timesteps=100, prediction_type="v_prediction")
 
 
@@ -189,11 +207,14 @@ def test_self_ensemble_frames_consistency_and_known_voxels(mni_slice):
     plain = ResidualRestorer(inferer, net, "sr", num_steps=2)
     ensemble = ResidualRestorer(inferer, net, "sr", num_steps=2, self_ensemble=True)
     assert not plain.self_ensemble and ensemble.self_ensemble
-    one = [r(measured, project=lambda x: op.project(x, low), generator=torch.Generator().manual_seed(0))[0]
-           for r in (plain, ensemble)]
+    one = [
+        r(measured, project=lambda x: op.project(x, low), generator=torch.Generator().manual_seed(0))[0]
+        for r in (plain, ensemble)
+    ]
     assert torch.equal(one[0], one[1])  # one sample: no frame change
-    mean, std = ensemble(measured, project=lambda x: op.project(x, low), num_samples=4,
-                         generator=torch.Generator().manual_seed(0))
+    mean, std = ensemble(
+        measured, project=lambda x: op.project(x, low), num_samples=4, generator=torch.Generator().manual_seed(0)
+    )
     assert mean.shape == truth.shape and float(std.max()) > 0 and _rel(op.degrade(mean), low) < 1e-3
     net, inferer = _tiny("inpaint")
     inferer.self_ensemble = True  # the bundle setting is read from the inferer
@@ -210,7 +231,9 @@ def test_residual_restorer_tiles_large_images():
     net, inferer = _tiny("denoise")
     x = torch.rand(1, 1, 80, 72)
     whole, _ = ResidualRestorer(inferer, net, "denoise", num_steps=2)(x, generator=torch.Generator().manual_seed(0))
-    tiled, _ = ResidualRestorer(inferer, net, "denoise", num_steps=2, patch_size=32)(x, generator=torch.Generator().manual_seed(0))
+    tiled, _ = ResidualRestorer(inferer, net, "denoise", num_steps=2, patch_size=32)(
+        x, generator=torch.Generator().manual_seed(0)
+    )
     assert tiled.shape == whole.shape and bool(torch.isfinite(tiled).all())
 
 
@@ -256,8 +279,16 @@ def test_transfer_weights_across_families(tmp_path):
     from monai_medgen.bundle import save_model, transfer_weights
     from monai_medgen.networks import ScoreUNet
 
-    kw = dict(spatial_dims=2, in_channels=1, channels=(8, 16, 32), num_res_blocks=1, norm_num_groups=8,
-              num_head_channels=8, fourier_exponents=[], residual=False)
+    kw = dict(
+        spatial_dims=2,
+        in_channels=1,
+        channels=(8, 16, 32),
+        num_res_blocks=1,
+        norm_num_groups=8,
+        num_head_channels=8,
+        fourier_exponents=[],
+        residual=False,
+    )
     torch.manual_seed(0)
     sr, inpaint = ScoreUNet(cond_channels=1, **kw), ScoreUNet(cond_channels=2, **kw)
     save_model(tmp_path / "sr.pt", sr)
@@ -285,8 +316,14 @@ def test_evaluate_panel_rows_and_verdicts():
     from monai_medgen.tasks.loading import load_restoration_bundle
 
     bundle = load_restoration_bundle(Path(__file__).resolve().parents[1] / "bundles" / "cddpm_super_resolution_2d")
-    text, rows, verdicts = evaluate_panel({"sr": (bundle.network, bundle.inferer)}, scenarios=("sr4",), images=("mr_small",),
-                                          num_samples=1, num_steps=2, verbose=False)
+    text, rows, verdicts = evaluate_panel(
+        {"sr": (bundle.network, bundle.inferer)},
+        scenarios=("sr4",),
+        images=("mr_small",),
+        num_samples=1,
+        num_steps=2,
+        verbose=False,
+    )
     methods = {r["method"]: r for r in rows}
     assert {"bicubic", "lanczos", REGRESSION_ROW, "model (1 sample)"} == set(methods)
     assert methods[REGRESSION_ROW]["nfe"] == 1 and methods["model (1 sample)"]["nfe"] == 2

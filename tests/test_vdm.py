@@ -135,9 +135,15 @@ def test_bad_inputs_give_named_errors():
 def test_same_seed_same_sample_2d(sampler):
     net = small_net().eval()
     inf = VDMInferer()
-    a = inf.sample(net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(3), verbose=False)
-    b = inf.sample(net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(3), verbose=False)
-    c = inf.sample(net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(4), verbose=False)
+    a = inf.sample(
+        net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(3), verbose=False
+    )
+    b = inf.sample(
+        net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(3), verbose=False
+    )
+    c = inf.sample(
+        net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(4), verbose=False
+    )
     assert a.shape == (2, 1, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(to_levels(a), to_levels(from_levels(to_levels(a), centres=False)))
@@ -147,8 +153,15 @@ def test_sample_3d_with_intermediates_and_class_guidance():
     net = small_net(3, num_classes=2).eval()
     inf = VDMInferer()
     x, frames = inf.sample(
-        net, (2, 1, 8, 8, 8), num_steps=6, class_labels=torch.tensor([0, 1]), guidance_scale=1.5,
-        save_intermediates=True, intermediate_steps=[2, 4], verbose=False, generator=torch.Generator().manual_seed(0),
+        net,
+        (2, 1, 8, 8, 8),
+        num_steps=6,
+        class_labels=torch.tensor([0, 1]),
+        guidance_scale=1.5,
+        save_intermediates=True,
+        intermediate_steps=[2, 4],
+        verbose=False,
+        generator=torch.Generator().manual_seed(0),
     )
     assert x.shape == (2, 1, 8, 8, 8) and len(frames) == 2 and frames[0].shape == x.shape
 
@@ -201,7 +214,9 @@ def test_grid_skip_recovers_noise_below_the_grid_spacing():
     g = torch.tensor([-14.0, 0.0])
     z = torch.full((2, 1, 2, 2), 0.3)
     out = skip(z, g, torch.ones(2, 1, 2, 2))
-    assert torch.allclose(out[0], skip.features(z, g)[0], atol=0.05) and torch.allclose(out[1], torch.ones(1, 2, 2), atol=1e-3)
+    assert torch.allclose(out[0], skip.features(z, g)[0], atol=0.05) and torch.allclose(
+        out[1], torch.ones(1, 2, 2), atol=1e-3
+    )
 
 
 def test_sample_3d_at_32_cubed():

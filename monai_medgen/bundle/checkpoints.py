@@ -144,15 +144,19 @@ def _remove_partial_saves(folder: Path, pattern: str) -> list[str]:
     removed = []
     for f in folder.iterdir():
         partial = f.is_file() and any(p.match(f.name) for p in _PARTIAL_SAVE)
-        orphan = f.name.endswith(".sha256") and Path(f.name[: -len(".sha256")]).match(pattern) and not (
-            folder / f.name[: -len(".sha256")]
-        ).exists()
+        orphan = (
+            f.name.endswith(".sha256")
+            and Path(f.name[: -len(".sha256")]).match(pattern)
+            and not (folder / f.name[: -len(".sha256")]).exists()
+        )
         if partial or orphan:
             with contextlib.suppress(FileNotFoundError):
                 f.unlink()
             removed.append(f.name)
     if removed:
-        logger.info(f"removed {len(removed)} file(s) left by an interrupted checkpoint save in {folder}: {sorted(removed)}")
+        logger.info(
+            f"removed {len(removed)} file(s) left by an interrupted checkpoint save in {folder}: {sorted(removed)}"
+        )
     return removed
 
 

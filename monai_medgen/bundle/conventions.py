@@ -106,4 +106,3 @@ def convert_bundle(bundle_dir: str | os.PathLike, large_files: bool = True) -> l
     if large_files:
         write_large_files(root)
     return results
-

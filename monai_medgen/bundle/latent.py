@@ -210,8 +210,14 @@ def prepare_latents(
         f"{'x'.join(map(str, size))} in {time.perf_counter() - start:.0f} s; scale factor {inferer.scale_factor:.4f}, "
         f"{100 * clipped:.3f}% of values beyond {inferer.latent_range:g} std (clipped)"
     )
-    return {"train": train, "val": val, "affine": affine, "size": list(size), "scale_factor": inferer.scale_factor,
-            "clipped_fraction": clipped}
+    return {
+        "train": train,
+        "val": val,
+        "affine": affine,
+        "size": list(size),
+        "scale_factor": inferer.scale_factor,
+        "clipped_fraction": clipped,
+    }
 
 
 def stored_scale_factor(checkpoint: str | os.PathLike | None, key: str = "latent_inferer") -> float | None:
@@ -235,15 +241,22 @@ def save_latent_model(
     """Stage 2's ``models/model.pt`` and its sidecars (:func:`~monai_medgen.bundle.save_model`); the information
     entries are ``scale_factor``, ``latent_range``, ``autoencoder_sha256`` and, from :func:`prepare_latents`' result,
     the training volume's ``image_size`` and ``affine`` (what inference writes by default)."""
-    extra = {"scale_factor": inferer.scale_factor, "latent_range": inferer.latent_range,
-             "autoencoder_sha256": getattr(inferer.autoencoder, "sha256", "")}
+    extra = {
+        "scale_factor": inferer.scale_factor,
+        "latent_range": inferer.latent_range,
+        "autoencoder_sha256": getattr(inferer.autoencoder, "sha256", ""),
+    }
     if latents:
-        extra.update(image_size=[int(s) for s in latents["size"]],
-                     affine=np.asarray(latents["affine"], dtype=np.float64).tolist())
+        extra.update(
+            image_size=[int(s) for s in latents["size"]],
+            affine=np.asarray(latents["affine"], dtype=np.float64).tolist(),
+        )
     return save_model(path, network, schedule, ema=ema, **extra, **info)
 
 
-def load_latent_model(path: str | os.PathLike, network: nn.Module, schedule: nn.Module, inferer, map_location="cpu") -> dict:
+def load_latent_model(
+    path: str | os.PathLike, network: nn.Module, schedule: nn.Module, inferer, map_location="cpu"
+) -> dict:
     """Load stage 2's file into ``network`` / ``schedule`` and its scale factor into ``inferer``; returns the
     file's other entries.  Warns when the autoencoder differs from the one the model was trained on."""
     info = load_model(path, network, schedule, map_location=map_location)
@@ -329,9 +342,17 @@ def generate_volumes(
     start = time.perf_counter()
     for i in range(int(num_samples)):
         want_frames = num_frames > 0 and i == 0
-        out = inferer.sample(network, (1, 1, *padded), num_steps=int(num_steps), generator=g, sampler=sampler,
-                             device=dev, verbose=True, save_intermediates=want_frames,
-                             intermediate_steps=max(1, int(num_steps) // max(1, int(num_frames))))
+        out = inferer.sample(
+            network,
+            (1, 1, *padded),
+            num_steps=int(num_steps),
+            generator=g,
+            sampler=sampler,
+            device=dev,
+            verbose=True,
+            save_intermediates=want_frames,
+            intermediate_steps=max(1, int(num_steps) // max(1, int(num_frames))),
+        )
         if want_frames:
             out, frames = out
         volumes.append(out[crop].cpu())
@@ -343,10 +364,17 @@ def generate_volumes(
     if frames:
         gif = save_gif([f[crop] for f in frames] + [x[:1]], os.path.join(str(output_dir), "sampling.gif"))
     provenance = io.Provenance(
-        model=model_name, task="generate", sampler=str(sampler), steps=int(num_steps), seed=int(seed),
+        model=model_name,
+        task="generate",
+        sampler=str(sampler),
+        steps=int(num_steps),
+        seed=int(seed),
         input_checksum=io.sha256_of(reference_image) if _has_path(reference_image) else "",
-        extra={"latent_shape": list(inferer.latent_shape((1, 1, *padded))[1:]), "scale_factor": inferer.scale_factor,
-               "autoencoder_sha256": getattr(inferer.autoencoder, "sha256", "")},
+        extra={
+            "latent_shape": list(inferer.latent_shape((1, 1, *padded))[1:]),
+            "scale_factor": inferer.scale_factor,
+            "autoencoder_sha256": getattr(inferer.autoencoder, "sha256", ""),
+        },
     )
     nifti = save_synthetic_nifti((x + 1) / 2, output_dir, affine=affine, prefix=prefix, provenance=provenance)
     latent = inferer.latent_shape((1, 1, *padded))[1:]
@@ -357,8 +385,15 @@ def generate_volumes(
         f"resident memory {peak:.0f} MB (torch threads {torch.get_num_threads()}); written to {output_dir}",
         flush=True,
     )
-    return {"nifti": nifti, "grid": grid, "gif": gif, "size": list(size), "latent_shape": list(latent),
-            "seconds": seconds, "peak_memory_mb": peak}
+    return {
+        "nifti": nifti,
+        "grid": grid,
+        "gif": gif,
+        "size": list(size),
+        "latent_shape": list(latent),
+        "seconds": seconds,
+        "peak_memory_mb": peak,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,11 +444,13 @@ def evaluate_latent_vdm(
     train = volume_items(None, source="mni152", size=size)[0]["image"] if not _has_path(dataset_dir) else None
     truth = torch.as_tensor(held)[None]
     raw = inferer.encode_raw(truth * 2 - 1)
-    recon = ((inferer.autoencoder.decode(raw).cpu().clamp(-1, 1) + 1) / 2)
+    recon = (inferer.autoencoder.decode(raw).cpu().clamp(-1, 1) + 1) / 2
     n_lat = raw[0].numel()
     factor = (truth[0].numel() / n_lat) ** (1 / 3)
     small = [max(1, round(s / factor)) for s in size]
-    linear = F.interpolate(F.interpolate(truth, size=small, mode="area"), size=size, mode="trilinear", align_corners=False)
+    linear = F.interpolate(
+        F.interpolate(truth, size=small, mode="area"), size=size, mode="trilinear", align_corners=False
+    )
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in torch.nonzero(truth[0, 0] > 0.02, as_tuple=True))
     sel = (slice(None), slice(None), *box)
 
@@ -427,8 +464,15 @@ def evaluate_latent_vdm(
     if train is not None:
         latents["training (MNI152)"] = inferer.encode(torch.as_tensor(train)[None] * 2 - 1)
     dev = next(network.parameters()).device
-    bpd = {k: {t: float(v[0]) for t, v in inferer.vdm.bits_per_dim(z.to(dev), network, num_time_samples=int(num_time_samples),
-                                                                   generator=gen).items()} for k, z in latents.items()}
+    bpd = {
+        k: {
+            t: float(v[0])
+            for t, v in inferer.vdm.bits_per_dim(
+                z.to(dev), network, num_time_samples=int(num_time_samples), generator=gen
+            ).items()
+        }
+        for k, z in latents.items()
+    }
     entropy = _histogram_entropy_bits(to_levels(latents["held-out"][0].cpu(), inferer.vdm.vocab_size))
     held_name = "Colin27" if not _has_path(dataset_dir) else str(dataset_dir)
     lat = "x".join(map(str, raw.shape[1:]))
@@ -445,21 +489,35 @@ def evaluate_latent_vdm(
         f"| latent VDM, {held_name} latent: bits per latent dim | {bpd['held-out']['bpd']:.3f} |",
     ]
     if "training (MNI152)" in bpd:
-        lines.append(f"| latent VDM, training MNI152 latent: bits per latent dim | {bpd['training (MNI152)']['bpd']:.3f} |")
+        lines.append(
+            f"| latent VDM, training MNI152 latent: bits per latent dim | {bpd['training (MNI152)']['bpd']:.3f} |"
+        )
     lines += [
         f"| each latent channel's own 256-level histogram entropy, {held_name} (model-free reference) | {entropy:.3f} |",
         f"| rate of the lossy latent code: VDM bits per image voxel, {held_name} (at the PSNR above; not a lossless "
         f"bits/dim) | {rate:.4f} |",
     ]
     terms = ", ".join(f"{k} {bpd['held-out'][k]:.4f}" for k in ("diffusion", "prior", "reconstruction"))
-    print("\n" + "\n".join(lines) + f"\n\nheld-out latent terms (bits per latent dim): {terms}; scale factor "
-          f"{inferer.scale_factor:.4f}, {100 * inferer.clipped_fraction(raw):.3f}% of held-out latent values clipped at "
-          f"{inferer.latent_range:g} std", flush=True)
+    print(
+        "\n" + "\n".join(lines) + f"\n\nheld-out latent terms (bits per latent dim): {terms}; scale factor "
+        f"{inferer.scale_factor:.4f}, {100 * inferer.clipped_fraction(raw):.3f}% of held-out latent values clipped at "
+        f"{inferer.latent_range:g} std",
+        flush=True,
+    )
     res = {
-        "autoencoder_psnr": ae_psnr, "autoencoder_ssim": ae_ssim, "trilinear_psnr": lin_psnr, "trilinear_ssim": lin_ssim,
-        "latent_bpd": bpd["held-out"], "train_latent_bpd": bpd.get("training (MNI152)"), "latent_histogram_entropy": entropy,
-        "bits_per_image_voxel": rate, "latent_shape": list(raw.shape[1:]), "image_size": list(size),
-        "scale_factor": inferer.scale_factor, "clipped_fraction": inferer.clipped_fraction(raw), "iteration": iters,
+        "autoencoder_psnr": ae_psnr,
+        "autoencoder_ssim": ae_ssim,
+        "trilinear_psnr": lin_psnr,
+        "trilinear_ssim": lin_ssim,
+        "latent_bpd": bpd["held-out"],
+        "train_latent_bpd": bpd.get("training (MNI152)"),
+        "latent_histogram_entropy": entropy,
+        "bits_per_image_voxel": rate,
+        "latent_shape": list(raw.shape[1:]),
+        "image_size": list(size),
+        "scale_factor": inferer.scale_factor,
+        "clipped_fraction": inferer.clipped_fraction(raw),
+        "iteration": iters,
         "num_time_samples": int(num_time_samples),
     }
     if output_file:
@@ -470,6 +528,7 @@ def evaluate_latent_vdm(
         with open(str(output_file), "w") as f:
             json.dump(res, f, indent=2)
         # top: the held-out volume, bottom: its reconstruction (three orthogonal middle slices each)
-        res["figure"] = save_grid_png(torch.cat([truth, recon]), os.path.join(folder, "reconstruction.png"), ncols=1,
-                                      value_range=(0.0, 1.0))
+        res["figure"] = save_grid_png(
+            torch.cat([truth, recon]), os.path.join(folder, "reconstruction.png"), ncols=1, value_range=(0.0, 1.0)
+        )
     return res

@@ -277,14 +277,18 @@ def _json_value(key: str, value):
     elif isinstance(value, dict):
         value = {str(k): _json_value(key, v) for k, v in value.items()}
     if value is not None and not isinstance(value, (bool, int, float, str, list, dict)):
-        raise ValueError(f"save_model: info entry {key!r} must be JSON-serialisable (number, string, list, dict), "
-                         f"got {type(value).__name__}.")
+        raise ValueError(
+            f"save_model: info entry {key!r} must be JSON-serialisable (number, string, list, dict), "
+            f"got {type(value).__name__}."
+        )
     return value
 
 
 def _is_state_dict(state) -> bool:
-    return isinstance(state, dict) and bool(state) and all(
-        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    return (
+        isinstance(state, dict)
+        and bool(state)
+        and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())
     )
 
 
@@ -327,8 +331,10 @@ def read_model_file(path: str | os.PathLike, map_location="cpu") -> tuple[dict, 
         info.pop("weights", None)
         recorded = info.pop("weights_sha256", None)
         if recorded and recorded != io.sha256_of(path):
-            logger.warning(f"{info_file} was written for other weights than {path} (SHA-256 {recorded[:12]}); "
-                           "its entries may not describe them.")
+            logger.warning(
+                f"{info_file} was written for other weights than {path} (SHA-256 {recorded[:12]}); "
+                "its entries may not describe them."
+            )
     return state, schedule, info
 
 
@@ -421,8 +427,12 @@ def convert_model_file(path: str | os.PathLike) -> dict:
     """
     raw = io.safe_torch_load(path, map_location="cpu")
     if _is_state_dict(raw):
-        return {"path": str(path), "converted": False, "schedule": os.path.isfile(model_sidecars(path)[0]),
-                "info": read_model_info(path)}
+        return {
+            "path": str(path),
+            "converted": False,
+            "schedule": os.path.isfile(model_sidecars(path)[0]),
+            "info": read_model_info(path),
+        }
     if isinstance(raw, dict) and "optimizer" in raw:
         raise ValueError(f"{str(path)!r} is a training checkpoint; convert the bundle's models/ file instead.")
     weights, schedule_state, info = read_model_file(path)
@@ -468,7 +478,9 @@ def transfer_weights(path: str | os.PathLike, network: nn.Module, map_location="
                 skipped.append(name)
             elif src.shape == tensor.shape:
                 tensor.copy_(src)
-            elif src.dim() == tensor.dim() >= 2 and src.shape[0] == tensor.shape[0] and src.shape[2:] == tensor.shape[2:]:
+            elif (
+                src.dim() == tensor.dim() >= 2 and src.shape[0] == tensor.shape[0] and src.shape[2:] == tensor.shape[2:]
+            ):
                 shared = min(src.shape[1], tensor.shape[1])
                 tensor.zero_()
                 tensor[:, :shared].copy_(src[:, :shared])
@@ -641,8 +653,14 @@ def draw_samples(
     from monai_medgen.inferers import ConditionalDiffusionInferer
 
     kwargs = dict(
-        num_steps=int(num_steps), class_labels=class_labels, guidance_scale=float(guidance_scale), generator=generator,
-        save_intermediates=save_intermediates, intermediate_steps=intermediate_steps, sampler=sampler, verbose=verbose,
+        num_steps=int(num_steps),
+        class_labels=class_labels,
+        guidance_scale=float(guidance_scale),
+        generator=generator,
+        save_intermediates=save_intermediates,
+        intermediate_steps=intermediate_steps,
+        sampler=sampler,
+        verbose=verbose,
     )
     if isinstance(inferer, ConditionalDiffusionInferer):
         noise = torch.randn(tuple(int(s) for s in shape), generator=generator, device=device)
@@ -673,8 +691,17 @@ def sample_fn(
         if labels is not None:
             labels = torch.as_tensor(labels, dtype=torch.long, device=dev).reshape(-1)
         return draw_samples(
-            inferer, network, shape, num_steps, g, dev, sampler=sampler, class_labels=labels,
-            guidance_scale=guidance_scale, save_intermediates=num_frames > 0, intermediate_steps=max(1, int(num_steps) // max(1, num_frames)),
+            inferer,
+            network,
+            shape,
+            num_steps,
+            g,
+            dev,
+            sampler=sampler,
+            class_labels=labels,
+            guidance_scale=guidance_scale,
+            save_intermediates=num_frames > 0,
+            intermediate_steps=max(1, int(num_steps) // max(1, num_frames)),
         )
 
     return draw
@@ -798,9 +825,18 @@ def generate(
     for start in range(0, int(num_samples), int(batch_size)):
         b = min(int(batch_size), int(num_samples) - start)
         out = draw_samples(
-            inferer, network, (b, 1, *padded), num_steps, g, dev, sampler=sampler,
-            class_labels=None if labels is None else labels.to(dev).expand(b), guidance_scale=guidance_scale,
-            save_intermediates=gif and frames is None, intermediate_steps=max(1, int(num_steps) // 20), verbose=True,
+            inferer,
+            network,
+            (b, 1, *padded),
+            num_steps,
+            g,
+            dev,
+            sampler=sampler,
+            class_labels=None if labels is None else labels.to(dev).expand(b),
+            guidance_scale=guidance_scale,
+            save_intermediates=gif and frames is None,
+            intermediate_steps=max(1, int(num_steps) // 20),
+            verbose=True,
         )
         if isinstance(out, tuple):
             out, frames = out
@@ -830,7 +866,9 @@ def generate(
     return {"grid": grid, "gif": gif_path, "nifti": nifti}
 
 
-def _nearest_labels(images: torch.Tensor, references: torch.Tensor, ref_labels: torch.Tensor, size: int = 32) -> torch.Tensor:
+def _nearest_labels(
+    images: torch.Tensor, references: torch.Tensor, ref_labels: torch.Tensor, size: int = 32
+) -> torch.Tensor:
     """Label of the nearest reference (L2 after area resizing to ``size`` x ``size``) for each image."""
     import torch.nn.functional as F
 
@@ -867,7 +905,12 @@ def evaluate_class_conditional(
     train = prepare_items(None, source="mni152", size=image_size, planes=planes, num_slices=num_per_class)
     real = torch.stack([torch.as_tensor(np.asarray(it["image"])) for it in train]) * 2 - 1
     real_labels = torch.as_tensor([int(it["label"]) for it in train])
-    rows = [("real MNI152 slices (reference)", float((_nearest_labels(real, refs, ref_labels) == real_labels).float().mean()))]
+    rows = [
+        (
+            "real MNI152 slices (reference)",
+            float((_nearest_labels(real, refs, ref_labels) == real_labels).float().mean()),
+        )
+    ]
     network.eval()
     classes = sorted(set(ref_labels.tolist()))
     for w in guidance_scales:
@@ -875,11 +918,22 @@ def evaluate_class_conditional(
         for c in classes:
             g = torch.Generator(device=dev).manual_seed(int(seed) + c)
             labels = torch.full((int(num_per_class),), c, dtype=torch.long, device=dev)
-            x = draw_samples(inferer, network, (int(num_per_class), 1, image_size, image_size), num_steps, g, dev,
-                             sampler=sampler, class_labels=labels, guidance_scale=w)
+            x = draw_samples(
+                inferer,
+                network,
+                (int(num_per_class), 1, image_size, image_size),
+                num_steps,
+                g,
+                dev,
+                sampler=sampler,
+                class_labels=labels,
+                guidance_scale=w,
+            )
             hits.append(_nearest_labels(x.cpu(), refs, ref_labels) == c)
         rows.append((f"generated, guidance {w:g}", float(torch.cat(hits).float().mean())))
-    print(f"| samples ({num_per_class} per class, {sampler} {num_steps} steps) | share labelled as the requested class |")
+    print(
+        f"| samples ({num_per_class} per class, {sampler} {num_steps} steps) | share labelled as the requested class |"
+    )
     print("|---|---|")
     for label, acc in rows:
         print(f"| {label} | {acc:.3f} |")

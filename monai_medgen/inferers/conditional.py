@@ -457,9 +457,7 @@ class ConditionalDiffusionInferer(Inferer):
             if patch_size is None:
                 eps_fn = eps_fn_for(labels_n, cond_n)
             else:
-                eps_fn = self._patch_eps_fn(
-                    eps_fn_for, cond_n, labels_n, patch_size, overlap, sw_batch_size, channels
-                )
+                eps_fn = self._patch_eps_fn(eps_fn_for, cond_n, labels_n, patch_size, overlap, sw_batch_size, channels)
             constraint = None
             if impose_known:
 
@@ -536,7 +534,9 @@ class ConditionalPrepareBatch(DiffusionPrepareBatch):
                 )
             num_train_timesteps = inferer.num_train_timesteps
         if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
-            raise ValueError(f"num_train_timesteps must be a positive integer (or give inferer), got {num_train_timesteps!r}.")
+            raise ValueError(
+                f"num_train_timesteps must be a positive integer (or give inferer), got {num_train_timesteps!r}."
+            )
         super().__init__(
             image_key=image_key,
             label_key=label_key,
@@ -552,9 +552,14 @@ class ConditionalPrepareBatch(DiffusionPrepareBatch):
         noise = torch.randn(images.shape, device=images.device, dtype=images.dtype)
         timesteps = torch.randint(0, self.num_train_timesteps, (images.shape[0],), device=images.device)
         target = noise if self.inferer is None else self.inferer.target(images, noise, timesteps)
-        return images, target, (), {
-            "noise": noise,
-            "timesteps": timesteps,
-            "condition": call_kwargs.get("condition"),
-            "class_labels": call_kwargs.get("class_labels"),
-        }
+        return (
+            images,
+            target,
+            (),
+            {
+                "noise": noise,
+                "timesteps": timesteps,
+                "condition": call_kwargs.get("condition"),
+                "class_labels": call_kwargs.get("class_labels"),
+            },
+        )

@@ -54,7 +54,9 @@ def init_posterior_variance(autoencoder: nn.Module, log_variance: float = -8.0) 
     """
     conv = getattr(getattr(autoencoder, "quant_conv_log_sigma", None), "conv", None)
     if conv is None or conv.bias is None:
-        raise ValueError(f"autoencoder must be a MONAI AutoencoderKL (quant_conv_log_sigma), got {type(autoencoder).__name__}.")
+        raise ValueError(
+            f"autoencoder must be a MONAI AutoencoderKL (quant_conv_log_sigma), got {type(autoencoder).__name__}."
+        )
     with torch.no_grad():
         conv.bias.fill_(float(log_variance))
     return autoencoder
@@ -126,7 +128,9 @@ class LatentVDMInferer(Inferer):
     ):
         super().__init__()
         if not (hasattr(autoencoder, "encode") and hasattr(autoencoder, "decode")):
-            raise ValueError(f"autoencoder must be a MONAI AutoencoderKL (encode/decode), got {type(autoencoder).__name__}.")
+            raise ValueError(
+                f"autoencoder must be a MONAI AutoencoderKL (encode/decode), got {type(autoencoder).__name__}."
+            )
         if latent_range <= 0:
             raise ValueError(f"latent_range must be > 0, got {latent_range}.")
         if scale_factor is not None and not float(scale_factor) > 0:

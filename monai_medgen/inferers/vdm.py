@@ -389,7 +389,9 @@ class VDMInferer(Inferer):
             if class_labels.numel() == 1:
                 class_labels = class_labels.expand(shape[0])
             if class_labels.numel() != shape[0]:
-                raise ValueError(f"class_labels must have {shape[0]} entries (one per sample), got {class_labels.numel()}.")
+                raise ValueError(
+                    f"class_labels must have {shape[0]} entries (one per sample), got {class_labels.numel()}."
+                )
         z = batched_randn(tuple(shape), generator, device=device)
         call = accelerated(network, channels_last=channels_last, autocast=autocast, compile=compile)
         eps_fn = guided_eps_fn(call, class_labels, guidance_scale, getattr(unwrap_network(network), "null_class", None))

@@ -235,7 +235,9 @@ class ScoreUNet(nn.Module):
         if self.cond_channels:
             if condition is None or condition.shape[1] != self.cond_channels or condition.shape[2:] != z.shape[2:]:
                 got = None if condition is None else tuple(condition.shape)
-                raise ValueError(f"condition must have shape (B, {self.cond_channels}, *{tuple(z.shape[2:])}), got {got}.")
+                raise ValueError(
+                    f"condition must have shape (B, {self.cond_channels}, *{tuple(z.shape[2:])}), got {got}."
+                )
             h = torch.cat([h, condition.to(h.dtype)], dim=1)
         elif condition is not None:
             raise ValueError("condition given but the network was built with cond_channels=0.")

@@ -43,7 +43,12 @@ def _timed(fn, *args) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - start
 
 
-def tune(method: Callable[[torch.Tensor, float], torch.Tensor], grid: Sequence[float], degraded: torch.Tensor, truth: torch.Tensor) -> float:
+def tune(
+    method: Callable[[torch.Tensor, float], torch.Tensor],
+    grid: Sequence[float],
+    degraded: torch.Tensor,
+    truth: torch.Tensor,
+) -> float:
     """The value of ``grid`` with the best PSNR of ``method(degraded, value)`` against ``truth``."""
     return grid[int(np.argmax([_psnr(method(degraded, v), truth) for v in grid]))]
 
@@ -59,7 +64,9 @@ def _lanczos(low: torch.Tensor, shape) -> torch.Tensor:
 def sr_baselines(low: torch.Tensor, shape) -> dict[str, torch.Tensor]:
     """Bicubic and Lanczos-3 interpolation of the low-resolution image onto ``shape``."""
     return {
-        "bicubic": _timed(lambda: F.interpolate(low, size=tuple(shape), mode="bicubic", align_corners=False).clamp(0, 1)),
+        "bicubic": _timed(
+            lambda: F.interpolate(low, size=tuple(shape), mode="bicubic", align_corners=False).clamp(0, 1)
+        ),
         "lanczos": _timed(_lanczos, low, shape),
     }
 

@@ -154,7 +154,11 @@ class BlindDegradationd(Randomizable, MapTransform):
         field = torch.as_tensor(self.R.standard_normal((1, 1, *shape)), dtype=torch.float32)
         k = max(3, int(min(shape) * self.R.uniform(0.05, 0.2)) | 1)
         for _ in range(3):
-            field = F.avg_pool2d(field, k, stride=1, padding=k // 2) if len(shape) == 2 else F.avg_pool3d(field, k, 1, k // 2)
+            field = (
+                F.avg_pool2d(field, k, stride=1, padding=k // 2)
+                if len(shape) == 2
+                else F.avg_pool3d(field, k, 1, k // 2)
+            )
         frac = self.R.uniform(*self.hole_fraction)
         thr = torch.quantile(field.flatten(), 1 - frac)
         return (field[0, 0] > thr).numpy().astype(np.float32)

@@ -44,9 +44,25 @@ TRAINING_ATLASES = (
     "AICHAmc.nii.gz",
 )
 TRAINING_PHOTOGRAPHS = (
-    "camera.png", "astronaut.png", "coffee.png", "chelsea.png", "brick.png", "grass.png", "gravel.png",
-    "rocket.jpg", "hubble_deep_field.jpg", "coins.png", "text.png", "page.png", "phantom.png", "moon.png",
-    "horse.png", "cell.png", "ihc.png", "clock_motion.png", "motorcycle_left.png",
+    "camera.png",
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "coins.png",
+    "text.png",
+    "page.png",
+    "phantom.png",
+    "moon.png",
+    "horse.png",
+    "cell.png",
+    "ihc.png",
+    "clock_motion.png",
+    "motorcycle_left.png",
 )
 
 
@@ -133,7 +149,9 @@ class TrainingCorpus:
         if vols:
             self.volumes["atlas_contrast"] = vols
         else:
-            self.notes.append(f"atlas_contrast skipped: no label atlas under {MRICRON_TEMPLATES} (apt-get install mricron-data)")
+            self.notes.append(
+                f"atlas_contrast skipped: no label atlas under {MRICRON_TEMPLATES} (apt-get install mricron-data)"
+            )
 
     def _load_photographs(self) -> None:
         import skimage.data

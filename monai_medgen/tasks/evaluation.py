@@ -61,7 +61,9 @@ def degrade(scenario: str, truth: torch.Tensor, seed: int):
         return Noise(0.05, "rician").degrade(truth, g), {"sigma": 0.05, "sp": False}
     shape = tuple(truth.shape[2:])
     if scenario == "inpaint_box":
-        mask = torch.as_tensor(np.asarray(RandInpaintingMask(center_box=[max(2, s // 4) for s in shape]).make_mask(shape, 0)))
+        mask = torch.as_tensor(
+            np.asarray(RandInpaintingMask(center_box=[max(2, s // 4) for s in shape]).make_mask(shape, 0))
+        )
     else:
         mask = torch.as_tensor(np.asarray(RandInpaintingMask("stroke", 0.1, 0.2).make_mask(shape, seed)))
     mask = mask.float().reshape(1, 1, *shape)
@@ -87,13 +89,18 @@ def consistency(scenario: str, out, measured, extra) -> float:
     return float("nan")
 
 
-
 def _score(scenario, method, out, secs, nfe, truth, measured, extra, name) -> dict:
     mask = extra.get("mask")
     return {
-        "scenario": scenario, "image": name, "method": method, "psnr": _psnr(out, truth, mask),
-        "ssim": float(ssim(out, truth).mean()), "sharpness": float(relative_sharpness(out, truth).mean()),
-        "consistency": consistency(scenario, out, measured, extra), "seconds": secs, "nfe": nfe,
+        "scenario": scenario,
+        "image": name,
+        "method": method,
+        "psnr": _psnr(out, truth, mask),
+        "ssim": float(ssim(out, truth).mean()),
+        "sharpness": float(relative_sharpness(out, truth).mean()),
+        "consistency": consistency(scenario, out, measured, extra),
+        "seconds": secs,
+        "nfe": nfe,
     }
 
 
@@ -127,49 +134,85 @@ def evaluate_panel(
         if family == "denoise":  # tuned once per scenario on the MNI152 slice
             params = denoising_parameters(tune_extra["sigma"], tune_extra["sp"], (tune_measured, tune_truth))
             lines.append(f"Classical parameters tuned on an MNI152 slice: {params}\n")
-        lines += ["| image | method | PSNR | SSIM | sharpness | consistency | seconds | NFE |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| image | method | PSNR | SSIM | sharpness | consistency | seconds | NFE |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for i, (name, truth) in enumerate(panel.items()):
             measured, extra = degrade(scenario, truth, seed=100 + i)
             mask = extra.get("mask")
-            results = {k: (v, secs, 0) for k, (v, secs) in baselines(scenario, measured, extra, truth.shape[2:], params).items()}
+            results = {
+                k: (v, secs, 0)
+                for k, (v, secs) in baselines(scenario, measured, extra, truth.shape[2:], params).items()
+            }
             classical = set(results)
             project = (lambda x, e=extra: e["op"].project(x, e["low"])) if scenario == "sr4" else None
             t0 = time.perf_counter()  # the network's own regression estimate: its single t = 1 prediction
-            regression, _ = regression_restorer(measured, project=project, mask=mask, value_range=(0.0, 1.0),
-                                                generator=torch.Generator().manual_seed(i))
+            regression, _ = regression_restorer(
+                measured, project=project, mask=mask, value_range=(0.0, 1.0), generator=torch.Generator().manual_seed(i)
+            )
             results[REGRESSION_ROW] = (regression.clamp(0, 1), time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            one, _ = restorer(measured, project=project, mask=mask, generator=torch.Generator().manual_seed(i), value_range=(0.0, 1.0))
+            one, _ = restorer(
+                measured, project=project, mask=mask, generator=torch.Generator().manual_seed(i), value_range=(0.0, 1.0)
+            )
             results["model (1 sample)"] = (one.clamp(0, 1), time.perf_counter() - t0, num_steps)
             if num_samples > 1:
                 t0 = time.perf_counter()
-                mean, _ = restorer(measured, project=project, mask=mask, num_samples=num_samples,
-                                   generator=torch.Generator().manual_seed(i), value_range=(0.0, 1.0))
+                mean, _ = restorer(
+                    measured,
+                    project=project,
+                    mask=mask,
+                    num_samples=num_samples,
+                    generator=torch.Generator().manual_seed(i),
+                    value_range=(0.0, 1.0),
+                )
                 label = f"model (mean of {num_samples}{', self-ensemble' if restorer.self_ensemble else ''})"
                 results[label] = (mean.clamp(0, 1), time.perf_counter() - t0, num_steps * num_samples)
-            scored = {m: _score(scenario, m, out, s, n, truth, measured, extra, name) for m, (out, s, n) in results.items()}
+            scored = {
+                m: _score(scenario, m, out, s, n, truth, measured, extra, name) for m, (out, s, n) in results.items()
+            }
             rows += list(scored.values())
-            lines += [f"| {name} | {m} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['sharpness']:.2f} | {r['consistency']:.1e} | "
-                      f"{r['seconds']:.2f} | {r['nfe']} |" for m, r in scored.items()]
+            lines += [
+                f"| {name} | {m} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['sharpness']:.2f} | {r['consistency']:.1e} | "
+                f"{r['seconds']:.2f} | {r['nfe']} |"
+                for m, r in scored.items()
+            ]
             best = max((r for m, r in scored.items() if m in classical), key=lambda r: r["psnr"])
             for m, r in scored.items():
                 if m.startswith("model"):
                     ok = r["psnr"] >= best["psnr"] + 0.5 and r["ssim"] >= best["ssim"] - 0.01
-                    verdicts.append((scenario, name, m, r["psnr"] - best["psnr"], r["ssim"] - best["ssim"], best["method"], ok))
+                    verdicts.append(
+                        (scenario, name, m, r["psnr"] - best["psnr"], r["ssim"] - best["ssim"], best["method"], ok)
+                    )
             if verbose:
-                print(f"{scenario} {name}: " + ", ".join(f"{m} {r['psnr']:.2f}/{r['ssim']:.3f}" for m, r in scored.items()),
-                      file=sys.stderr, flush=True)
-    lines += ["\n### Against the best classical baseline per image (needs +0.5 dB PSNR, SSIM not lower by > 0.01)\n",
-              "| scenario | image | model | dPSNR | dSSIM | best classical | met |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {s} | {n} | {m} | {dp:+.2f} | {ds:+.3f} | {b} | {'yes' if ok else 'no'} |" for s, n, m, dp, ds, b, ok in verdicts]
+                print(
+                    f"{scenario} {name}: "
+                    + ", ".join(f"{m} {r['psnr']:.2f}/{r['ssim']:.3f}" for m, r in scored.items()),
+                    file=sys.stderr,
+                    flush=True,
+                )
+    lines += [
+        "\n### Against the best classical baseline per image (needs +0.5 dB PSNR, SSIM not lower by > 0.01)\n",
+        "| scenario | image | model | dPSNR | dSSIM | best classical | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s} | {n} | {m} | {dp:+.2f} | {ds:+.3f} | {b} | {'yes' if ok else 'no'} |"
+        for s, n, m, dp, ds, b, ok in verdicts
+    ]
     lines.append(f"\n{sum(v[-1] for v in verdicts)} of {len(verdicts)} model rows meet the bar.")
     return "\n".join(lines), rows, verdicts
 
 
 def evaluate_bundle(network, inferer, images=PANEL, num_samples: int = 4, num_steps: int = 4) -> dict:
     """A bundle's ``evaluate.yaml``: print the panel tables of its family's scenarios; returns the rows."""
-    text, rows, verdicts = evaluate_panel({inferer.family: (network.eval(), inferer)}, images=images,
-                                          num_samples=int(num_samples), num_steps=int(num_steps),
-                                          start_time=float(inferer.start_time))
+    text, rows, verdicts = evaluate_panel(
+        {inferer.family: (network.eval(), inferer)},
+        images=images,
+        num_samples=int(num_samples),
+        num_steps=int(num_steps),
+        start_time=float(inferer.start_time),
+    )
     print(text)
     return {"rows": rows, "verdicts": verdicts}

@@ -78,17 +78,26 @@ def restoration_figure(
         best_name, (best, _) = max(classical.items(), key=lambda kv: _psnr(kv[1][0], truth, mask))
         project = (lambda x, e=extra: e["op"].project(x, e["low"])) if scenario == "sr4" else None
         with torch.no_grad():
-            ours, _ = restorer(measured, project=project, mask=mask, generator=torch.Generator().manual_seed(i),
-                               value_range=(0.0, 1.0))
+            ours, _ = restorer(
+                measured, project=project, mask=mask, generator=torch.Generator().manual_seed(i), value_range=(0.0, 1.0)
+            )
         shown = F.interpolate(extra["low"], size=truth.shape[2:], mode="nearest") if scenario == "sr4" else measured
         result = {
-            "image": name, "input_psnr": _psnr(shown, truth, mask), "classical": best_name,
-            "classical_psnr": _psnr(best, truth, mask), "classical_ssim": float(ssim(best, truth).mean()),
-            "ours_psnr": _psnr(ours, truth, mask), "ours_ssim": float(ssim(ours, truth).mean()),
+            "image": name,
+            "input_psnr": _psnr(shown, truth, mask),
+            "classical": best_name,
+            "classical_psnr": _psnr(best, truth, mask),
+            "classical_ssim": float(ssim(best, truth).mean()),
+            "ours_psnr": _psnr(ours, truth, mask),
+            "ours_ssim": float(ssim(ours, truth).mean()),
         }
         results.append(result)
-        labels = [f"input {result['input_psnr']:.2f} dB", f"{best_name} {result['classical_psnr']:.2f} dB",
-                  f"ours {result['ours_psnr']:.2f} dB", f"truth: {name}"]
+        labels = [
+            f"input {result['input_psnr']:.2f} dB",
+            f"{best_name} {result['classical_psnr']:.2f} dB",
+            f"ours {result['ours_psnr']:.2f} dB",
+            f"truth: {name}",
+        ]
         rows.append(np.concatenate([_tile(t, int(size), lab) for t, lab in zip((shown, best, ours, truth), labels)], 1))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

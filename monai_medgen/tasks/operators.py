@@ -59,9 +59,15 @@ class SuperResolution:
         self.cg_iterations = int(cg_iterations)
 
     def factors(self, ndim: int) -> tuple[float, ...]:
-        f = (float(self.factor),) * ndim if isinstance(self.factor, (int, float)) else tuple(float(v) for v in self.factor)
+        f = (
+            (float(self.factor),) * ndim
+            if isinstance(self.factor, (int, float))
+            else tuple(float(v) for v in self.factor)
+        )
         if len(f) != ndim or not all(math.isfinite(v) and v >= 1 for v in f):
-            raise ValueError(f"factor must be a number >= 1 or {ndim} of them (one per spatial axis), got {self.factor!r}.")
+            raise ValueError(
+                f"factor must be a number >= 1 or {ndim} of them (one per spatial axis), got {self.factor!r}."
+            )
         return f
 
     def low_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
@@ -216,11 +222,17 @@ def fill_holes(x: torch.Tensor, mask: torch.Tensor, smoothing: int = 20) -> torc
     while min(levels[-1][1].shape[2:]) > 1 and bool((levels[-1][1] == 0).any()):
         v, k = levels[-1]
         kernel = [2 if s > 1 else 1 for s in v.shape[2:]]
-        levels.append((pool(v, kernel, ceil_mode=True) * math.prod(kernel), pool(k, kernel, ceil_mode=True) * math.prod(kernel)))
+        levels.append(
+            (pool(v, kernel, ceil_mode=True) * math.prod(kernel), pool(k, kernel, ceil_mode=True) * math.prod(kernel))
+        )
     v, k = levels[-1]
     est = v / k.clamp_min(1e-6)
     if bool((k == 0).any()):  # nothing known at all at the coarsest level
-        est = torch.where(k > 0, est, (v.flatten(1).sum(1) / k.flatten(1).sum(1).clamp_min(1e-6)).reshape(-1, *[1] * (v.ndim - 1)).expand_as(v))
+        est = torch.where(
+            k > 0,
+            est,
+            (v.flatten(1).sum(1) / k.flatten(1).sum(1).clamp_min(1e-6)).reshape(-1, *[1] * (v.ndim - 1)).expand_as(v),
+        )
     mode = "bilinear" if nd == 2 else "trilinear"
     for v, k in reversed(levels[:-1]):
         up = F.interpolate(est, size=v.shape[2:], mode=mode, align_corners=False)
@@ -297,7 +309,9 @@ class RobustIntensity:
         v = median3(x).flatten()
         if v.numel() > 2_000_000:
             v = v[torch.linspace(0, v.numel() - 1, 2_000_000).long()]
-        lo, hi = torch.quantile(v.double(), torch.tensor([self.low_percentile / 100, self.high_percentile / 100], dtype=torch.float64)).tolist()
+        lo, hi = torch.quantile(
+            v.double(), torch.tensor([self.low_percentile / 100, self.high_percentile / 100], dtype=torch.float64)
+        ).tolist()
         if not hi > lo:
             lo, hi = float(v.min()), float(v.max())
         if not hi > lo:

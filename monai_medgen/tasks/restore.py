@@ -52,8 +52,14 @@ class ResidualDiffusionInferer(ConditionalDiffusionInferer):
     """
 
     def __init__(
-        self, family: str = "sr", start_time: float = 0.5, tile_size: int = 256, tile_above: int = 512, data_dims: int = 2,
-        self_ensemble: bool = False, **kwargs,
+        self,
+        family: str = "sr",
+        start_time: float = 0.5,
+        tile_size: int = 256,
+        tile_above: int = 512,
+        data_dims: int = 2,
+        self_ensemble: bool = False,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if data_dims not in (2, 3):
@@ -82,7 +88,9 @@ def _factors(factor, ndim: int) -> list[float]:
     else:
         f = [float(v) for v in factor]
     if len(f) != ndim or not all(math.isfinite(v) and v >= 1 for v in f):
-        raise ValueError(f"factor must be a number >= 1 (in-plane) or one per spatial axis of a {ndim}D image, got {factor!r}.")
+        raise ValueError(
+            f"factor must be a number >= 1 (in-plane) or one per spatial axis of a {ndim}D image, got {factor!r}."
+        )
     return f
 
 
@@ -99,8 +107,13 @@ class VolumeProgress:
     Use as a context manager; :meth:`update` adds the slices of a finished batch.
     """
 
-    def __init__(self, total: int, verbose: bool = False, callback: Callable[[int, int], None] | None = None,
-                 desc: str = "volume"):
+    def __init__(
+        self,
+        total: int,
+        verbose: bool = False,
+        callback: Callable[[int, int], None] | None = None,
+        desc: str = "volume",
+    ):
         if callback is not None and not callable(callback):
             raise ValueError(f"progress must be a callable (done, total), got {type(callback).__name__}.")
         self.total, self.done, self.callback = int(total), 0, callback
@@ -133,8 +146,9 @@ def _run_slices(restorer, measured, project_fn, mask, num_samples, seed, progres
         gens = [torch.Generator(device=measured.device).manual_seed(int(seed) + k) for k in range(idx.start, idx.stop)]
         project = None if project_fn is None else (lambda x, i=idx: project_fn(x, i))
         m = None if mask is None else mask[idx]
-        mean, std = restorer(measured[idx], project=project, mask=m, num_samples=num_samples, generator=gens,
-                             value_range=value_range)
+        mean, std = restorer(
+            measured[idx], project=project, mask=m, num_samples=num_samples, generator=gens, value_range=value_range
+        )
         means.append(mean)
         stds.append(std)
         progress.update(idx.stop - idx.start)
@@ -189,8 +203,14 @@ def restore_residual(
     y = scaler.forward(x).to(dev)  # (1, *spatial), not clipped: data consistency uses the measurement as it is
     tile = inferer.tile_size if max(spatial[:2]) > inferer.tile_above else None
     restorer = ResidualRestorer(
-        inferer, network, family, num_steps=int(num_steps or 4), start_time=inferer.start_time, sampler=sampler,
-        patch_size=tile, speed=speed,
+        inferer,
+        network,
+        family,
+        num_steps=int(num_steps or 4),
+        start_time=inferer.start_time,
+        sampler=sampler,
+        patch_size=tile,
+        speed=speed,
     )
     network.eval()
     m = None
@@ -224,10 +244,18 @@ def restore_residual(
         out = out.clamp(info.min, info.max)
     if m is not None:
         out = torch.where(m.cpu() > 0, out, x)
-    affine = fine_grid_affine(img.affine, spatial, size) if size != spatial else torch.as_tensor(np.asarray(img.affine), dtype=torch.float64)
+    affine = (
+        fine_grid_affine(img.affine, spatial, size)
+        if size != spatial
+        else torch.as_tensor(np.asarray(img.affine), dtype=torch.float64)
+    )
     meta = {k: v for k, v in img.meta.items() if k != "affine"}
     restored = MetaTensor(out, affine=affine, meta=meta)
-    unc = None if num_samples < 2 else MetaTensor(std.cpu() * (scaler.high - scaler.low), affine=affine.clone(), meta=dict(meta))
+    unc = (
+        None
+        if num_samples < 2
+        else MetaTensor(std.cpu() * (scaler.high - scaler.low), affine=affine.clone(), meta=dict(meta))
+    )
     return restored, unc
 
 
@@ -264,8 +292,9 @@ def _thick_slices(restorer, y, f, size, num_samples, seed, progress, planes, val
         def project_fn(x, idx, stack=stack):
             return op2.project(x, stack[idx])
 
-        mean, std = _run_slices(restorer, measured, project_fn, None, num_samples, seed + 7919 * axis, progress,
-                                value_range)
+        mean, std = _run_slices(
+            restorer, measured, project_fn, None, num_samples, seed + 7919 * axis, progress, value_range
+        )
         estimates.append(mean[:, 0].movedim(0, axis))
         spreads.append(std[:, 0].movedim(0, axis))
     avg = torch.stack(estimates).mean(0)[None, None]  # (1, 1, H, W, D')

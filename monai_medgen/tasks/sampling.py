@@ -114,7 +114,9 @@ class ResidualRestorer:
         self.self_ensemble = bool(getattr(inferer, "self_ensemble", False) if self_ensemble is None else self_ensemble)
 
     def _eps_fn(self, cond: torch.Tensor) -> Callable:
-        eps_model = self.inferer.eps_model(self.network, accelerated(self.network, **self.speed) if self.speed else None)
+        eps_model = self.inferer.eps_model(
+            self.network, accelerated(self.network, **self.speed) if self.speed else None
+        )
         if self.patch_size is None or max(cond.shape[2:]) <= self.patch_size:
             return lambda z, gamma: eps_model(z, gamma, condition=cond)
 
@@ -126,7 +128,11 @@ class ResidualRestorer:
                 return eps_model(zc, g.expand(zc.shape[0]), condition=cc)
 
             return sliding_window_inference(
-                torch.cat([z, cond], 1), (self.patch_size,) * (z.ndim - 2), 4, one, overlap=self.overlap,
+                torch.cat([z, cond], 1),
+                (self.patch_size,) * (z.ndim - 2),
+                4,
+                one,
+                overlap=self.overlap,
                 mode="gaussian",
             )
 
@@ -177,7 +183,9 @@ class ResidualRestorer:
             if k == 0:
                 samples.append(self._sample(measured, project, mask, generator, verbose, value_range))
                 continue
-            framed_project = None if project is None else (lambda x, k=k: frame_transform(project(frame_transform(x, k, True)), k))
+            framed_project = (
+                None if project is None else (lambda x, k=k: frame_transform(project(frame_transform(x, k, True)), k))
+            )
             framed_mask = None if mask is None else frame_transform(mask, k)
             x = self._sample(frame_transform(measured, k), framed_project, framed_mask, generator, verbose, value_range)
             samples.append(frame_transform(x, k, inverse=True))
@@ -197,7 +205,9 @@ class ResidualRestorer:
         for n in reversed(spatial):
             extra = (-n) % multiple
             pads += [extra // 2, extra - extra // 2]
-        inner = tuple(slice(pads[2 * (len(spatial) - 1 - a)], pads[2 * (len(spatial) - 1 - a)] + n) for a, n in enumerate(spatial))
+        inner = tuple(
+            slice(pads[2 * (len(spatial) - 1 - a)], pads[2 * (len(spatial) - 1 - a)] + n) for a, n in enumerate(spatial)
+        )
         inner = (slice(None), slice(None), *inner)
         if any(pads):
             measured = F.pad(measured, pads, mode="replicate")
@@ -216,8 +226,15 @@ class ResidualRestorer:
 
         z = batched_randn(measured.shape, generator, device=device, dtype=measured.dtype)
         out = sample_loop(
-            self._eps_fn(cond), z, self.inferer.schedule, self.times, sampler=self.sampler,
-            generator=generator, clip_x0=(-2.0, 2.0), verbose=verbose, desc=f"restore ({self.family})",
+            self._eps_fn(cond),
+            z,
+            self.inferer.schedule,
+            self.times,
+            sampler=self.sampler,
+            generator=generator,
+            clip_x0=(-2.0, 2.0),
+            verbose=verbose,
+            desc=f"restore ({self.family})",
             x0_hook=hook,
         )
         x = base + hook(out.sample) / 2

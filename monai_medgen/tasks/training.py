@@ -19,7 +19,11 @@ __all__ = ["ResidualValidationInferer", "residual_sample_fn", "training_dataset"
 
 
 def training_dataset(
-    family: str, crop_size: int = 64, length: int = 1600, corpus: TrainingCorpus | None = None, dataset_dir: str = "",
+    family: str,
+    crop_size: int = 64,
+    length: int = 1600,
+    corpus: TrainingCorpus | None = None,
+    dataset_dir: str = "",
     **degradation,
 ) -> Dataset:
     """A MONAI ``Dataset`` of ``length`` fresh draws per pass: a randomised corpus image
@@ -28,7 +32,12 @@ def training_dataset(
     Items: ``image`` = residual target, ``cond``, ``base``, ``truth``, all (C, crop, crop).  ``dataset_dir``: your
     own images (folder or datalist JSON) added to the corpus."""
     _check_family(family)
-    transform = Compose([RandCorpusSliced(crop_size, corpus, dataset_dir=dataset_dir or None), BlindDegradationd("image", family=family, **degradation)])
+    transform = Compose(
+        [
+            RandCorpusSliced(crop_size, corpus, dataset_dir=dataset_dir or None),
+            BlindDegradationd("image", family=family, **degradation),
+        ]
+    )
     return Dataset(data=[{} for _ in range(int(length))], transform=transform)
 
 
@@ -41,7 +50,9 @@ def validation_items(
     from monai_medgen.data import demo_slices
 
     _check_family(family)
-    truth = torch.stack([torch.as_tensor(np.asarray(it["image"])) for it in demo_slices("colin27", size=size, num_slices=num_slices)])
+    truth = torch.stack(
+        [torch.as_tensor(np.asarray(it["image"])) for it in demo_slices("colin27", size=size, num_slices=num_slices)]
+    )
     if family == "sr":
         op = SuperResolution(factor)
         measured = op.base(op.degrade(truth), truth.shape[2:])
@@ -72,7 +83,9 @@ class ResidualValidationInferer(Inferer):
         return mean.clamp(0, 1)
 
 
-def residual_sample_fn(inferer, network, items: list[dict], family: str, num_steps: int = 4, start_time: float = 0.5, seed: int = 0):
+def residual_sample_fn(
+    inferer, network, items: list[dict], family: str, num_steps: int = 4, start_time: float = 0.5, seed: int = 0
+):
     """A no-argument callable for :class:`monai_medgen.handlers.SampleGridHandler`: restores the held-out ``items``
     of :func:`validation_items` and returns ``(grid images, frames)`` in [-1, 1]: per item the input, the restoration
     and the truth side by side; the frames show the restoration after 1, 2, ... ``num_steps`` network calls."""

@@ -74,9 +74,7 @@ def check_name(value, what: str = "image") -> str:
     )
     if not isinstance(value, str) or not value:
         raise RequestError(f"{expected}; got {value!r}.")
-    if (
-        len(value) > MAX_NAME_LENGTH or _FORBIDDEN.search(value) or value[0] in ".- " or value[-1] in ". "
-    ):
+    if len(value) > MAX_NAME_LENGTH or _FORBIDDEN.search(value) or value[0] in ".- " or value[-1] in ". ":
         shown = value if len(value) <= 80 else value[:77] + "..."
         raise RequestError(f"{expected}; got {shown!r}.")
     return value
@@ -115,15 +113,61 @@ class ImageHeader:
 
 _FORMATS = "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, data attached) or MetaImage (.mha, data attached) image"
 _NRRD_TYPES = {
-    "signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
-    "short": 2, "short int": 2, "signed short": 2, "signed short int": 2, "int16": 2, "int16_t": 2, "ushort": 2,
-    "unsigned short": 2, "unsigned short int": 2, "uint16": 2, "uint16_t": 2, "int": 4, "signed int": 4, "int32": 4,
-    "int32_t": 4, "uint": 4, "unsigned int": 4, "uint32": 4, "uint32_t": 4, "longlong": 8, "long long": 8,
-    "long long int": 8, "signed long long": 8, "signed long long int": 8, "int64": 8, "int64_t": 8, "ulonglong": 8,
-    "unsigned long long": 8, "unsigned long long int": 8, "uint64": 8, "uint64_t": 8, "float": 4, "double": 8,
+    "signed char": 1,
+    "int8": 1,
+    "int8_t": 1,
+    "uchar": 1,
+    "unsigned char": 1,
+    "uint8": 1,
+    "uint8_t": 1,
+    "short": 2,
+    "short int": 2,
+    "signed short": 2,
+    "signed short int": 2,
+    "int16": 2,
+    "int16_t": 2,
+    "ushort": 2,
+    "unsigned short": 2,
+    "unsigned short int": 2,
+    "uint16": 2,
+    "uint16_t": 2,
+    "int": 4,
+    "signed int": 4,
+    "int32": 4,
+    "int32_t": 4,
+    "uint": 4,
+    "unsigned int": 4,
+    "uint32": 4,
+    "uint32_t": 4,
+    "longlong": 8,
+    "long long": 8,
+    "long long int": 8,
+    "signed long long": 8,
+    "signed long long int": 8,
+    "int64": 8,
+    "int64_t": 8,
+    "ulonglong": 8,
+    "unsigned long long": 8,
+    "unsigned long long int": 8,
+    "uint64": 8,
+    "uint64_t": 8,
+    "float": 4,
+    "double": 8,
 }
-_MET_TYPES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
-              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+_MET_TYPES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
 
 
 def _dims(values: Iterable, what: str) -> tuple:
@@ -138,7 +182,9 @@ def _nifti(head: bytes, what: str, compressed: bool) -> ImageHeader | None:
         if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
             magic = head[344:348]
             if magic == b"ni1\x00":
-                raise RequestError(f"{what}: a NIfTI pair (.hdr / .img) cannot be uploaded; send one .nii or .nii.gz file.")
+                raise RequestError(
+                    f"{what}: a NIfTI pair (.hdr / .img) cannot be uploaded; send one .nii or .nii.gz file."
+                )
             if magic != b"n+1\x00":
                 return None
             dim = struct.unpack(endian + "8h", head[40:56])
@@ -146,7 +192,9 @@ def _nifti(head: bytes, what: str, compressed: bool) -> ImageHeader | None:
             offset = struct.unpack(endian + "f", head[108:112])[0]
         elif len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
             if head[4:8] != b"n+2\x00":
-                raise RequestError(f"{what}: a NIfTI-2 pair (.hdr / .img) cannot be uploaded; send one .nii or .nii.gz file.")
+                raise RequestError(
+                    f"{what}: a NIfTI-2 pair (.hdr / .img) cannot be uploaded; send one .nii or .nii.gz file."
+                )
             bitpix = struct.unpack(endian + "h", head[14:16])[0]
             dim = struct.unpack(endian + "8q", head[16:80])
             offset = struct.unpack(endian + "q", head[168:176])[0]
@@ -155,8 +203,13 @@ def _nifti(head: bytes, what: str, compressed: bool) -> ImageHeader | None:
         if not 1 <= dim[0] <= 7:
             raise RequestError(f"{what}: its NIfTI header declares {dim[0]} dimensions; 1 to 7 are valid.")
         shape = _dims(dim[1 : dim[0] + 1], what)
-        return ImageHeader("nifti", ".nii.gz" if compressed else ".nii", shape, max(int(bitpix), 0) / 8,
-                           None if compressed else int(offset))
+        return ImageHeader(
+            "nifti",
+            ".nii.gz" if compressed else ".nii",
+            shape,
+            max(int(bitpix), 0) / 8,
+            None if compressed else int(offset),
+        )
     return None
 
 
@@ -177,7 +230,9 @@ def _nrrd(head: bytes, what: str) -> ImageHeader:
         key, value = line.split(":", 1)
         fields[key.strip().lower()] = value.strip()
     if "data file" in fields or "datafile" in fields:
-        raise RequestError(f"{what}: a NRRD header naming a separate data file cannot be uploaded; send a .nrrd with its data attached.")
+        raise RequestError(
+            f"{what}: a NRRD header naming a separate data file cannot be uploaded; send a .nrrd with its data attached."
+        )
     if "sizes" not in fields:
         raise RequestError(f"{what}: its NRRD header has no 'sizes' field; a damaged file?")
     try:
@@ -202,12 +257,16 @@ def _mha(head: bytes, what: str) -> ImageHeader:
     if data_file is None:
         raise RequestError(f"{what}: its MetaImage header has no ElementDataFile; a damaged or truncated file?")
     if data_file.upper() != "LOCAL":
-        raise RequestError(f"{what}: a MetaImage header naming a separate data file cannot be uploaded; send an .mha with its data attached (ElementDataFile = LOCAL).")
+        raise RequestError(
+            f"{what}: a MetaImage header naming a separate data file cannot be uploaded; send an .mha with its data attached (ElementDataFile = LOCAL)."
+        )
     try:
         sizes = [int(v) for v in fields.get("dimsize", "").split()]
         channels = int(fields.get("elementnumberofchannels", "1"))
     except ValueError:
-        raise RequestError(f"{what}: its MetaImage DimSize {fields.get('dimsize')!r} is not a list of integers.") from None
+        raise RequestError(
+            f"{what}: its MetaImage DimSize {fields.get('dimsize')!r} is not a list of integers."
+        ) from None
     shape = _dims(sizes, what)
     if channels > 1:
         shape = shape + (channels,)
@@ -249,7 +308,8 @@ def check_declared_size(header: ImageHeader, what: str = "image", max_voxels: in
         dims = " x ".join(str(n) for n in header.shape)
         raise RequestError(
             f"{what}: its header declares {dims} = {header.voxels} voxels; the server accepts at most {int(max_voxels)} "
-            "voxels per image. Crop or downsample it.", 413,
+            "voxels per image. Crop or downsample it.",
+            413,
         )
     return header
 
@@ -334,7 +394,7 @@ class UploadFolder:
         removed = []
         for folder in self.root.glob(f"{self.PREFIX}*"):
             try:
-                pid = int(folder.name[len(self.PREFIX):].split("_", 1)[0])
+                pid = int(folder.name[len(self.PREFIX) :].split("_", 1)[0])
             except ValueError:
                 continue
             if not folder.is_dir() or folder.stat().st_uid != os.getuid():
@@ -385,7 +445,9 @@ def _alive(pid: int) -> bool:
 # request parameters
 # ---------------------------------------------------------------------------------------------
 #: keys that generic MONAI Label clients (3D Slicer's module, OHIF) add to every request; they have no effect here
-IGNORED_PARAMS = frozenset({"client_id", "result_extension", "result_dtype", "result_compress", "restore_label_idx", "device"})
+IGNORED_PARAMS = frozenset(
+    {"client_id", "result_extension", "result_dtype", "result_compress", "restore_label_idx", "device"}
+)
 
 
 def parse_json_object(text, what: str = "params") -> dict:
@@ -400,11 +462,13 @@ def parse_json_object(text, what: str = "params") -> dict:
         try:
             value = json.loads(text)
         except (ValueError, UnicodeDecodeError) as e:
-            raise RequestError(f"{what} must be a JSON object such as {{\"steps\": 20}}; it is not valid JSON ({e}).") from None
+            raise RequestError(
+                f'{what} must be a JSON object such as {{"steps": 20}}; it is not valid JSON ({e}).'
+            ) from None
     else:
         value = text
     if not isinstance(value, Mapping):
-        raise RequestError(f"{what} must be a JSON object such as {{\"steps\": 20}}, got a JSON {type(value).__name__}.")
+        raise RequestError(f'{what} must be a JSON object such as {{"steps": 20}}, got a JSON {type(value).__name__}.')
     return dict(value)
 
 
@@ -459,7 +523,8 @@ class JobQueue:
             if self._admitted >= self.workers + self.max_waiting:
                 raise RequestError(
                     f"the server is busy: {self._running} job(s) running and {self._admitted - self._running} waiting, "
-                    f"the most it queues ({self.workers} running + {self.max_waiting} waiting); retry later.", 429,
+                    f"the most it queues ({self.workers} running + {self.max_waiting} waiting); retry later.",
+                    429,
                 )
             self._admitted += 1
 
@@ -482,8 +547,12 @@ class JobQueue:
 
     def status(self) -> dict:
         with self._lock:
-            return {"running": self._running, "waiting": self._admitted - self._running, "workers": self.workers,
-                    "max_waiting": self.max_waiting}
+            return {
+                "running": self._running,
+                "waiting": self._admitted - self._running,
+                "workers": self.workers,
+                "max_waiting": self.max_waiting,
+            }
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -536,5 +605,9 @@ class ServerLimits:
         return out
 
     def describe(self) -> dict:
-        return {"max_voxels": int(self.max_voxels), "max_upload_bytes": int(self.max_upload_bytes),
-                "max_work": float(self.max_work), "max_waiting": int(self.max_waiting)}
+        return {
+            "max_voxels": int(self.max_voxels),
+            "max_upload_bytes": int(self.max_upload_bytes),
+            "max_work": float(self.max_work),
+            "max_waiting": int(self.max_waiting),
+        }

@@ -134,13 +134,17 @@ class ConfinedDatastore(LocalDatastore):
     # ---- writes -----------------------------------------------------------------------------
     def _check_file(self, filename: str, what: str) -> None:
         if not str(filename).endswith(DATASTORE_SUFFIXES):
-            raise RequestError(f"{what}: the datastore keeps {list(DATASTORE_SUFFIXES)} files, got {os.path.basename(filename)!r}.")
+            raise RequestError(
+                f"{what}: the datastore keeps {list(DATASTORE_SUFFIXES)} files, got {os.path.basename(filename)!r}."
+            )
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
         check_name(image_id, "image")
         self._check_file(image_filename, "image")
         if image_id in self._datastore.objects:
-            raise RequestError(f"image: {image_id!r} is already in the datastore; delete it first or choose another id.", 409)
+            raise RequestError(
+                f"image: {image_id!r} is already in the datastore; delete it first or choose another id.", 409
+            )
         suffix = next(s for s in DATASTORE_SUFFIXES if image_filename.endswith(s))
         if not self.inside(os.path.join(self._datastore.image_path(), image_id + suffix)):
             raise RequestError(f"image: {image_id!r} would be stored outside the studies folder.")
@@ -235,7 +239,9 @@ async def _check_length(request: Request, limit: int) -> None:
     length = request.headers.get("content-length")
     if length is None:
         if request.headers.get("transfer-encoding"):
-            raise RequestError("send the request body with a Content-Length header; chunked bodies are not accepted.", 411)
+            raise RequestError(
+                "send the request body with a Content-Length header; chunked bodies are not accepted.", 411
+            )
         return
     if not length.strip().isdigit():
         raise RequestError(f"Content-Length must be a number of bytes, got {length!r}.")
@@ -243,7 +249,9 @@ async def _check_length(request: Request, limit: int) -> None:
         if int(length) <= 4 * limit:
             async for _ in request.stream():
                 pass
-        raise RequestError(f"the request body is {int(length)} bytes; the server accepts at most {limit} per request.", 413)
+        raise RequestError(
+            f"the request body is {int(length)} bytes; the server accepts at most {limit} per request.", 413
+        )
 
 
 async def _form(request: Request, limit: int):
@@ -303,7 +311,9 @@ class _Uploads:
             upload.file.seek(0)
             head = upload.file.read(HEAD_BYTES)
             upload.file.seek(0)
-            header = check_declared_size(sniff_image(head, what), what, limits.max_voxels)  # before any copy or decoding
+            header = check_declared_size(
+                sniff_image(head, what), what, limits.max_voxels
+            )  # before any copy or decoding
             path = self.app.uploads.new_path(header.suffix)
             self.paths.append(path)
             copy_limited(upload.file, path, limits.max_upload_bytes, what)
@@ -351,7 +361,9 @@ def build_router(app) -> APIRouter:
         if output not in ("all", "image", "json"):
             raise RequestError(f"output must be one of ['all', 'image', 'json'], got {output!r}.")
         if _query(request, "session_id"):
-            raise RequestError("session_id: sessions are not served by this app; give a datastore image id or upload the image.")
+            raise RequestError(
+                "session_id: sessions are not served by this app; give a datastore image id or upload the image."
+            )
         image_id = _query(request, "image") or None
         form = await _form(request, body_limit)
         uploads = _Uploads(app)
@@ -364,9 +376,13 @@ def build_router(app) -> APIRouter:
             upload = _file(form, "file", "the image")
             mask = _file(form, "label", "the inpainting mask")
             if image_id and upload is not None:
-                raise RequestError("image: give either a datastore id (?image=ID) or an upload (form field 'file'), not both.")
+                raise RequestError(
+                    "image: give either a datastore id (?image=ID) or an upload (form field 'file'), not both."
+                )
             if not image_id and upload is None:
-                raise RequestError("image: give the id of a datastore image (?image=ID) or upload the image (form field 'file').")
+                raise RequestError(
+                    "image: give the id of a datastore image (?image=ID) or upload the image (form field 'file')."
+                )
             if mask is not None and served.task != "inpaint":
                 raise RequestError(f"label: a mask is for inpainting models only; model {model} does not use one.")
             if image_id:  # off the event loop: a DICOMweb datastore downloads the series on first use
@@ -416,7 +432,8 @@ def build_router(app) -> APIRouter:
             raise RequestError(f"output must be one of ['stats', 'all', 'train'], got {output!r}.")
         d = ds()  # a DICOMweb datastore asks its server: off the event loop
         return await run_in_threadpool(
-            lambda: d.json() if output == "all" else d.datalist(full_path=False) if output == "train" else d.status())
+            lambda: d.json() if output == "all" else d.datalist(full_path=False) if output == "train" else d.status()
+        )
 
     async def add_image(request: Request):
         form = await _form(request, one_file_limit)
@@ -428,11 +445,15 @@ def build_router(app) -> APIRouter:
             image_id = _query(request, "image") or _upload_stem(upload.filename)
             check_name(image_id, "image")
             if image_id in ds().list_images():
-                raise RequestError(f"image: {image_id!r} is already in the datastore; delete it first or choose another id.", 409)
+                raise RequestError(
+                    f"image: {image_id!r} is already in the datastore; delete it first or choose another id.", 409
+                )
             info = parse_json_object(_text(form, "params"), "params")
             path, header = await uploads.save(upload, "file (the image)")
             if header.kind == "mha":
-                raise RequestError("file: the datastore keeps NIfTI (.nii, .nii.gz) and NRRD images; convert the MetaImage first.")
+                raise RequestError(
+                    "file: the datastore keeps NIfTI (.nii, .nii.gz) and NRRD images; convert the MetaImage first."
+                )
             await _on_queue(app, _decode_check, path, "file (the image)")
             for key in ("name", "ts", "path"):
                 info.pop(key, None)
@@ -442,20 +463,30 @@ def build_router(app) -> APIRouter:
             uploads.remove()
             await form.close()
 
-    router.add_api_route(prefix + "/datastore/image", _guarded("datastore upload")(add_image), methods=["PUT"],
-                         summary="Upload a new image (checked, never overwriting one)")
-    router.add_api_route(prefix + "/datastore/", _guarded("datastore upload")(add_image), methods=["PUT"],
-                         include_in_schema=False)
+    router.add_api_route(
+        prefix + "/datastore/image",
+        _guarded("datastore upload")(add_image),
+        methods=["PUT"],
+        summary="Upload a new image (checked, never overwriting one)",
+    )
+    router.add_api_route(
+        prefix + "/datastore/", _guarded("datastore upload")(add_image), methods=["PUT"], include_in_schema=False
+    )
 
     async def remove_image(request: Request):
         image_id = _query(request, "id")
         await run_in_threadpool(ds().remove_image, check_name(image_id, "id"))
         return {}
 
-    router.add_api_route(prefix + "/datastore/image", _guarded("datastore delete")(remove_image), methods=["DELETE"],
-                         summary="Remove an image and its labels")
-    router.add_api_route(prefix + "/datastore/", _guarded("datastore delete")(remove_image), methods=["DELETE"],
-                         include_in_schema=False)
+    router.add_api_route(
+        prefix + "/datastore/image",
+        _guarded("datastore delete")(remove_image),
+        methods=["DELETE"],
+        summary="Remove an image and its labels",
+    )
+    router.add_api_route(
+        prefix + "/datastore/", _guarded("datastore delete")(remove_image), methods=["DELETE"], include_in_schema=False
+    )
 
     async def download_image(request: Request):
         image_id = check_name(_query(request, "image"), "image")
@@ -466,14 +497,20 @@ def build_router(app) -> APIRouter:
                 algo, _, digest = check_sum.rpartition(":")
                 algo = algo or "SHA256"
                 if algo.upper() not in ("SHA256", "SHA1", "MD5", "SHA512"):
-                    raise RequestError(f"check_sum must be '[ALGO:]hex digest' with ALGO one of SHA256, SHA1, MD5, SHA512, got {check_sum!r}.")
+                    raise RequestError(
+                        f"check_sum must be '[ALGO:]hex digest' with ALGO one of SHA256, SHA1, MD5, SHA512, got {check_sum!r}."
+                    )
                 if digest != await run_in_threadpool(file_checksum, path, algo.upper()):
                     raise RequestError(f"image: {image_id!r} has another checksum.", 404)
             return Response(status_code=200)
         return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
 
-    router.add_api_route(prefix + "/datastore/image", _guarded("datastore download")(download_image),
-                         methods=["GET", "HEAD"], summary="Download an image (HEAD: does it exist)")
+    router.add_api_route(
+        prefix + "/datastore/image",
+        _guarded("datastore download")(download_image),
+        methods=["GET", "HEAD"],
+        summary="Download an image (HEAD: does it exist)",
+    )
 
     @router.get(prefix + "/datastore/image/info", summary="Image info")
     @_guarded("datastore info")
@@ -509,7 +546,9 @@ def build_router(app) -> APIRouter:
             info = parse_json_object(_text(form, "params"), "params")
             path, header = await uploads.save(upload, "label")
             if header.kind == "mha":
-                raise RequestError("label: the datastore keeps NIfTI (.nii, .nii.gz) and NRRD images; convert the MetaImage first.")
+                raise RequestError(
+                    "label: the datastore keeps NIfTI (.nii, .nii.gz) and NRRD images; convert the MetaImage first."
+                )
             image_header = await run_in_threadpool(inspect_image_file, image_path, "image")
             if header.spatial_shape != image_header.spatial_shape:
                 raise RequestError(
@@ -546,8 +585,12 @@ def build_router(app) -> APIRouter:
             return Response(status_code=200)
         return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
 
-    router.add_api_route(prefix + "/datastore/label", _guarded("datastore label download")(download_label),
-                         methods=["GET", "HEAD"], summary="Download a label (HEAD: does it exist)")
+    router.add_api_route(
+        prefix + "/datastore/label",
+        _guarded("datastore label download")(download_label),
+        methods=["GET", "HEAD"],
+        summary="Download a label (HEAD: does it exist)",
+    )
 
     @router.get(prefix + "/datastore/label/info", summary="Label info")
     @_guarded("datastore label info")
@@ -571,19 +614,29 @@ def build_router(app) -> APIRouter:
         return {}
 
     for path in ("/datastore/label/info", "/datastore/updatelabelinfo"):
-        router.add_api_route(prefix + path, _guarded("datastore label info")(put_label_info), methods=["PUT"],
-                             include_in_schema=path.endswith("/info"), summary="Update label info")
+        router.add_api_route(
+            prefix + path,
+            _guarded("datastore label info")(put_label_info),
+            methods=["PUT"],
+            include_in_schema=path.endswith("/info"),
+            summary="Update label info",
+        )
 
     # ---- what this app does not serve ----------------------------------------------------------
     for start, what in DISABLED.items():
+
         async def disabled(request: Request, rest: str = "", what=what):
             return JSONResponse(
                 {"detail": f"{request.url.path}: the monai_medgen app does not serve {what}."}, status_code=404
             )
 
         for path in (start, start + "/", start + "/{rest:path}"):
-            router.add_api_route(prefix + path, disabled, methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
-                                 include_in_schema=False)
+            router.add_api_route(
+                prefix + path,
+                disabled,
+                methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
+                include_in_schema=False,
+            )
     return router
 
 
@@ -602,11 +655,14 @@ def _infer_answer(app, result: dict, output: str):
         if path:
             app.uploads.remove(path)
     if output == "image":
-        return Response(data, media_type=get_mime_type(name), headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            data, media_type=get_mime_type(name), headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        )
     from requests_toolbelt import MultipartEncoder
 
-    body = MultipartEncoder(fields={"params": (None, json.dumps(params), "application/json"),
-                                    "image": (name, data, get_mime_type(name))})
+    body = MultipartEncoder(
+        fields={"params": (None, json.dumps(params), "application/json"), "image": (name, data, get_mime_type(name))}
+    )
     return Response(content=body.to_string(), media_type=body.content_type)
 
 
@@ -640,7 +696,7 @@ def install(fastapi_app: FastAPI, app) -> None:
     replaced = ("/infer/{model}", "/activelearning/{strategy}")
 
     def ours(path: str) -> bool:
-        path = path[len(prefix):] if prefix and path.startswith(prefix) else path
+        path = path[len(prefix) :] if prefix and path.startswith(prefix) else path
         return path in replaced or path.startswith("/datastore") or any(path.startswith(p) for p in DISABLED)
 
     kept = [r for r in fastapi_app.router.routes if not ours(getattr(r, "path", ""))]

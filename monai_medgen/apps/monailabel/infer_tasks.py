@@ -78,7 +78,9 @@ class LoadInputd:
         inputs = [path]
         if isinstance(label, str) and label:
             if self.model.task != "inpaint":
-                raise RequestError(f"label: a mask is for inpainting models only; model {self.model.name} does not use one.")
+                raise RequestError(
+                    f"label: a mask is for inpainting models only; model {self.model.name} does not use one."
+                )
             data["medgen_mask"] = read_mask(label, image)
             inputs.append(label)
         data["medgen_checksum"] = io.sha256_of(inputs)
@@ -130,7 +132,9 @@ def write_result(
     if std is not None:
         std_path = _fresh_path(folder, f"{name}_std_", ".nii.gz")
         try:
-            std_prov = dataclasses.replace(provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"})
+            std_prov = dataclasses.replace(
+                provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"}
+            )
             io.write_image(std, std_path, provenance=std_prov)
             with open(std_path, "rb") as f:
                 data = f.read()
@@ -164,7 +168,11 @@ class MedGenInferTask(BasicInferTask):
 
     def __init__(self, model: ServedModel, results_dir: str | None = None):
         super().__init__(
-            path=None, network=model.network, type=InferType.OTHERS, labels=None, dimension=model.spatial_dims,
+            path=None,
+            network=model.network,
+            type=InferType.OTHERS,
+            labels=None,
+            dimension=model.spatial_dims,
             description=f"monai_medgen {model.description} ({model.name}); output marked synthetic",
             config=model.config(),
         )
@@ -198,13 +206,21 @@ class MedGenInferTask(BasicInferTask):
             data["pred"], data["medgen_std"], data["medgen_provenance"] = self.model.restore(
                 data["image"], options, mask=data.get("medgen_mask"), input_checksum=data["medgen_checksum"]
             )
-        logger.info(f"{self.model.name}: {options} -> {tuple(data['pred'].shape)} in {time.perf_counter() - start:.2f} s")
+        logger.info(
+            f"{self.model.name}: {options} -> {tuple(data['pred'].shape)} in {time.perf_counter() - start:.2f} s"
+        )
         return data
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
         name = str(data.get("medgen_image_id") or "upload").split(".")[0][:64] or "image"
-        return write_result(self.model, data["pred"], data["medgen_provenance"], data.get("medgen_std"), name=name,
-                            folder=self.results_dir)
+        return write_result(
+            self.model,
+            data["pred"],
+            data["medgen_provenance"],
+            data.get("medgen_std"),
+            name=name,
+            folder=self.results_dir,
+        )
 
     def __call__(self, request, callbacks=None):
         try:

@@ -56,7 +56,9 @@ def monailabel_python() -> str:
     candidate = DEFAULT_VENV / "bin" / "python"
     if candidate.is_file():
         return str(candidate)
-    raise FileNotFoundError(f"no Python with MONAI Label found ({ENV_PYTHON} is not set, {candidate} is missing): {BUILD_HINT}.")
+    raise FileNotFoundError(
+        f"no Python with MONAI Label found ({ENV_PYTHON} is not set, {candidate} is missing): {BUILD_HINT}."
+    )
 
 
 def free_port() -> int:
@@ -108,8 +110,20 @@ class MONAILabelServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list:
-        cmd = [self.python, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", self.studies,
-               "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            self.python,
+            "-m",
+            "monailabel.main",
+            "start_server",
+            "--app",
+            str(APP_DIR),
+            "--studies",
+            self.studies,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         for key, value in self.conf.items():
             cmd += ["--conf", str(key), str(value)]
         return cmd
@@ -125,8 +139,13 @@ class MONAILabelServer:
         start = time.perf_counter()
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True, cwd=str(Path(self.log_path if self.remote else self.studies).resolve().parent),
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                cwd=str(Path(self.log_path if self.remote else self.studies).resolve().parent),
             )
         try:
             while True:
@@ -207,18 +226,31 @@ def write_demo_inputs(studies, inputs, seed: int = 1000) -> dict:
     sp = 181.0 / 128
     affine = np.diag([sp, sp, 4 * sp, 1.0])
     affine[:2, 3] = 32 * sp
-    paths["slices"] = _save(slices, affine, studies / "colin27_slices.nii.gz", "Colin27 axial slices (monai_medgen demo)")
+    paths["slices"] = _save(
+        slices, affine, studies / "colin27_slices.nii.gz", "Colin27 axial slices (monai_medgen demo)"
+    )
 
     fine = MetaTensor(torch.as_tensor(slices)[None], affine=torch.as_tensor(affine))
     low = SimulateLowResolution([4.0, 4.0, 1.0]).downsample(fine)  # area; the affine of the coarse pixels
-    paths["slices_lowres"] = _save(np.asarray(low[0]), np.asarray(low.affine), inputs / "slices_lowres.nii.gz",
-                                   "Colin27 slices, 4x coarser in-plane")
-    noisy = np.stack([np.asarray(RandMixedNoise(0.1, 0.05, low=0.0, high=1.0, seed=seed + k)(slices[None, ..., k]))[0]
-                      for k in range(slices.shape[-1])], -1)
+    paths["slices_lowres"] = _save(
+        np.asarray(low[0]),
+        np.asarray(low.affine),
+        inputs / "slices_lowres.nii.gz",
+        "Colin27 slices, 4x coarser in-plane",
+    )
+    noisy = np.stack(
+        [
+            np.asarray(RandMixedNoise(0.1, 0.05, low=0.0, high=1.0, seed=seed + k)(slices[None, ..., k]))[0]
+            for k in range(slices.shape[-1])
+        ],
+        -1,
+    )
     paths["slices_noisy"] = _save(noisy, affine, inputs / "slices_noisy.nii.gz", "Colin27 slices with noise")
     mask = np.zeros_like(slices)
     mask[24:40, 24:40] = 1
-    paths["slices_masked"] = _save(slices * (1 - mask), affine, inputs / "slices_masked.nii.gz", "Colin27 slices with a hole")
+    paths["slices_masked"] = _save(
+        slices * (1 - mask), affine, inputs / "slices_masked.nii.gz", "Colin27 slices with a hole"
+    )
     paths["slices_mask"] = _save(mask, affine, inputs / "slices_mask.nii.gz", "inpainting mask, 1 = missing")
 
     # 3D bundle's scale: native 1 mm, a box at the brain's centre
@@ -231,7 +263,10 @@ def write_demo_inputs(studies, inputs, seed: int = 1000) -> dict:
     box_affine = np.asarray(vol_affine, dtype=np.float64).copy()
     box_affine[:3, 3] = box_affine[:3, :3] @ np.asarray(start, dtype=np.float64) + box_affine[:3, 3]
     paths["volume"] = _save(box, box_affine, studies / "colin27_1mm.nii.gz", "Colin27 1 mm box (monai_medgen demo)")
-    thick = SimulateLowResolution([1.0, 1.0, 4.0]).downsample(MetaTensor(torch.as_tensor(box)[None], affine=torch.as_tensor(box_affine)))
-    paths["volume_thick"] = _save(np.asarray(thick[0]), np.asarray(thick.affine), inputs / "volume_thick.nii.gz",
-                                  "Colin27 1 mm box, 4 mm slices")
+    thick = SimulateLowResolution([1.0, 1.0, 4.0]).downsample(
+        MetaTensor(torch.as_tensor(box)[None], affine=torch.as_tensor(box_affine))
+    )
+    paths["volume_thick"] = _save(
+        np.asarray(thick[0]), np.asarray(thick.affine), inputs / "volume_thick.nii.gz", "Colin27 1 mm box, 4 mm slices"
+    )
     return paths

@@ -74,9 +74,14 @@ class MedGenApp(MONAILabelApp):
         self.uploads = UploadFolder()  # private folder of uploads and results; stale ones of killed servers removed
         atexit.register(self.uploads.close)
         self.jobs = JobQueue(workers=1, max_waiting=self.limits.max_waiting)
-        logger.info(f"serving {sorted(self.served)} on {device}; skipped {self.skipped}; limits {self.limits.describe()}")
+        logger.info(
+            f"serving {sorted(self.served)} on {device}; skipped {self.skipped}; limits {self.limits.describe()}"
+        )
         super().__init__(
-            app_dir=app_dir, studies=studies, conf=conf, name="monai_medgen",
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="monai_medgen",
             description="Diffusion models for medical imaging: restore and generate volumes (outputs are synthetic)",
             version=monai_medgen.__version__,
         )
@@ -96,7 +101,8 @@ class MedGenApp(MONAILabelApp):
             self.studies = self.studies.strip().rstrip("/")
             return DICOMwebDatastore(self.studies, str(self.uploads.path / "dicomweb"), store=store == "true")
         return ConfinedDatastore(
-            self.studies, auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            self.studies,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
@@ -104,7 +110,9 @@ class MedGenApp(MONAILabelApp):
         generative = [n for n, m in self.served.items() if m.generative]
         if name:
             if name not in generative:
-                raise ValueError(f"generate_model must be one of the served generative bundles {generative}, got {name!r}.")
+                raise ValueError(
+                    f"generate_model must be one of the served generative bundles {generative}, got {name!r}."
+                )
             return name
         conditional = [n for n in generative if self.served[n].class_names]
         return (conditional or generative or [None])[0]
@@ -121,8 +129,11 @@ class MedGenApp(MONAILabelApp):
     def info(self):
         meta = super().info()
         meta["medgen"] = {
-            "bundles": self.bundles_dir, "skipped": self.skipped, "generate_model": self.generate_model,
-            "limits": self.limits.describe(), "queue": self.jobs.status(),
+            "bundles": self.bundles_dir,
+            "skipped": self.skipped,
+            "generate_model": self.generate_model,
+            "limits": self.limits.describe(),
+            "queue": self.jobs.status(),
         }
         return meta
 
@@ -152,14 +163,21 @@ class MedGenApp(MONAILabelApp):
         if label and not (isinstance(label, str) and self.uploads.contains(label)):
             raise RequestError("label: upload the mask as a file; server paths are never read.")
         if self.served[model].task == "inpaint" and not label and image_id:
-            tags = [t for t in (request.get("label_tag"), DefaultLabelTag.FINAL.value, DefaultLabelTag.ORIGINAL.value) if t]
+            tags = [
+                t for t in (request.get("label_tag"), DefaultLabelTag.FINAL.value, DefaultLabelTag.ORIGINAL.value) if t
+            ]
             for tag in tags:
                 label_id = ds.get_label_by_image_id(image_id, check_name(str(tag), "label_tag"))
                 if label_id:
                     request["label"] = ds.get_label_uri(label_id, str(tag))
                     break
         result = super().infer(request, ds)
-        if isinstance(ds, DICOMwebDatastore) and image_id and ds.is_series(image_id) and not self.served[model].generative:
+        if (
+            isinstance(ds, DICOMwebDatastore)
+            and image_id
+            and ds.is_series(image_id)
+            and not self.served[model].generative
+        ):
             medgen = (result.get("params") or {}).get("medgen")
             if isinstance(medgen, dict) and result.get("file"):
                 medgen["pacs"] = ds.store_derived(image_id, result["file"], medgen.get("provenance"))

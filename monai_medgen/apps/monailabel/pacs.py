@@ -79,7 +79,9 @@ class DICOMwebDatastore(LocalDatastore):
         self._listed: tuple[float, list[str]] = (0.0, [])
         self._refs: dict[str, dicomweb.SeriesRef] = {}
         super().__init__(self.root, extensions=("*.nii.gz",), auto_reload=False)
-        logger.info(f"DICOMweb datastore {self.client.url} (cache {self.root}); derived series stored back: {self.store_results}")
+        logger.info(
+            f"DICOMweb datastore {self.client.url} (cache {self.root}); derived series stored back: {self.store_results}"
+        )
 
     def name(self) -> str:
         return self.client.url
@@ -163,8 +165,13 @@ class DICOMwebDatastore(LocalDatastore):
             os.replace(os.path.join(work, "series"), folder)
             if uid in self._datastore.objects:
                 super().remove_image(uid)
-            info = {"SeriesInstanceUID": uid, "StudyInstanceUID": ref.study_uid, "Modality": ref.modality,
-                    "SeriesDescription": ref.description, "dicomweb": self.client.url}
+            info = {
+                "SeriesInstanceUID": uid,
+                "StudyInstanceUID": ref.study_uid,
+                "Modality": ref.modality,
+                "SeriesDescription": ref.description,
+                "dicomweb": self.client.url,
+            }
             super().add_image(uid, nifti, info)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -176,8 +183,11 @@ class DICOMwebDatastore(LocalDatastore):
         """The NIfTI of ``image_id``, or a 404 naming it."""
         uri = self.get_image_uri(image_id)
         if not uri or not os.path.isfile(uri):
-            raise RequestError(f"image: no series {image_id!r} on the DICOMweb server {self.client.url} (nor a generated "
-                               "volume of that id).", 404)
+            raise RequestError(
+                f"image: no series {image_id!r} on the DICOMweb server {self.client.url} (nor a generated "
+                "volume of that id).",
+                404,
+            )
         return uri
 
     def get_image_info(self, image_id: str) -> dict:
@@ -187,9 +197,11 @@ class DICOMwebDatastore(LocalDatastore):
 
     # ---- writes ---------------------------------------------------------------------------------
     def _refuse(self, what: str) -> RequestError:
-        return RequestError(f"{what}: the studies of this app are the DICOMweb server {self.client.url}; store images "
-                            "there (e.g. STOW-RS or Orthanc's upload), not through this app, and upload an inpainting "
-                            "mask with the /infer request (form field 'label').")
+        return RequestError(
+            f"{what}: the studies of this app are the DICOMweb server {self.client.url}; store images "
+            "there (e.g. STOW-RS or Orthanc's upload), not through this app, and upload an inpainting "
+            "mask with the /infer request (form field 'label')."
+        )
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
         """Only the ``generate`` strategy's volumes (ids ``synthetic_*``), kept in the cache."""
@@ -239,26 +251,33 @@ class DICOMwebDatastore(LocalDatastore):
         ref_affine[: affine.shape[0] - 1, : affine.shape[0] - 1] = affine[:-1, :-1]
         ref_affine[: affine.shape[0] - 1, 3] = affine[:-1, -1]
         same_grid = tuple(volume.shape[1:]) == shape and np.allclose(
-            np.asarray(volume.affine, dtype=np.float64)[:3], ref_affine[:3], atol=1e-3)
+            np.asarray(volume.affine, dtype=np.float64)[:3], ref_affine[:3], atol=1e-3
+        )
         if not same_grid:
-            reason = (f"the result's grid {tuple(volume.shape[1:])} is not the series' grid {shape} (e.g. super-resolution "
-                      "onto a finer grid); a derived series keeps the input's grid, so it was not stored")
+            reason = (
+                f"the result's grid {tuple(volume.shape[1:])} is not the series' grid {shape} (e.g. super-resolution "
+                "onto a finer grid); a derived series keeps the input's grid, so it was not stored"
+            )
             logger.info(f"{image_id}: {reason}")
             return {"stored": False, "reason": reason}
         prov = io.Provenance.from_json(json.dumps(provenance or {}))
         work = tempfile.mkdtemp(prefix=".derived_", dir=self.root)
         try:
-            folder = io.write_dicom_series(volume, reference, os.path.join(work, "derived"), provenance=prov,
-                                           series_uid=image_id)
+            folder = io.write_dicom_series(
+                volume, reference, os.path.join(work, "derived"), provenance=prov, series_uid=image_id
+            )
             files = sorted(f for f in os.listdir(folder) if f.endswith(".dcm"))
-            stored = self.client.store_instances([os.path.join(folder, f) for f in files],
-                                                 study_uid=self._refs[image_id].study_uid)
+            stored = self.client.store_instances(
+                [os.path.join(folder, f) for f in files], study_uid=self._refs[image_id].study_uid
+            )
         except dicomweb.DICOMwebError as e:
             logger.warning(f"{image_id}: the derived series was not stored: {e}")
             return {"stored": False, "reason": f"the server did not store the derived series: {e}"}
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        logger.info(f"{image_id}: stored derived series {stored.series_uid} ({len(stored.sop_instance_uids)} instances)")
+        logger.info(
+            f"{image_id}: stored derived series {stored.series_uid} ({len(stored.sop_instance_uids)} instances)"
+        )
         return {"stored": True, **stored.as_dict()}
 
 

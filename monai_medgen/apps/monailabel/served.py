@@ -252,15 +252,21 @@ class ServedModel:
         }
         if self.generative:
             if self.spatial_dims == 2:
-                out["num_slices"] = _integer(request.get("num_slices", DEFAULT_NUM_SLICES), "num_slices", *LIMITS["num_slices"])
+                out["num_slices"] = _integer(
+                    request.get("num_slices", DEFAULT_NUM_SLICES), "num_slices", *LIMITS["num_slices"]
+                )
             if self.class_names:
                 out["class_label"] = self._class_index(_first(request.get("class", self.class_names[0])))
                 out["guidance"] = _number(request.get("guidance", self.guidance_scale), "guidance", *LIMITS["guidance"])
             else:
                 if request.get("class") not in (None, "", []):
-                    raise RequestError(f"class: model {self.name} is unconditional, it takes no class; leave 'class' out.")
+                    raise RequestError(
+                        f"class: model {self.name} is unconditional, it takes no class; leave 'class' out."
+                    )
                 if request.get("guidance") not in (None, "", 0, 0.0):
-                    raise RequestError(f"guidance: model {self.name} is unconditional, guidance needs a class-conditional model.")
+                    raise RequestError(
+                        f"guidance: model {self.name} is unconditional, guidance needs a class-conditional model."
+                    )
             return out
         out["num_samples"] = _integer(request.get("num_samples", 1), "num_samples", *LIMITS["num_samples"])
         if self.task == "sr":
@@ -291,13 +297,13 @@ class ServedModel:
                 return values[0]
             if len(values) in (2, 3) and values[0] == values[1] and all(v == 1 for v in values[2:]):
                 return values[0]
-            raise RequestError(
-                f"factor must be one number (in-plane) for the 2D model {self.name}, got {value!r}."
-            )
+            raise RequestError(f"factor must be one number (in-plane) for the 2D model {self.name}, got {value!r}.")
         if len(values) == 1:
             return values * 3
         if len(values) != 3:
-            raise RequestError(f"factor must be one number or 3 (one per axis, e.g. '1,1,4') for the 3D model {self.name}, got {value!r}.")
+            raise RequestError(
+                f"factor must be one number or 3 (one per axis, e.g. '1,1,4') for the 3D model {self.name}, got {value!r}."
+            )
         return values
 
     def check_image(self, image: MetaTensor, what: str = "image") -> MetaTensor:
@@ -338,11 +344,16 @@ class ServedModel:
         if not too_wide and math.prod(out) <= max_voxels:
             return out
         cube = round(max_voxels ** (1 / 3))
-        limit = (f"slices of at most {MAX_SLICE_PIXELS} pixels (512 x 512) for this 2D model" if too_wide
-                 else f"at most {max_voxels} voxels" + (f" ({cube}^3)" if cube**3 == max_voxels else "") + " in all")
+        limit = (
+            f"slices of at most {MAX_SLICE_PIXELS} pixels (512 x 512) for this 2D model"
+            if too_wide
+            else f"at most {max_voxels} voxels" + (f" ({cube}^3)" if cube**3 == max_voxels else "") + " in all"
+        )
         grid = " x ".join(str(n) for n in out)
         if out != shape:
-            raise RequestError(f"factor {factor} would make a {grid} grid from the {shape} image; the server restores {limit}.")
+            raise RequestError(
+                f"factor {factor} would make a {grid} grid from the {shape} image; the server restores {limit}."
+            )
         raise RequestError(f"image of {grid} voxels is too large: the server restores {limit}; crop or downsample it.")
 
     def work(self, options: Mapping, spatial_shape: Sequence[int] | None = None) -> float:
@@ -356,7 +367,9 @@ class ServedModel:
         steps = int(options["steps"])
         if self.generative:
             size = int(self.image_size)
-            voxels = size**3 if self.spatial_dims == 3 else size * size * int(options.get("num_slices", DEFAULT_NUM_SLICES))
+            voxels = (
+                size**3 if self.spatial_dims == 3 else size * size * int(options.get("num_slices", DEFAULT_NUM_SLICES))
+            )
             guided = 2 if self.class_names and float(options.get("guidance", 0.0)) > 0 else 1
             return float(steps * voxels * guided)
         out = self.check_output_size(tuple(int(n) for n in spatial_shape), options.get("factor", 1.0), max_voxels=2**62)
@@ -376,7 +389,9 @@ class ServedModel:
         if work <= float(max_work):
             return work
         if self.generative:
-            what = f"steps {options['steps']}" + (f" x num_slices {options['num_slices']}" if "num_slices" in options else "")
+            what = f"steps {options['steps']}" + (
+                f" x num_slices {options['num_slices']}" if "num_slices" in options else ""
+            )
             what += f" x {int(self.image_size)}^{2 if self.spatial_dims == 2 else 3} voxels"
         else:
             grid = " x ".join(str(int(n)) for n in spatial_shape)
@@ -405,7 +420,9 @@ class ServedModel:
                 "grid (1 = missing) or save one for the image in the datastore."
             )
         if self.task != "inpaint" and mask is not None:
-            raise RequestError(f"label: a mask is for inpainting models only; model {self.name} does {TASK_NAMES[self.task]}.")
+            raise RequestError(
+                f"label: a mask is for inpainting models only; model {self.name} does {TASK_NAMES[self.task]}."
+            )
         extra = {}
         if self.spatial_dims == 3:
             extra = {"patch_size": self.patch_size, "overlap": self.overlap, "sw_batch_size": self.sw_batch_size}
@@ -413,16 +430,34 @@ class ServedModel:
         self.check_output_size(image, factor, self.max_voxels)
         try:
             mean, std = restore_image(
-                self.network, self.inferer, self.task, image, mask=mask, factor=factor, sampler=options["sampler"],
-                num_steps=options["steps"], num_samples=options["num_samples"], seed=options["seed"], device=self.device,
+                self.network,
+                self.inferer,
+                self.task,
+                image,
+                mask=mask,
+                factor=factor,
+                sampler=options["sampler"],
+                num_steps=options["steps"],
+                num_samples=options["num_samples"],
+                seed=options["seed"],
+                device=self.device,
                 **extra,
             )
         except ValueError as e:  # the package's argument checks: the image or mask does not fit
             raise RequestError(_one_line(e)) from e
         provenance = io.Provenance(
-            model=self.name, bundle_version=self.version, task=TASK_NAMES[self.task], sampler=options["sampler"],
-            steps=int(options["steps"]), seed=int(options["seed"]), input_checksum=input_checksum,
-            extra={"num_samples": int(options["num_samples"]), "factor": factor, "served_by": "monai_medgen MONAI Label app"},
+            model=self.name,
+            bundle_version=self.version,
+            task=TASK_NAMES[self.task],
+            sampler=options["sampler"],
+            steps=int(options["steps"]),
+            seed=int(options["seed"]),
+            input_checksum=input_checksum,
+            extra={
+                "num_samples": int(options["num_samples"]),
+                "factor": factor,
+                "served_by": "monai_medgen MONAI Label app",
+            },
         )
         return mean, std, provenance
 
@@ -444,12 +479,21 @@ class ServedModel:
         generator = torch.Generator(device=device).manual_seed(int(options["seed"]))
         labels = None
         if self.class_names:
-            labels = torch.full((1 if volume_model else n,), int(options["class_label"]), dtype=torch.long, device=device)
+            labels = torch.full(
+                (1 if volume_model else n,), int(options["class_label"]), dtype=torch.long, device=device
+            )
         self.network.eval()
         shape = (1, 1, size, size, size) if volume_model else (n, 1, size, size)
         x = draw_samples(
-            self.inferer, self.network, shape, options["steps"], generator, device,
-            sampler=options["sampler"], class_labels=labels, guidance_scale=float(options.get("guidance", 0.0)),
+            self.inferer,
+            self.network,
+            shape,
+            options["steps"],
+            generator,
+            device,
+            sampler=options["sampler"],
+            class_labels=labels,
+            guidance_scale=float(options.get("guidance", 0.0)),
         )
         x = (x.float().cpu().clamp(-1, 1) + 1) / 2
         volume = (x[0] if volume_model else x[:, 0].permute(1, 2, 0)[None]).contiguous()
@@ -463,12 +507,19 @@ class ServedModel:
             extra["num_slices"] = n
         if self.class_names:
             extra.update(
-                class_label=int(options["class_label"]), class_name=str(self.class_names[int(options["class_label"])]),
+                class_label=int(options["class_label"]),
+                class_name=str(self.class_names[int(options["class_label"])]),
                 guidance_scale=float(options["guidance"]),
             )
         provenance = io.Provenance(
-            model=self.name, bundle_version=self.version, task="generate", sampler=options["sampler"],
-            steps=int(options["steps"]), seed=int(options["seed"]), input_checksum=input_checksum, extra=extra,
+            model=self.name,
+            bundle_version=self.version,
+            task="generate",
+            sampler=options["sampler"],
+            steps=int(options["steps"]),
+            seed=int(options["seed"]),
+            input_checksum=input_checksum,
+            extra=extra,
         )
         return MetaTensor(volume, affine=torch.as_tensor(affine, dtype=torch.float64)), provenance
 
@@ -500,8 +551,11 @@ def generation_affine(
     step = max(h * sx, w * sy, d * sz if cube else 0.0) / size  # mm per generated pixel
     scale = np.array([step / sx, step / sy, 1.0 if d > 1 and not cube else step / sz])
     to_ref = np.diag([*scale, 1.0])
-    to_ref[:3, 3] = [(h - 1) / 2 - scale[0] * (size - 1) / 2, (w - 1) / 2 - scale[1] * (size - 1) / 2,
-                     (d - 1) / 2 - scale[2] * (n - 1) / 2]
+    to_ref[:3, 3] = [
+        (h - 1) / 2 - scale[0] * (size - 1) / 2,
+        (w - 1) / 2 - scale[1] * (size - 1) / 2,
+        (d - 1) / 2 - scale[2] * (n - 1) / 2,
+    ]
     return ref @ to_ref
 
 
@@ -527,7 +581,9 @@ def find_bundles(folder: str | os.PathLike | None = None, names: str | Sequence[
         by_name = {p.name: p for p in found}
         missing = [n for n in wanted if n not in by_name]
         if missing:
-            raise ValueError(f"models {missing} are not bundles in {str(root)!r} (found {sorted(by_name)}); fix '--conf models'.")
+            raise ValueError(
+                f"models {missing} are not bundles in {str(root)!r} (found {sorted(by_name)}); fix '--conf models'."
+            )
         found = [by_name[n] for n in wanted]
     return found
 
@@ -594,9 +650,17 @@ def load_served_model(folder: str | os.PathLike, device: str = "cpu") -> ServedM
         except ValueError:
             meta = {}
     model = ServedModel(
-        name=bundle.name, root=Path(folder), version=bundle.version, task=task, spatial_dims=spatial_dims,
-        network=network, inferer=inferer, device=str(device),
-        sampler=str(bundle.get("sampler", "dpm++")), num_steps=int(bundle.get("num_steps", 20)), max_steps=max_steps,
+        name=bundle.name,
+        root=Path(folder),
+        version=bundle.version,
+        task=task,
+        spatial_dims=spatial_dims,
+        network=network,
+        inferer=inferer,
+        device=str(device),
+        sampler=str(bundle.get("sampler", "dpm++")),
+        num_steps=int(bundle.get("num_steps", 20)),
+        max_steps=max_steps,
         description=str(meta.get("task") or meta.get("name") or bundle.name),
     )
     if task == "sr":
@@ -643,7 +707,9 @@ def read_upload(path: str | os.PathLike | None, what: str = "image") -> MetaTens
             MHA file or DICOM series, or holds NaN / infinite voxels.
     """
     if not path or not os.path.exists(str(path)):
-        raise RequestError(f"{what}: no such image {str(path or '')!r} (upload a file or give an image id of the datastore).", 404)
+        raise RequestError(
+            f"{what}: no such image {str(path or '')!r} (upload a file or give an image id of the datastore).", 404
+        )
     try:
         return io.read_image(path)
     except ValueError as e:

@@ -91,10 +91,18 @@ class GenerateStrategy(Strategy):
         try:
             path = os.path.join(folder, f"{image_id}.nii.gz")
             io.write_image(volume, path, provenance=provenance)
-            info = {"synthetic": True, "provenance": provenance.extra | {
-                "model": provenance.model, "task": provenance.task, "sampler": provenance.sampler,
-                "steps": provenance.steps, "seed": provenance.seed, "created": provenance.created,
-            }}
+            info = {
+                "synthetic": True,
+                "provenance": provenance.extra
+                | {
+                    "model": provenance.model,
+                    "task": provenance.task,
+                    "sampler": provenance.sampler,
+                    "steps": provenance.steps,
+                    "seed": provenance.seed,
+                    "created": provenance.created,
+                },
+            }
             datastore.add_image(image_id, path, info)
         finally:
             shutil.rmtree(folder, ignore_errors=True)

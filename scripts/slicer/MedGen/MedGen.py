@@ -108,7 +108,9 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
         stem = f"medgen_{int(time.time() * 1000)}"
         image_path, std_path = result.save(self.tmpdir, stem)
         task = result.task
-        node = slicer.util.loadVolume(image_path, properties={"name": medgen_client.result_volume_name(input_name, task)})
+        node = slicer.util.loadVolume(
+            image_path, properties={"name": medgen_client.result_volume_name(input_name, task)}
+        )
         node.SetAttribute("MedGen.synthetic", "true")
         node.SetAttribute("MedGen.provenance", json.dumps(result.medgen.get("provenance", {})))
         std_node = None
@@ -125,10 +127,13 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
         if model.needs_mask:
             if segmentation_node is None or not segment_id:
                 raise ValueError(f"{model.name} inpaints: select the segment that marks the region to fill in.")
-            mask_path = self.write_mask(segmentation_node, segment_id, volume_node, os.path.join(self.tmpdir, "mask.nii.gz"))
+            mask_path = self.write_mask(
+                segmentation_node, segment_id, volume_node, os.path.join(self.tmpdir, "mask.nii.gz")
+            )
         dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() else None
         result = self.run_in_background(
-            lambda: self.client.infer(model.name, image_path, params, mask_path), f"{model.name} on {volume_node.GetName()}",
+            lambda: self.client.infer(model.name, image_path, params, mask_path),
+            f"{model.name} on {volume_node.GetName()}",
             background.describe_volume(dims),
         )
         return self.load_result(result, volume_node.GetName())
@@ -139,7 +144,9 @@ class MedGenLogic(ScriptedLoadableModuleLogic):
             raise ValueError("the server has no 'generate' strategy (no generative bundle is served).")
         path = os.path.join(self.tmpdir, f"{entry['id']}.nii.gz")
         self.client.download_image(entry["id"], path)
-        node = slicer.util.loadVolume(path, properties={"name": medgen_client.result_volume_name(entry["id"], "generate")})
+        node = slicer.util.loadVolume(
+            path, properties={"name": medgen_client.result_volume_name(entry["id"], "generate")}
+        )
         node.SetAttribute("MedGen.synthetic", "true")
         return node
 
@@ -287,7 +294,10 @@ class MedGenWidget(ScriptedLoadableModuleWidget):
             self.set_busy(True)
             try:
                 node, std_node = self.logic.run(
-                    model, volume, params, self.ui.maskSegmentSelector.currentNode(),
+                    model,
+                    volume,
+                    params,
+                    self.ui.maskSegmentSelector.currentNode(),
                     self.ui.maskSegmentSelector.currentSegmentID(),
                 )
             finally:
@@ -333,8 +343,16 @@ class MedGenTest(ScriptedLoadableModuleTest):
         self.test_widget()
 
     def test_client(self):
-        info = {"models": {"m": {"description": "d", "dimension": 2, "config": {"steps": 20, "sampler": ["dpm++", "ddim"]},
-                                  "medgen": {"task": "denoise", "limits": {"steps": [1, 100]}}}}}
+        info = {
+            "models": {
+                "m": {
+                    "description": "d",
+                    "dimension": 2,
+                    "config": {"steps": 20, "sampler": ["dpm++", "ddim"]},
+                    "medgen": {"task": "denoise", "limits": {"steps": [1, 100]}},
+                }
+            }
+        }
         model = medgen_client.parse_info(info)["m"]
         assert medgen_client.request_params(model, {"steps": 5, "sampler": "ddim"}) == {"steps": 5, "sampler": "ddim"}
         assert medgen_client.result_volume_name("MRHead", "denoise") == "MRHead (synthetic, denoise)"
@@ -347,7 +365,16 @@ class MedGenTest(ScriptedLoadableModuleTest):
 
     def test_widget(self):
         widget = slicer.modules.medgen.widgetRepresentation().self()
-        for name in ("serverLineEdit", "modelComboBox", "inputVolumeSelector", "maskSegmentSelector", "optionsWidget",
-                     "applyButton", "generateButton", "progressBar", "statusLabel"):
+        for name in (
+            "serverLineEdit",
+            "modelComboBox",
+            "inputVolumeSelector",
+            "maskSegmentSelector",
+            "optionsWidget",
+            "applyButton",
+            "generateButton",
+            "progressBar",
+            "statusLabel",
+        ):
             assert hasattr(widget.ui, name), f"{name} missing from Resources/UI/MedGen.ui"
         self.delayDisplay("MedGen widget test passed")

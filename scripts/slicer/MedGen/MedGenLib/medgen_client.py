@@ -129,9 +129,13 @@ def parse_info(info: dict) -> dict:
         config = entry.get("config") or {}
         options = [_option(k, v, limits) for k, v in config.items() if k != "device"]
         out[name] = ModelInfo(
-            name=name, task=str(medgen.get("task", "")), description=str(entry.get("description", "")),
+            name=name,
+            task=str(medgen.get("task", "")),
+            description=str(entry.get("description", "")),
             spatial_dims=int(medgen.get("spatial_dims") or entry.get("dimension") or 2),
-            needs_mask=bool(medgen.get("needs_mask")), classes=list(medgen.get("classes") or []), options=options,
+            needs_mask=bool(medgen.get("needs_mask")),
+            classes=list(medgen.get("classes") or []),
+            options=options,
         )
     return out
 
@@ -158,7 +162,9 @@ def request_params(model: ModelInfo, values: dict) -> dict:
             except (TypeError, ValueError):
                 raise ValueError(f"{name} must be a number, got {value!r}.") from None
             if not math.isfinite(number) or (opt.kind == "int" and not number.is_integer()):
-                raise ValueError(f"{name} must be {'an integer' if opt.kind == 'int' else 'a finite number'}, got {value!r}.")
+                raise ValueError(
+                    f"{name} must be {'an integer' if opt.kind == 'int' else 'a finite number'}, got {value!r}."
+                )
             if (opt.minimum is not None and number < opt.minimum) or (opt.maximum is not None and number > opt.maximum):
                 raise ValueError(f"{name} must be in [{opt.minimum:g}, {opt.maximum:g}], got {value!r}.")
             value = int(number) if opt.kind == "int" else number
@@ -183,7 +189,9 @@ def encode_multipart(fields: dict, files: dict) -> tuple:
     chunks = []
     for name, text in fields.items():
         chunks.append(
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode() + str(text).encode() + b"\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+            + str(text).encode()
+            + b"\r\n"
         )
     for name, (filename, data) in files.items():
         head = (
@@ -228,7 +236,11 @@ def decode_multipart(body: bytes, content_type: str) -> dict:
             headers[key.strip().lower()] = val.strip()
         _, disposition = _header_params(headers.get("content-disposition", ""))
         name = disposition.get("name", f"part{len(parts)}")
-        parts[name] = {"filename": disposition.get("filename"), "content_type": headers.get("content-type"), "data": data}
+        parts[name] = {
+            "filename": disposition.get("filename"),
+            "content_type": headers.get("content-type"),
+            "data": data,
+        }
     if not parts:
         raise ValueError("body holds no multipart part.")
     return parts
@@ -266,7 +278,9 @@ class InferResult:
         if not unc:
             return None
         if unc.get("encoding") != "base64" or unc.get("format") != "nii.gz":
-            raise ValueError(f"uncertainty must be base64 nii.gz, got encoding {unc.get('encoding')!r} format {unc.get('format')!r}.")
+            raise ValueError(
+                f"uncertainty must be base64 nii.gz, got encoding {unc.get('encoding')!r} format {unc.get('format')!r}."
+            )
         return base64.b64decode(unc["data"])
 
     def save(self, folder: str, stem: str) -> tuple:
@@ -297,8 +311,13 @@ def infer_url(server: str, model: str, image_id: str | None = None, output: str 
 
 
 def build_infer_request(
-    server: str, model: str, image_path: str | None = None, params: dict | None = None, mask_path: str | None = None,
-    image_id: str | None = None, output: str = "all",
+    server: str,
+    model: str,
+    image_path: str | None = None,
+    params: dict | None = None,
+    mask_path: str | None = None,
+    image_id: str | None = None,
+    output: str = "all",
 ) -> urllib.request.Request:
     """``POST /infer/<model>`` uploading ``image_path`` (field ``file``) and ``mask_path`` (field ``label``, the
     inpainting mask on the image's grid, > 0 = missing) with ``params`` as JSON; or, with ``image_id``, using an
@@ -308,7 +327,9 @@ def build_infer_request(
         ValueError: without an image, or for a file that does not exist.
     """
     if not image_path and not image_id:
-        raise ValueError("image_path or image_id is required: the image to restore, or the reference geometry to generate in.")
+        raise ValueError(
+            "image_path or image_id is required: the image to restore, or the reference geometry to generate in."
+        )
     files = {}
     for name, path in (("file", image_path), ("label", mask_path)):
         if path:
@@ -318,7 +339,9 @@ def build_infer_request(
                 files[name] = (os.path.basename(path), f.read())
     body, content_type = encode_multipart({"params": json.dumps(params or {})}, files)
     return urllib.request.Request(
-        infer_url(server, model, None if image_path else image_id, output), data=body, method="POST",
+        infer_url(server, model, None if image_path else image_id, output),
+        data=body,
+        method="POST",
         headers={"Content-Type": content_type, "Accept": "multipart/form-data, application/json"},
     )
 
@@ -399,19 +422,27 @@ class MedGenClient:
         return parse_info(self.info())
 
     def infer(
-        self, model: str, image_path: str | None = None, params: dict | None = None, mask_path: str | None = None,
+        self,
+        model: str,
+        image_path: str | None = None,
+        params: dict | None = None,
+        mask_path: str | None = None,
         image_id: str | None = None,
     ) -> InferResult:
         """Run ``model`` on an uploaded image (or a datastore image) and return the result."""
-        content_type, body = self._send(build_infer_request(self.server, model, image_path, params, mask_path, image_id))
+        content_type, body = self._send(
+            build_infer_request(self.server, model, image_path, params, mask_path, image_id)
+        )
         return parse_infer_response(content_type, body)
 
     def next_sample(self, strategy: str = "generate", params: dict | None = None) -> dict:
         """``POST /activelearning/<strategy>``: with ``generate`` a new synthetic volume is added to the datastore;
         returns its entry (``id``, ``path``, ...)."""
         request = urllib.request.Request(
-            f"{self.server}/activelearning/{urllib.parse.quote(strategy)}", data=json.dumps(params or {}).encode(),
-            method="POST", headers={"Content-Type": "application/json"},
+            f"{self.server}/activelearning/{urllib.parse.quote(strategy)}",
+            data=json.dumps(params or {}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
         )
         return self._json(request)
 
