@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +44,7 @@ import sys
 from pathlib import Path
 
 from monai_medgen.dicomweb import PASSWORD_ENV as DICOMWEB_PASSWORD_ENV
+from monai_medgen.limits import MAX_GENERATE_VOXELS, MAX_SLICE_PIXELS, MAX_VOXELS, MIN_AXIS_VOXELS, SAMPLERS
 
 __all__ = [
     "CLIError",
@@ -63,17 +65,6 @@ __all__ = [
 
 PROG = "monai-medgen"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-SAMPLERS = ("ancestral", "ddim", "dpm++")
-TRAIN_HINT = "python -m monai.bundle run --config_file {d}/configs/train.yaml --bundle_root {d}"
-# largest output a restore runs: a 2D bundle's U-Net attends over the whole slice at its bottleneck (memory grows
-# with the square of the slice's pixel count; 512 x 512 takes several GB per slice), and every model keeps a few
-# copies of the whole output volume
-MAX_SLICE_PIXELS = 512 * 512
-MAX_VOXELS = 512**3
-# a model needs some neighbourhood: each axis it convolves over has at least this many voxels (1x1x1 is no image)
-MIN_AXIS_VOXELS = 8
-# generate: the samples take a --reference's size; a 3D model holds a few copies of the whole sample volume
-MAX_GENERATE_VOXELS = 256**3
 # limits on the numbers of the command line (beyond them a run is a mistake or days of compute)
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 10_000
@@ -260,73 +251,14 @@ def _factor(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
-class Bundle:
-    """A bundle folder's parsed ``configs/inference.yaml`` and ``metadata.json``, with its checks."""
-
-    def __init__(self, folder: str, device: str, command: str):
-        from monai.bundle import ConfigParser
-
-        root = Path(folder).expanduser()
-        if not root.is_dir():
-            raise CLIError(
-                f"--bundle {folder} is not a folder: expected a MONAI bundle folder such as bundles/vdm_brain_mri_2d."
-            )
-        config = root / "configs" / "inference.yaml"
-        if not config.is_file():
-            raise CLIError(f"--bundle {folder} has no configs/inference.yaml: expected a MONAI bundle folder.")
-        self.weights = root / "models" / "model.pt"
-        if not self.weights.is_file():
-            raise CLIError(
-                f"--bundle {folder} has no weights at {os.path.join(folder, 'models', 'model.pt')}: train it first with "
-                + TRAIN_HINT.format(d=folder)
-            )
-        self.root, self.name = root, root.resolve().name
-        self.parser = ConfigParser()
-        try:
-            self.parser.read_config(str(config))
-        except Exception as e:  # yaml errors
-            raise CLIError(f"--bundle {folder}: could not parse {config}: {type(e).__name__}: {e}") from e
-        self.parser["bundle_root"] = str(root)
-        self.parser["device"] = device
-        self.device = device
-        self.version = ""
-        meta = root / "configs" / "metadata.json"
-        if meta.is_file():
-            try:
-                self.version = str(json.loads(meta.read_text()).get("version", ""))
-            except (ValueError, AttributeError):
-                self.version = ""
-        self.command = command
-
-    def get(self, key: str, default=None):
-        return self.parser.get_parsed_content(key) if key in self.parser else default
-
-    def require(self, key: str, kind: str):
-        if key not in self.parser:
-            raise CLIError(f"--bundle {self.root} is not a {kind} bundle (its inference.yaml has no {key!r}).")
-        return self.parser.get_parsed_content(key)
-
-
-def _load_weights(bundle: Bundle, network, schedule=None) -> None:
-    from monai_medgen.bundle import load_model
+def load_bundle(folder: str, device: str, kind: str = "any", purpose: str = ""):
+    """:func:`monai_medgen.pipelines.load_bundle`, its errors as :class:`CLIError` (they name ``--bundle``)."""
+    from monai_medgen import pipelines
 
     try:
-        load_model(str(bundle.weights), network, schedule, map_location=bundle.device)
-    except RuntimeError as e:  # state dict of another architecture
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
-        raise CLIError(
-            f"--bundle {bundle.root}: the weights {bundle.weights} do not fit the network of configs/inference.yaml "
-            f"({detail[:300]})."
-        ) from e
-    except (ValueError, FileNotFoundError) as e:
-        if "truncated or corrupted" in str(e):
-            why = "their SHA-256 does not match model.pt.sha256" if "does not match" in str(e) else "unreadable"
-            raise CLIError(
-                f"--bundle {bundle.root}: its weights {bundle.weights} are truncated or corrupted ({why}); copy "
-                "models/model.pt (and model.pt.sha256) again, or retrain: " + TRAIN_HINT.format(d=bundle.root)
-            ) from e
-        raise CLIError(f"--bundle {bundle.root}: {e}") from e
+        return pipelines.load_bundle(folder, device, kind=kind, purpose=purpose)
+    except pipelines.BundleError as e:
+        raise CLIError(str(e)) from e
 
 
 def read_input(
@@ -560,7 +492,12 @@ def _restore_from_dicomweb(args) -> int:
     from monai_medgen import dicomweb
 
     check_common_numbers(args)  # everything that needs no network first
-    Bundle(args.bundle, check_device(args.device), "restore")  # its folder, configs and weights are there
+    from monai_medgen import pipelines
+
+    try:  # its folder, config and weights file are there (loaded later, once)
+        pipelines.open_bundle(args.bundle, check_device(args.device))
+    except pipelines.BundleError as e:
+        raise CLIError(str(e)) from e
     if args.series_uid is None:
         raise CLIError(
             "--dicomweb needs --series-uid UID: the SeriesInstanceUID of the series to restore (--study-uid optional)."
@@ -604,18 +541,9 @@ def _restore_from_dicomweb(args) -> int:
         return _restore_local(args, source=ref, server=client, store=store)
 
 
-def _restore_local(args, source=None, server=None, store: bool = False) -> int:
-    """Restore --input (a file or DICOM folder) to --output.  ``source``/``server``: the series of a DICOMweb server
-    that --input was downloaded from (:class:`~monai_medgen.dicomweb.SeriesRef`, the client), named in errors and in
-    the provenance; with ``store`` the derived series written to --output is stored on that server."""
-    import torch
-
-    from monai_medgen import io
-    from monai_medgen.restoration import TASKS, _check_image, _check_mask, data_dims, restore_file, restore_image
-
-    shown = args.input if source is None else f"(series {source.series_uid} of {server.url})"
-    input_arg = "--input" if source is None else f"--series-uid {source.series_uid} (from {server.url})"
-    # every option that needs no file first, then the bundle, the inputs and the outputs: all before sampling
+def _check_restore_options(args) -> tuple[str, str | None]:
+    """The options of restore that need no file (numbers, --device, --compile, --series-uid, --samples /
+    --uncertainty) and --input's existence; returns the checked device and compile backend."""
     check_common_numbers(args)
     device = check_device(args.device)
     compile_backend = check_compile_backend(getattr(args, "compile", None))
@@ -634,18 +562,13 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
         raise CLIError(
             f"--input {args.input}: no such file or folder (expected a NIfTI, NRRD or MHA file or a DICOM series folder)."
         )
-    bundle = Bundle(args.bundle, device, "restore")
-    task = str(bundle.require("task", "restoration (cddpm_*)"))
-    if task not in TASKS:
-        raise CLIError(f"--bundle {args.bundle}: its task {task!r} is not one of {TASKS}.")
-    network = bundle.get("network")
-    inferer = bundle.get("inferer")
-    _load_weights(bundle, network)
-    spatial_dims = data_dims(network, inferer)  # a residual 2D model may restore volumes (thick slices)
-    factor = _restore_factor(args, bundle, task, spatial_dims)
+    return device, compile_backend
 
-    # inputs: read once, geometry and values checked
-    dicom_input = os.path.isdir(args.input)
+
+def _read_restore_inputs(args, task: str, spatial_dims: int, shown: str, input_arg: str):
+    """--input (and --mask) read once, geometry and values checked: ``(image, mask or None, input shape)``."""
+    from monai_medgen.restoration import _check_image, _check_mask
+
     image = read_input(args.input, input_arg, series_uid=args.series_uid, series_option="--series-uid")
     input_shape = tuple(int(n) for n in image.shape[1:])
     image = _squeeze_slice(image)
@@ -657,21 +580,27 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
         raise CLIError(str(e)) from e
     if args.mask and task != "inpaint":
         raise CLIError(f"--mask is for inpainting bundles only, this bundle's task is {task!r}.")
-    mask = None
-    if task == "inpaint":
-        if not args.mask:
-            raise CLIError("--mask is required for an inpainting bundle: a 0/1 image on the input's grid, 1 = missing.")
-        mask = _squeeze_slice(read_input(args.mask, "--mask"))
-        try:
-            _check_mask(mask, image, name=f"--mask {args.mask}")
-        except ValueError as e:
-            raise CLIError(str(e)) from e
-    check_output_size(image, factor, spatial_dims, shown, input_shape)
+    if task != "inpaint":
+        return image, None, input_shape
+    if not args.mask:
+        raise CLIError("--mask is required for an inpainting bundle: a 0/1 image on the input's grid, 1 = missing.")
+    mask = _squeeze_slice(read_input(args.mask, "--mask"))
+    try:
+        _check_mask(mask, image, name=f"--mask {args.mask}")
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    return image, mask, input_shape
 
-    # outputs: never an input, never a file or folder monai-medgen did not write, in a folder that takes files
+
+def _check_restore_outputs(args, task: str, factor, dicom_input: bool, server, store: bool) -> tuple[str, bool]:
+    """--output (and --uncertainty): never an input, never a file or folder monai-medgen did not write, in a folder
+    that takes files; a derived DICOM series keeps the input's grid.  Returns ``(output, dicom_output)``."""
+    from monai_medgen import io
+
     output = _restore_output_path(args, task, dicom_input)
     dicom_output = dicom_input and not _image_suffix(output)
-    if task == "sr" and dicom_output and any(float(f) != 1 for f in (factor if isinstance(factor, list) else [factor])):
+    finer = any(float(f) != 1 for f in (factor if isinstance(factor, list) else [factor]))
+    if task == "sr" and dicom_output and finer:
         if store:
             raise CLIError(
                 f"--dicomweb {server.url}: a derived series stored on the server keeps the input series' grid, but "
@@ -687,96 +616,72 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
     for arg, target in [("--output", output)] + ([("--uncertainty", args.uncertainty)] if args.uncertainty else []):
         check_output_target(arg, target, sources, args.overwrite, sidecar=not dicom_output)
         io.remove_stale_temporaries(Path(target).expanduser().resolve().parent)
+    return output, dicom_output
 
-    common = dict(
-        factor=factor,
-        sampler=args.sampler or bundle.get("sampler", "dpm++"),
-        num_steps=args.steps or int(bundle.get("num_steps", 20)),
+
+def _restore_local(args, source=None, server=None, store: bool = False) -> int:
+    """Restore --input (a file or DICOM folder) to --output.  ``source``/``server``: the series of a DICOMweb server
+    that --input was downloaded from (:class:`~monai_medgen.dicomweb.SeriesRef`, the client), named in errors and in
+    the provenance; with ``store`` the derived series written to --output is stored on that server."""
+    from monai_medgen import io, pipelines
+
+    shown = args.input if source is None else f"(series {source.series_uid} of {server.url})"
+    input_arg = "--input" if source is None else f"--series-uid {source.series_uid} (from {server.url})"
+    # every option that needs no file first, then the bundle, the inputs and the outputs: all before sampling
+    device, compile_backend = _check_restore_options(args)
+    bundle = load_bundle(args.bundle, device, "restoration", "restore")
+    task = bundle.task
+    factor = _restore_factor(args, bundle, task, bundle.spatial_dims)
+    image, mask, input_shape = _read_restore_inputs(args, task, bundle.spatial_dims, shown, input_arg)
+    check_output_size(image, factor, bundle.spatial_dims, shown, input_shape)
+    dicom_input = os.path.isdir(args.input)
+    output, dicom_output = _check_restore_outputs(args, task, factor, dicom_input, server, store)
+
+    options = pipelines.RestoreOptions(
+        sampler=args.sampler,
+        num_steps=args.steps,
         num_samples=args.samples,
         seed=args.seed,
-        device=device,
+        factor=factor,
         channels_last=bool(getattr(args, "channels_last", False)),
         autocast=getattr(args, "autocast", None),
         compile=compile_backend or False,
-    )
-    if spatial_dims == 3:
-        common.update(
-            patch_size=bundle.get("patch_size", (64, 64, 64)),
-            overlap=float(bundle.get("overlap", 0.25)),
-            sw_batch_size=int(bundle.get("sw_batch_size", 1)),
-        )
+    ).with_defaults(bundle)
     print(
         f"{PROG} restore: {bundle.name} ({task}) {shown} -> {server.url + ' (STOW-RS)' if store else output} "
-        f"[{common['sampler']}, {common['num_steps']} "
-        f"steps, {args.samples} sample(s), seed {args.seed}, {device}]",
+        f"[{options.sampler}, {options.num_steps} steps, {args.samples} sample(s), seed {args.seed}, {device}]",
         file=sys.stderr,
     )
-    if not dicom_input:
-        result = restore_file(
-            network,
-            inferer,
-            task,
-            args.input,
-            output,
-            mask_path=args.mask,
-            uncertainty_path=args.uncertainty,
-            model_name=bundle.name,
-            bundle_version=bundle.version,
-            overwrite=args.overwrite,
-            verbose=True,
-            **common,
-        )
-        print(result["output"])
-        if result.get("uncertainty"):
-            print(result["uncertainty"])
-        return 0
-
-    # a DICOM series in (the one chosen): restored from the volume read above, to a file or a derived series
-    restored, std = restore_image(network, inferer, task, image, mask=mask, verbose=True, **common)
-    import dataclasses
-
-    import numpy as np
+    restored, std = pipelines.restore(bundle, image, mask, options, verbose=True)
 
     inputs = [p for p in (args.input, args.mask) if p]
-    provenance = io.Provenance(
-        model=bundle.name,
-        bundle_version=bundle.version,
-        task={"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint"}[task],
-        sampler=common["sampler"],
-        steps=int(common["num_steps"]),
-        seed=int(args.seed),
-        input_checksum=io.sha256_of(inputs),
-        extra={
-            "num_samples": int(args.samples),
-            "factor": factor if np.isscalar(factor) else list(factor),
-            **({"series_uid": str(image.meta.get("SeriesInstanceUID", ""))} if dicom_input else {}),
-            **(
-                {"dicomweb": {"url": server.url, "study_uid": source.study_uid, "series_uid": source.series_uid}}
-                if source is not None
-                else {}
-            ),
-        },
-    )
+    extra = {}
+    if dicom_input:
+        extra["series_uid"] = str(image.meta.get("SeriesInstanceUID", ""))
+    if source is not None:
+        extra["dicomweb"] = {"url": server.url, "study_uid": source.study_uid, "series_uid": source.series_uid}
+    provenance = pipelines.restoration_provenance(bundle, options, io.sha256_of(inputs), extra)
     unc_prov = dataclasses.replace(provenance, extra={**provenance.extra, "map": "per-voxel standard deviation"})
-
-    def as_series(t: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t.as_tensor() if hasattr(t, "as_tensor") else t)
-        return t[..., None] if t.ndim == 3 else t  # a one-slice series
-
     for result, target, prov in [(restored, output, provenance), (std, args.uncertainty, unc_prov)]:
         if result is None or not target:
             continue
-        if dicom_output:  # existing targets were checked above: empty, or a derived series written here
-            written = io.write_dicom_series(
-                as_series(result), args.input, target, provenance=prov, overwrite=True, series_uid=args.series_uid
-            )
-            if store and target == output:
-                print(_store_derived_series(server, source, written))
-            else:
-                print(written)
-        else:
+        if not dicom_output:
             print(io.write_image(result, target, provenance=prov, overwrite=args.overwrite, inputs=inputs))
+            continue
+        # existing targets were checked above: empty, or a derived series written here
+        written = io.write_dicom_series(
+            _as_series(result), args.input, target, provenance=prov, overwrite=True, series_uid=args.series_uid
+        )
+        print(_store_derived_series(server, source, written) if store and target == output else written)
     return 0
+
+
+def _as_series(t):
+    """A restored (1, H, W[, D]) image as a series volume (a 2D image becomes a one-slice series)."""
+    import torch
+
+    t = torch.as_tensor(t.as_tensor() if hasattr(t, "as_tensor") else t)
+    return t[..., None] if t.ndim == 3 else t
 
 
 def _store_derived_series(server, source, folder: str) -> str:
@@ -803,19 +708,8 @@ def _store_derived_series(server, source, folder: str) -> str:
 # generate
 # ---------------------------------------------------------------------------------------------
 def _load_vdm(args, command: str):
-    device = check_device(args.device)
-    bundle = Bundle(args.bundle, device, command)
-    if "schedule" not in bundle.parser or "task" in bundle.parser:
-        raise CLIError(
-            f"--bundle {args.bundle} is not a VDM bundle (no 'schedule' in its inference.yaml); "
-            f"{command} needs one such as bundles/vdm_brain_mri_2d."
-        )
-    network = bundle.get("network")
-    schedule = bundle.get("schedule")
-    inferer = bundle.get("inferer")
-    _load_weights(bundle, network, schedule)
-    network.eval()
-    return bundle, network, inferer
+    bundle = load_bundle(args.bundle, check_device(args.device), "vdm", command)
+    return bundle, bundle.network, bundle.inferer
 
 
 def _check_output_dir(args) -> None:

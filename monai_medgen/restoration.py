@@ -27,7 +27,8 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
-from monai_medgen.bundle.workflow import _size_multiple
+from monai_medgen.limits import RESTORATION_TASKS
+from monai_medgen.networks import size_multiple
 from monai_medgen.tasks.restore import ResidualDiffusionInferer, VolumeProgress, restore_residual
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("sr", "denoise", "inpaint")
+TASKS = RESTORATION_TASKS
 SR_FACTOR = 4.0
 NOISE_SIGMA, SALT_PEPPER = 0.1, 0.05
 HOLE = 32  # side of the central test hole at 128x128
@@ -693,7 +694,7 @@ def restore_image(
     if known_mask is not None:
         m_slices = known_mask.permute(3, 0, 1, 2) if volume else known_mask[None]
     dev = torch.device(device) if device is not None else next(network.parameters()).device
-    mult = _size_multiple(network)
+    mult = size_multiple(network)
     h, w = slices.shape[-2:]
     ph, pw = -(-h // mult) * mult - h, -(-w // mult) * mult - w
     pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
@@ -779,7 +780,7 @@ def _restore_volume(
     hi = intensity_scale(img)
     x = (img.as_tensor().float() / hi)[None] * 2 - 1  # (1, 1, H, W, D)
     dev = torch.device(device) if device is not None else next(network.parameters()).device
-    mult = _size_multiple(network)
+    mult = size_multiple(network)
     shape = x.shape[2:]
     extra = [-(-n // mult) * mult - n for n in shape]
     lefts = [e // 2 for e in extra]

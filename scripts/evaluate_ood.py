@@ -29,13 +29,16 @@ the panel.  Images reserved for the project's independent evaluation are not use
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from monai_medgen.pipelines import load_bundle
 from monai_medgen.tasks.panel import TEMPLATES, pydicom_test_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -424,12 +427,6 @@ def main(argv=None) -> int:
     if args.percentile is None:
         args.percentile = ood.THRESHOLD_PERCENTILE
 
-    import hashlib
-
-    import torch
-
-    from monai_medgen import cli
-
     saved = Path(args.output).with_suffix(".json")
     if args.report_only:
         data = json.loads(saved.read_text())
@@ -450,7 +447,8 @@ def main(argv=None) -> int:
         return 0
     t0 = time.time()
     torch.manual_seed(args.seed)
-    _, network, inferer = cli._load_vdm(argparse.Namespace(bundle=args.bundle, device=args.device), "score")
+    bundle = load_bundle(args.bundle, args.device, kind="vdm", purpose="scoring")
+    network, inferer = bundle.network, bundle.inferer
     model_sha = hashlib.sha256((Path(args.bundle) / "models" / "model.pt").read_bytes()).hexdigest()
     keys = ["bpd"] + [f"score_{c}" for c in args.codecs]
     calibration = score_all(mni152_slices(), network, inferer, args.codecs, args.time_samples, args.seed)

@@ -133,7 +133,7 @@ def run_case(
     src = BUNDLES / bundle
     root = scratch / f"{bundle}_{Path(config).stem}_{'on' if validation else 'off'}"
     (root / "models").mkdir(parents=True, exist_ok=True)
-    for extra in (src / "models").glob("autoencoder.pt"):  # stage 2 of the latent VDM needs stage 1's weights
+    for extra in (src / "models").glob("autoencoder*"):  # stage 2 of the latent VDM: stage 1's weights and sidecars
         (root / "models" / extra.name).write_bytes(extra.read_bytes())
     configs = [str(src / "configs" / config), str(src / "configs" / "train_multigpu.yaml")]
     cmd = [
@@ -178,7 +178,9 @@ def run_case(
         from monai_medgen.bundle import read_model_info
 
         iteration = str(read_model_info(weights).get("iteration", ""))
-    last = next((line for line in reversed(log.splitlines()) if line.strip()), "") if rc else ""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    last = (errors or lines or [""])[-1] if rc else ""
     return {
         "bundle": bundle,
         "config": config,

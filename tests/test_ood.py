@@ -2,7 +2,6 @@
 refused with a one-line message, the score is the model's bits/dim minus the codec's on the same 8-bit slice, and a
 held-out Colin27 slice scores as more typical than a noise image or a photograph under the trained 2D VDM."""
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from monai_medgen import cli, ood
 from monai_medgen.metrics import png_bits_per_dim
+from monai_medgen.pipelines import load_bundle
 
 COLIN = "/usr/share/mricron/templates/ch2bet.nii.gz"
 VDM = Path(__file__).resolve().parents[1] / "bundles" / "vdm_brain_mri_2d"
@@ -32,8 +32,8 @@ def colin_slice():
 
 @pytest.fixture(scope="module")
 def vdm():
-    _, network, inferer = cli._load_vdm(argparse.Namespace(bundle=str(VDM), device="cpu"), "score")
-    return network, inferer
+    bundle = load_bundle(VDM, "cpu", kind="vdm")
+    return bundle.network, bundle.inferer
 
 
 def _save(tmp_path, name, array) -> str:

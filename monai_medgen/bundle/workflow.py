@@ -25,6 +25,7 @@ from monai_medgen import io
 from monai_medgen.data import demo_slices, demo_volumes, user_slices, user_volumes
 from monai_medgen.engines import unwrap_network
 from monai_medgen.io import SYNTHETIC_AUX_FILE, SYNTHETIC_DESCRIPTION, Provenance, is_synthetic
+from monai_medgen.networks import size_multiple
 
 __all__ = [
     "SYNTHETIC_AUX_FILE",
@@ -754,12 +755,6 @@ def _reference_geometry(path: str | os.PathLike, spatial_dims: int = 2) -> tuple
     return spatial[:2], affine
 
 
-def _size_multiple(network) -> int:
-    unet = getattr(unwrap_network(network), "unet", None)
-    levels = len(getattr(unet, "block_out_channels", (0, 0, 0)))
-    return 2 ** max(0, levels - 1)
-
-
 def generate(
     network: nn.Module,
     inferer,
@@ -815,7 +810,7 @@ def generate(
             raise ValueError(f"image_size must be an int or {dims} ints for a {dims}D network, got {image_size}.")
         sp = [float(s) for s in np.atleast_1d(spacing)]
         affine = np.diag([*(sp * 3 if len(sp) == 1 else sp + sp[-1:])[:3], 1.0])
-    m = _size_multiple(network)
+    m = size_multiple(network)
     padded = [-(-s // m) * m for s in size]  # sample on a grid the U-Net can halve, crop back after
     crop = (Ellipsis, *(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded, size)))
     labels = None if class_label is None else torch.full((1,), int(class_label), dtype=torch.long)

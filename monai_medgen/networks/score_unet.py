@@ -21,7 +21,7 @@ from monai.networks.blocks import CrossAttentionBlock, SABlock
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-__all__ = ["FourierFeatures", "GridSkip", "ScoreUNet"]
+__all__ = ["FourierFeatures", "GridSkip", "ScoreUNet", "size_multiple"]
 
 
 class FourierFeatures(nn.Module):
@@ -260,3 +260,11 @@ class ScoreUNet(nn.Module):
         out = self.unet(h, t_emb, class_labels=class_labels)
         eps = z + out if self.residual else out
         return eps if self.grid_skip is None else self.grid_skip(z, gamma, eps)
+
+
+def size_multiple(network, default: int = 4) -> int:
+    """The multiple every image side must be for ``network`` (a :class:`ScoreUNet`, possibly inside a
+    ``DistributedDataParallel`` wrapper): 2 ** (number of U-Net levels - 1); ``default`` for another network."""
+    unet = getattr(getattr(network, "module", network), "unet", None)
+    levels = getattr(unet, "block_out_channels", None)
+    return 2 ** max(0, len(levels) - 1) if levels else int(default)

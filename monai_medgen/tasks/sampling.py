@@ -23,17 +23,11 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
+from monai_medgen.networks import size_multiple
 from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, sample_loop
 from monai_medgen.tasks.blind import make_condition
 
 __all__ = ["NUM_FRAMES", "ResidualRestorer", "frame_transform", "restoration_times"]
-
-
-def _size_multiple(network) -> int:
-    """Image sides the network takes: 2 ** (number of U-Net levels - 1)."""
-    net = getattr(network, "module", network)
-    levels = getattr(getattr(net, "unet", None), "block_out_channels", None)
-    return 2 ** (len(levels) - 1) if levels else 8
 
 
 def frame_transform(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
@@ -200,7 +194,7 @@ class ResidualRestorer:
         """One sample (B, 1, *spatial) in [0, 1] units, in the frame of ``measured``."""
         device = measured.device
         spatial = tuple(measured.shape[2:])
-        multiple = _size_multiple(self.network)
+        multiple = size_multiple(self.network, default=8)
         pads = []
         for n in reversed(spatial):
             extra = (-n) % multiple

@@ -1,11 +1,12 @@
 """What the MONAI Label app serves, written without MONAI Label so that the main test suite checks it.
 
-- :func:`find_bundles`, :func:`load_served_model`: the bundles of a folder (the repository's ``bundles/`` by
-  default) loaded exactly as ``monai-medgen`` loads them (:class:`monai_medgen.cli.Bundle`: their
-  ``configs/inference.yaml`` and checksum-verified ``models/model.pt``).
+- :func:`find_bundles`, :func:`load_served_model`: the bundles of a folder
+  (:func:`monai_medgen.pipelines.default_bundles_dir` by default) loaded as ``monai-medgen`` loads them
+  (:func:`monai_medgen.pipelines.load_bundle`: their ``configs/inference.yaml`` and checksum-verified
+  ``models/model.pt``).
 - :class:`ServedModel`: one bundle as an infer task: its options for ``/info/`` (:meth:`~ServedModel.config`),
   the checks of a request's options (:meth:`~ServedModel.parse_options`), and the work itself through the
-  package's own functions (:func:`monai_medgen.restoration.restore_image`,
+  package's own functions (:func:`monai_medgen.pipelines.restore`,
   :func:`monai_medgen.bundle.workflow.draw_samples`).
 - :func:`read_upload`, :func:`read_mask`: uploaded images read with :func:`monai_medgen.io.read_image`, with
   errors that name the upload (not the server's temporary file).
@@ -30,8 +31,19 @@ import torch
 from monai.data import MetaTensor
 
 from monai_medgen import io
-from monai_medgen.restoration import data_dims
-from monai_medgen.samplers import SAMPLERS
+from monai_medgen.inferers import ConditionalDiffusionInferer, VDMInferer
+from monai_medgen.limits import MAX_SLICE_PIXELS, MAX_VOXELS, SAMPLERS, TASK_NAMES
+from monai_medgen.pipelines import (
+    BundleError,
+    LoadedBundle,
+    RestoreOptions,
+    class_names,
+    default_bundles_dir,
+    find_bundles,
+    load_bundle,
+    restoration_provenance,
+    restore,
+)
 
 __all__ = [
     "BUNDLES_DIR",
@@ -48,8 +60,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: the repository's bundles (monai_medgen/apps/monailabel/served.py -> <repo>/bundles)
-BUNDLES_DIR = Path(__file__).resolve().parents[3] / "bundles"
+#: where bundles are served from without '--conf bundles DIR' (see :func:`monai_medgen.pipelines.default_bundles_dir`)
+BUNDLES_DIR = default_bundles_dir()
 #: step limit of continuous-time models (a VDM is exact for any count; bounded for a shared server)
 MAX_STEPS = 1000
 #: inclusive ranges of the numeric options
@@ -60,13 +72,7 @@ LIMITS = {
     "factor": (1.0, 8.0),
     "num_slices": (1, 64),
 }
-#: provenance names of the tasks
-TASK_NAMES = {"sr": "super_resolution", "denoise": "denoise", "inpaint": "inpaint", "generate": "generate"}
 DEFAULT_NUM_SLICES = 8
-#: largest slice of a 2D model's output (its attention memory grows with the square of a slice's size) and
-#: largest output in all, as the command line allows
-MAX_SLICE_PIXELS = 512 * 512
-MAX_VOXELS = 512**3
 
 
 class RequestError(ValueError):
@@ -180,6 +186,7 @@ class ServedModel:
     spacing: float = 1.0
     description: str = ""
     max_voxels: int = MAX_VOXELS
+    bundle: LoadedBundle | None = None
 
     @property
     def generative(self) -> bool:
@@ -407,10 +414,8 @@ class ServedModel:
     def restore(
         self, image: MetaTensor, options: Mapping, mask: MetaTensor | None = None, input_checksum: str = ""
     ) -> tuple[MetaTensor, MetaTensor | None, io.Provenance]:
-        """Restore ``image`` with :func:`monai_medgen.restoration.restore_image`: ``(mean, std or None, provenance)``
-        on the output grid, intensities in the input's unit."""
-        from monai_medgen.restoration import restore_image
-
+        """Restore ``image`` with :func:`monai_medgen.pipelines.restore`: ``(mean, std or None, provenance)`` on the
+        output grid, intensities in the input's unit."""
         if self.generative:
             raise RequestError(f"model {self.name} generates images; it does not restore them.")
         self.check_image(image)
@@ -423,41 +428,21 @@ class ServedModel:
             raise RequestError(
                 f"label: a mask is for inpainting models only; model {self.name} does {TASK_NAMES[self.task]}."
             )
-        extra = {}
-        if self.spatial_dims == 3:
-            extra = {"patch_size": self.patch_size, "overlap": self.overlap, "sw_batch_size": self.sw_batch_size}
         factor = options.get("factor", 1.0)
         self.check_output_size(image, factor, self.max_voxels)
+        chosen = RestoreOptions(
+            sampler=options["sampler"],
+            num_steps=options["steps"],
+            num_samples=options["num_samples"],
+            seed=options["seed"],
+            factor=factor,
+        )
         try:
-            mean, std = restore_image(
-                self.network,
-                self.inferer,
-                self.task,
-                image,
-                mask=mask,
-                factor=factor,
-                sampler=options["sampler"],
-                num_steps=options["steps"],
-                num_samples=options["num_samples"],
-                seed=options["seed"],
-                device=self.device,
-                **extra,
-            )
+            mean, std = restore(self.bundle, image, mask, chosen)
         except ValueError as e:  # the package's argument checks: the image or mask does not fit
             raise RequestError(_one_line(e)) from e
-        provenance = io.Provenance(
-            model=self.name,
-            bundle_version=self.version,
-            task=TASK_NAMES[self.task],
-            sampler=options["sampler"],
-            steps=int(options["steps"]),
-            seed=int(options["seed"]),
-            input_checksum=input_checksum,
-            extra={
-                "num_samples": int(options["num_samples"]),
-                "factor": factor,
-                "served_by": "monai_medgen MONAI Label app",
-            },
+        provenance = restoration_provenance(
+            self.bundle, chosen, input_checksum, {"served_by": "monai_medgen MONAI Label app"}
         )
         return mean, std, provenance
 
@@ -562,93 +547,29 @@ def generation_affine(
 # ---------------------------------------------------------------------------------------------
 # bundles
 # ---------------------------------------------------------------------------------------------
-def find_bundles(folder: str | os.PathLike | None = None, names: str | Sequence[str] | None = None) -> list[Path]:
-    """Bundle folders (with ``configs/inference.yaml``) in ``folder`` (default :data:`BUNDLES_DIR`), all or the
-    ``names`` given (a list or a comma-separated string), in that order.
-
-    Raises:
-        ValueError: when the folder does not exist or a named bundle is not in it.
-    """
-    root = Path(folder).expanduser() if folder else BUNDLES_DIR
-    if not root.is_dir():
-        raise ValueError(
-            f"bundles folder {str(root)!r} does not exist: pass '--conf bundles DIR' with the folder that holds the "
-            "bundles (the repository's bundles/)."
-        )
-    found = sorted(p for p in root.iterdir() if (p / "configs" / "inference.yaml").is_file())
-    if names:
-        wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if str(n).strip()]
-        by_name = {p.name: p for p in found}
-        missing = [n for n in wanted if n not in by_name]
-        if missing:
-            raise ValueError(
-                f"models {missing} are not bundles in {str(root)!r} (found {sorted(by_name)}); fix '--conf models'."
-            )
-        found = [by_name[n] for n in wanted]
-    return found
-
-
-def _class_names(root: Path, num_classes: int, configured) -> list[str]:
-    """Names of a class-conditional bundle's classes: ``class_names`` of its inference.yaml, else the ``planes``
-    of its train.yaml (the demo classes) when there are as many, else the indices."""
-    if configured and len(configured) == num_classes:
-        return [str(c) for c in configured]
-    train = root / "configs" / "train.yaml"
-    if train.is_file():
-        import yaml
-
-        try:
-            planes = (yaml.safe_load(train.read_text()) or {}).get("planes")
-        except yaml.YAMLError:
-            planes = None
-        if isinstance(planes, list) and len(planes) == num_classes:
-            return [str(p) for p in planes]
-    return [str(i) for i in range(num_classes)]
-
-
 def load_served_model(folder: str | os.PathLike, device: str = "cpu") -> ServedModel:
-    """Load a bundle as the command line does (:class:`monai_medgen.cli.Bundle`, weights verified against their
-    checksum) and describe it for serving.
+    """Load a bundle as the command line does (:func:`monai_medgen.pipelines.load_bundle`, weights verified against
+    their checksum) and describe it for serving.
 
     Raises:
         ValueError: when the folder is no bundle, has no weights, or the weights do not fit its network.
     """
-    from monai_medgen.cli import Bundle, _load_weights
-    from monai_medgen.inferers import ConditionalDiffusionInferer, VDMInferer
-    from monai_medgen.restoration import TASKS
-
-    bundle = Bundle(str(folder), str(device), "serve")
-    if "inferer" not in bundle.parser:
-        raise ValueError(
-            f"bundle {bundle.name}: its inference.yaml has no 'inferer'; the app serves bundles whose inferer is a "
-            "ConditionalDiffusionInferer or a VDMInferer."
-        )
-    network = bundle.get("network")
-    schedule = bundle.get("schedule") if "schedule" in bundle.parser else None
-    inferer = bundle.get("inferer")
+    try:
+        bundle = load_bundle(folder, str(device))
+    except BundleError as e:
+        raise ValueError(str(e)) from e
+    network, inferer = bundle.network, bundle.inferer
     if not isinstance(inferer, (ConditionalDiffusionInferer, VDMInferer)):
         raise ValueError(
             f"bundle {bundle.name}: its inferer is a {type(inferer).__name__}; the app serves ConditionalDiffusionInferer "
             "and VDMInferer bundles."
         )
-    _load_weights(bundle, network, schedule)
-    network.eval()
     unwrapped = getattr(network, "module", network)
-    spatial_dims = data_dims(network, inferer)
-    task = str(bundle.get("task", "generate")) if "task" in bundle.parser else "generate"
-    if task != "generate" and task not in TASKS:
-        raise ValueError(f"bundle {bundle.name}: its task {task!r} is not one of {TASKS}.")
+    spatial_dims = bundle.spatial_dims
+    task = bundle.task
     num_classes = getattr(unwrapped, "num_classes", None)
     max_steps = int(getattr(inferer, "num_train_timesteps", 0) or MAX_STEPS)
-    meta = {}
-    meta_file = Path(folder) / "configs" / "metadata.json"
-    if meta_file.is_file():
-        import json
-
-        try:
-            meta = json.loads(meta_file.read_text())
-        except ValueError:
-            meta = {}
+    meta = bundle.metadata
     model = ServedModel(
         name=bundle.name,
         root=Path(folder),
@@ -662,6 +583,7 @@ def load_served_model(folder: str | os.PathLike, device: str = "cpu") -> ServedM
         num_steps=int(bundle.get("num_steps", 20)),
         max_steps=max_steps,
         description=str(meta.get("task") or meta.get("name") or bundle.name),
+        bundle=bundle,
     )
     if task == "sr":
         factor = bundle.get("factor", 4.0)
@@ -675,7 +597,7 @@ def load_served_model(folder: str | os.PathLike, device: str = "cpu") -> ServedM
         model.image_size = int(bundle.get("image_size", 64))
         model.spacing = float(bundle.get("spacing", 1.0))
         if num_classes is not None:
-            model.class_names = _class_names(Path(folder), int(num_classes), bundle.get("class_names", None))
+            model.class_names = class_names(folder, int(num_classes), bundle.get("class_names", None))
             model.guidance_scale = float(bundle.get("guidance_scale", 0.0) or 0.0)
         model.num_steps = min(model.num_steps, model.max_steps)
     return model

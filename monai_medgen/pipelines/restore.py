@@ -1,0 +1,140 @@
+"""One restoration for every front-end: a loaded bundle, an image (and mask), :class:`RestoreOptions` with the
+bundle's defaults filled in, and the provenance of the result.
+
+``monai-medgen restore`` and the MONAI Label app's restoration models call :func:`restore`; it calls
+:func:`monai_medgen.restoration.restore_image` (2D images, volumes slice by slice or through their planes, 3D
+models over patches), which calls the inferer and the sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+from monai.data import MetaTensor
+
+from monai_medgen import io
+from monai_medgen.limits import TASK_NAMES
+from monai_medgen.pipelines.bundles import LoadedBundle
+from monai_medgen.restoration import restore_image
+
+__all__ = ["RestoreOptions", "restore", "restoration_provenance"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreOptions:
+    """The options of one restoration, as every front-end passes them; None takes the bundle's default.
+
+    Attributes:
+        sampler: ``"ancestral"``, ``"ddim"`` or ``"dpm++"`` (default: the bundle's ``sampler``, else dpm++).
+        num_steps: network calls per sample (default: the bundle's ``num_steps``, else 20).
+        num_samples: samples averaged; with more than one the per-voxel standard deviation comes back too.
+        seed: the same seed gives the same result.
+        factor: super-resolution: how many times finer the output grid is (a number, or one per axis for a 3D
+            model); default the bundle's ``factor``, 1 for the other tasks.
+        channels_last, autocast, compile: speed options of the network call (off by default; see
+            :func:`monai_medgen.samplers.accelerated`).
+    """
+
+    sampler: str | None = None
+    num_steps: int | None = None
+    num_samples: int = 1
+    seed: int = 0
+    factor: float | tuple | list | None = None
+    channels_last: bool = False
+    autocast: str | None = None
+    compile: bool | str = False
+
+    def with_defaults(self, bundle: LoadedBundle) -> RestoreOptions:
+        """These options with every None replaced by the bundle's default."""
+        factor = self.factor
+        if factor is None:
+            factor = bundle.get("factor", 4.0) if bundle.task == "sr" else 1.0
+        return dataclasses.replace(
+            self,
+            sampler=self.sampler or str(bundle.get("sampler", "dpm++")),
+            num_steps=int(self.num_steps or bundle.get("num_steps", 20)),
+            factor=factor,
+        )
+
+
+def _patch_settings(bundle: LoadedBundle) -> dict:
+    """A 3D model's patch inference settings from its inference.yaml (none for 2D models)."""
+    if bundle.spatial_dims != 3:
+        return {}
+    return {
+        "patch_size": bundle.get("patch_size", (64, 64, 64)),
+        "overlap": float(bundle.get("overlap", 0.25)),
+        "sw_batch_size": int(bundle.get("sw_batch_size", 1)),
+    }
+
+
+def restore(
+    bundle: LoadedBundle,
+    image: MetaTensor,
+    mask: MetaTensor | None = None,
+    options: RestoreOptions | None = None,
+    verbose: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[MetaTensor, MetaTensor | None]:
+    """Restore ``image`` (1, H, W) or (1, H, W, D) in any units with a restoration bundle: ``(mean, std or None)``
+    on the output grid (the input's, or the finer one for super-resolution) in the input's units and world space.
+
+    Args:
+        bundle: from :func:`~monai_medgen.pipelines.load_bundle` (a bundle with a ``task``).
+        mask: inpainting (required there, refused otherwise), the image's grid, > 0 = missing.
+        options: :class:`RestoreOptions`; the bundle's defaults fill what is None.
+        verbose: one progress bar over the volume; ``progress(done, total)`` is called as the work advances.
+
+    Raises:
+        ValueError: naming the argument, for a bundle that does not restore, a mask missing or not wanted, or an
+            image or mask that does not fit (see :func:`monai_medgen.restoration.restore_image`).
+    """
+    if bundle.task not in TASK_NAMES or bundle.generative:
+        raise ValueError(f"bundle {bundle.name} generates images; it does not restore them.")
+    if bundle.task == "inpaint" and mask is None:
+        raise ValueError(
+            f"mask is required: bundle {bundle.name} inpaints (a 0/1 image on the image's grid, 1 = missing)."
+        )
+    if bundle.task != "inpaint" and mask is not None:
+        raise ValueError(f"mask is for inpainting bundles only; bundle {bundle.name} does {TASK_NAMES[bundle.task]}.")
+    o = (options or RestoreOptions()).with_defaults(bundle)
+    return restore_image(
+        bundle.network,
+        bundle.inferer,
+        bundle.task,
+        image,
+        mask=mask,
+        factor=o.factor,
+        sampler=o.sampler,
+        num_steps=o.num_steps,
+        num_samples=o.num_samples,
+        seed=o.seed,
+        device=bundle.device,
+        verbose=verbose,
+        channels_last=o.channels_last,
+        autocast=o.autocast,
+        compile=o.compile,
+        progress=progress,
+        **_patch_settings(bundle),
+    )
+
+
+def restoration_provenance(
+    bundle: LoadedBundle, options: RestoreOptions, input_checksum: str = "", extra: dict | None = None
+) -> io.Provenance:
+    """The provenance of :func:`restore`'s result (model, bundle version, task, sampler, steps, seed, input
+    checksum; ``num_samples`` and ``factor`` and any ``extra`` entries)."""
+    o = options.with_defaults(bundle)
+    factor = o.factor if np.isscalar(o.factor) else [float(f) for f in o.factor]
+    return io.Provenance(
+        model=bundle.name,
+        bundle_version=bundle.version,
+        task=TASK_NAMES[bundle.task],
+        sampler=o.sampler,
+        steps=int(o.num_steps),
+        seed=int(o.seed),
+        input_checksum=input_checksum,
+        extra={"num_samples": int(o.num_samples), "factor": factor, **(extra or {})},
+    )
