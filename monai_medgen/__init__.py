@@ -5,7 +5,8 @@ conditional DDPMs for 2D images and 3D volumes, built on one schedule / sampler 
 """
 
 from monai_medgen.inferers import ConditionalDiffusionInferer, LatentVDMInferer, VDMInferer, VDMOutput
-from monai_medgen.networks import FourierFeatures, ScoreUNet
+from monai_medgen.networks import FourierFeatures, GridSkip, ScoreUNet, TimestepAdapter
+from monai_medgen.pipelines import LoadedBundle, RestoreOptions, load_bundle, restore
 from monai_medgen.schedules import (
     DiscreteSchedule,
     FixedLinearSchedule,
@@ -21,12 +22,18 @@ __all__ = [
     "DiscreteSchedule",
     "FixedLinearSchedule",
     "FourierFeatures",
+    "GridSkip",
     "LatentVDMInferer",
     "LearnedLinearSchedule",
+    "LoadedBundle",
     "MonotoneNetSchedule",
+    "RestoreOptions",
     "Schedule",
     "ScoreUNet",
+    "TimestepAdapter",
     "VDMInferer",
     "VDMOutput",
     "__version__",
+    "load_bundle",
+    "restore",
 ]

@@ -567,7 +567,7 @@ def _check_restore_options(args) -> tuple[str, str | None]:
 
 def _read_restore_inputs(args, task: str, spatial_dims: int, shown: str, input_arg: str):
     """--input (and --mask) read once, geometry and values checked: ``(image, mask or None, input shape)``."""
-    from monai_medgen.restoration import _check_image, _check_mask
+    from monai_medgen.restoration import check_image, check_mask
 
     image = read_input(args.input, input_arg, series_uid=args.series_uid, series_option="--series-uid")
     input_shape = tuple(int(n) for n in image.shape[1:])
@@ -575,7 +575,7 @@ def _read_restore_inputs(args, task: str, spatial_dims: int, shown: str, input_a
     if spatial_dims == 3 and image.ndim != 4:
         raise CLIError(f"--input {shown} must be a 3D volume for this 3D bundle, got shape {tuple(image.shape)}.")
     try:
-        _check_image(image, name=f"--input {shown}")
+        check_image(image, name=f"--input {shown}")
     except ValueError as e:
         raise CLIError(str(e)) from e
     if args.mask and task != "inpaint":
@@ -586,7 +586,7 @@ def _read_restore_inputs(args, task: str, spatial_dims: int, shown: str, input_a
         raise CLIError("--mask is required for an inpainting bundle: a 0/1 image on the input's grid, 1 = missing.")
     mask = _squeeze_slice(read_input(args.mask, "--mask"))
     try:
-        _check_mask(mask, image, name=f"--mask {args.mask}")
+        check_mask(mask, image, name=f"--mask {args.mask}")
     except ValueError as e:
         raise CLIError(str(e)) from e
     return image, mask, input_shape

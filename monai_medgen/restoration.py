@@ -33,17 +33,19 @@ from monai_medgen.tasks.restore import ResidualDiffusionInferer, VolumeProgress,
 
 __all__ = [
     "TASKS",
-    "RestorationInferer",
-    "data_dims",
-    "TestSet",
+    "check_image",
+    "check_mask",
     "classical_baselines",
     "cond_channels",
+    "data_dims",
     "make_test_set",
+    "restoration_sample_fn",
+    "RestorationInferer",
     "restore_file",
     "restore_image",
-    "restoration_sample_fn",
     "restore_slices",
     "score",
+    "TestSet",
     "training_transforms",
     "validation_items",
 ]
@@ -526,7 +528,7 @@ def upsample_in_plane(image: torch.Tensor, factor: float) -> MetaTensor:
     return upsample(image, float(factor), mode="bicubic")
 
 
-def _check_image(image, name: str = "image") -> MetaTensor:
+def check_image(image, name: str = "image") -> MetaTensor:
     img = image if isinstance(image, MetaTensor) else MetaTensor(torch.as_tensor(np.asarray(image)))
     if img.ndim not in (3, 4) or img.shape[0] != 1:
         raise ValueError(
@@ -538,7 +540,7 @@ def _check_image(image, name: str = "image") -> MetaTensor:
     return img
 
 
-def _check_mask(mask, image: MetaTensor, name: str = "mask") -> torch.Tensor:
+def check_mask(mask, image: MetaTensor, name: str = "mask") -> torch.Tensor:
     if mask is None:
         raise ValueError(f"{name} is required for inpainting: a 0/1 image of the image's shape, 1 = missing.")
     m = torch.as_tensor(mask.as_tensor() if isinstance(mask, MetaTensor) else np.asarray(mask)).float()
@@ -636,13 +638,13 @@ def restore_image(
         super-resolution) with its affine; ``std`` is None for one sample.
     """
     _check_task(task)
-    img = _check_image(image)
+    img = check_image(image)
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     if isinstance(inferer, ResidualDiffusionInferer):  # blind residual models (monai_medgen.tasks)
         if inferer.family != task:
             raise ValueError(f"task {task!r} does not match the model, which restores {inferer.family!r}.")
-        known_mask = _check_mask(mask, img) if task == "inpaint" else None
+        known_mask = check_mask(mask, img) if task == "inpaint" else None
         return restore_residual(
             network,
             inferer,
@@ -683,7 +685,7 @@ def restore_image(
         return restored
     if task != "sr" and factor != 1:
         raise ValueError(f"factor applies to super-resolution only (task 'sr'), got factor={factor} for {task!r}.")
-    known_mask = _check_mask(mask, img) if task == "inpaint" else None
+    known_mask = check_mask(mask, img) if task == "inpaint" else None
     if task == "sr" and factor != 1:
         img = upsample_in_plane(img, float(factor))
     hi = intensity_scale(img)
@@ -774,7 +776,7 @@ def _restore_volume(
     factors = [float(factor)] * 3 if np.isscalar(factor) else [float(f) for f in factor]
     if task != "sr" and any(f != 1 for f in factors):
         raise ValueError(f"factor applies to super-resolution only (task 'sr'), got factor={factor} for {task!r}.")
-    known_mask = _check_mask(mask, img) if task == "inpaint" else None
+    known_mask = check_mask(mask, img) if task == "inpaint" else None
     if task == "sr" and any(f != 1 for f in factors):
         img = upsample(img, factors, mode="trilinear")
     hi = intensity_scale(img)

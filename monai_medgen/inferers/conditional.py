@@ -285,6 +285,25 @@ class ConditionalDiffusionInferer(Inferer):
         return eps
 
     @torch.no_grad()
+    def _check_sampling(self, sampler, num_steps, guidance_scale, class_labels, num_samples, clip) -> int:
+        """The sampler options checked; returns ``num_steps`` (its default for the sampler when None)."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+        T = self.num_train_timesteps
+        if num_steps is None:
+            num_steps = T if sampler == "ancestral" else min(DEFAULT_NUM_STEPS[sampler], T)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+            raise ValueError(f"num_steps must be an integer in [1, {T}] (the training steps), got {num_steps!r}.")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
+        if guidance_scale > 0 and class_labels is None:
+            raise ValueError("guidance_scale > 0 needs class_labels (the classes to guide towards).")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        if clip is not None and not (len(clip) == 2 and clip[0] < clip[1]):
+            raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
+        return num_steps
+
     def sample(
         self,
         input_noise: torch.Tensor,
@@ -359,72 +378,21 @@ class ConditionalDiffusionInferer(Inferer):
             ``sample`` (B, C, *spatial); with ``num_samples > 1`` ``(mean, std)``; with ``save_intermediates``
             the list of intermediates (each (num_samples * B, C, *spatial), sample-major) is appended.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
         if not torch.is_tensor(input_noise) or input_noise.ndim < 3:
             raise ValueError("input_noise must be a tensor of shape (B, C, *spatial).")
         batch, channels, spatial = input_noise.shape[0], input_noise.shape[1], tuple(input_noise.shape[2:])
         device = input_noise.device
-        T = self.num_train_timesteps
-        if num_steps is None:
-            num_steps = T if sampler == "ancestral" else min(DEFAULT_NUM_STEPS[sampler], T)
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
-            raise ValueError(f"num_steps must be an integer in [1, {T}] (the training steps), got {num_steps!r}.")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
-        if guidance_scale > 0 and class_labels is None:
-            raise ValueError("guidance_scale > 0 needs class_labels (the classes to guide towards).")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        num_steps = self._check_sampling(sampler, num_steps, guidance_scale, class_labels, num_samples, clip)
         if samples_per_batch is not None and (not isinstance(samples_per_batch, int) or samples_per_batch < 1):
             raise ValueError(f"samples_per_batch must be a positive integer or None, got {samples_per_batch!r}.")
-        if clip is not None and not (len(clip) == 2 and clip[0] < clip[1]):
-            raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            generator = list(generator)
-            if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
-                raise ValueError(
-                    f"generator must be a torch.Generator or a list of {batch} of them (one per input), got {len(generator)} items."
-                )
-
+        generator = _check_generators(generator, batch)
         condition = _batch_like(condition, "condition", batch, spatial)
         if condition is not None:
             condition = condition.to(device=device, dtype=input_noise.dtype)
-        if class_labels is not None:
-            class_labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
-            if class_labels.numel() == 1:
-                class_labels = class_labels.expand(batch)
-            if class_labels.numel() != batch:
-                raise ValueError(f"class_labels must have {batch} entries (one per input), got {class_labels.numel()}.")
-
-        if (mask is None) != (known is None):
-            raise ValueError("mask and known must be given together (inpainting), got only one of them.")
-        if repaint is not None:
-            if mask is None:
-                raise ValueError("repaint needs mask and known (the region to inpaint and the image to keep).")
-            if sampler == "dpm++":
-                raise ValueError("sampler='dpm++' cannot take RePaint's backward jumps; use 'ancestral' or 'ddim'.")
-            unknown = set(repaint) - {"jump_length", "jump_n_sample"}
-            if unknown:
-                raise ValueError(f"repaint takes only 'jump_length' and 'jump_n_sample', got {sorted(unknown)}.")
-            repaint = {"jump_length": 10, "jump_n_sample": 10, **repaint}
-        if mask is not None:
-            mask = _batch_like(mask, "mask", batch, spatial, channels).to(device)
-            if not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError("mask must hold only 0 (known) and 1 (missing).")
-            known = _batch_like(known, "known", batch, spatial).to(device=device, dtype=input_noise.dtype)
-            if known.shape[1] != channels:
-                raise ValueError(f"known must have {channels} channels like input_noise, got {known.shape[1]}.")
-            mask = mask.expand_as(known).bool()
-        if patch_size is not None:
-            patch_size = [int(p) for p in patch_size]
-            if len(patch_size) != len(spatial) or min(patch_size) < 1:
-                raise ValueError(f"patch_size must give {len(spatial)} positive sizes, got {patch_size}.")
-            if not 0.0 <= overlap < 1.0:
-                raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-            if sw_batch_size < 1:
-                raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
-
+        class_labels = _labels_for(class_labels, batch, device)
+        repaint = _check_repaint(repaint, mask, known, sampler)
+        mask, known = _inpainting_region(mask, known, input_noise)
+        patch_size = _check_patches(patch_size, overlap, sw_batch_size, spatial)
         null_class = self.null_class
         if null_class is None:
             null_class = getattr(unwrap_network(network), "null_class", None)
@@ -498,6 +466,74 @@ class ConditionalDiffusionInferer(Inferer):
         if save_intermediates:
             result = result + (steps_kept,)
         return result[0] if len(result) == 1 else result
+
+
+def _check_generators(generator, batch: int):
+    """None, one generator, or a list of ``batch`` generators (one per input), as a list."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    generator = list(generator)
+    if len(generator) != batch or not all(isinstance(g, torch.Generator) for g in generator):
+        raise ValueError(
+            f"generator must be a torch.Generator or a list of {batch} of them (one per input), got {len(generator)} items."
+        )
+    return generator
+
+
+def _labels_for(class_labels, batch: int, device) -> torch.Tensor | None:
+    """Class labels as a (B,) long tensor (one label for all expanded)."""
+    if class_labels is None:
+        return None
+    class_labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
+    if class_labels.numel() == 1:
+        class_labels = class_labels.expand(batch)
+    if class_labels.numel() != batch:
+        raise ValueError(f"class_labels must have {batch} entries (one per input), got {class_labels.numel()}.")
+    return class_labels
+
+
+def _check_repaint(repaint, mask, known, sampler: str) -> dict | None:
+    """RePaint settings with their defaults, checked against the inpainting inputs and the sampler."""
+    if (mask is None) != (known is None):
+        raise ValueError("mask and known must be given together (inpainting), got only one of them.")
+    if repaint is None:
+        return None
+    if mask is None:
+        raise ValueError("repaint needs mask and known (the region to inpaint and the image to keep).")
+    if sampler == "dpm++":
+        raise ValueError("sampler='dpm++' cannot take RePaint's backward jumps; use 'ancestral' or 'ddim'.")
+    unknown = set(repaint) - {"jump_length", "jump_n_sample"}
+    if unknown:
+        raise ValueError(f"repaint takes only 'jump_length' and 'jump_n_sample', got {sorted(unknown)}.")
+    return {"jump_length": 10, "jump_n_sample": 10, **repaint}
+
+
+def _inpainting_region(mask, known, input_noise: torch.Tensor):
+    """``(mask as a bool tensor of known's shape, known)`` on the noise's device, or ``(None, None)``."""
+    if mask is None:
+        return None, known
+    batch, channels, spatial = input_noise.shape[0], input_noise.shape[1], tuple(input_noise.shape[2:])
+    mask = _batch_like(mask, "mask", batch, spatial, channels).to(input_noise.device)
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must hold only 0 (known) and 1 (missing).")
+    known = _batch_like(known, "known", batch, spatial).to(device=input_noise.device, dtype=input_noise.dtype)
+    if known.shape[1] != channels:
+        raise ValueError(f"known must have {channels} channels like input_noise, got {known.shape[1]}.")
+    return mask.expand_as(known).bool(), known
+
+
+def _check_patches(patch_size, overlap: float, sw_batch_size: int, spatial: tuple) -> list[int] | None:
+    """Patch settings of the sliding-window network call, checked."""
+    if patch_size is None:
+        return None
+    patch_size = [int(p) for p in patch_size]
+    if len(patch_size) != len(spatial) or min(patch_size) < 1:
+        raise ValueError(f"patch_size must give {len(spatial)} positive sizes, got {patch_size}.")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
+    if sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
+    return patch_size
 
 
 class ConditionalPrepareBatch(DiffusionPrepareBatch):

@@ -33,7 +33,7 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.array(a, dtype=np.float32))[None, None].clamp(0, 1)  # a copy: PIL arrays are read-only
 
 
-def _psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+def psnr_db(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(10 * torch.log10(1.0 / ((x - y) ** 2).mean().clamp_min(1e-12)))
 
 
@@ -50,7 +50,7 @@ def tune(
     truth: torch.Tensor,
 ) -> float:
     """The value of ``grid`` with the best PSNR of ``method(degraded, value)`` against ``truth``."""
-    return grid[int(np.argmax([_psnr(method(degraded, v), truth) for v in grid]))]
+    return grid[int(np.argmax([psnr_db(method(degraded, v), truth) for v in grid]))]
 
 
 # ---- super-resolution ------------------------------------------------------------------------------

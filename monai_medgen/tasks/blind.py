@@ -28,13 +28,20 @@ from monai.transforms import MapTransform, Randomizable
 from monai_medgen.tasks.operators import Noise, SuperResolution, estimate_noise_sigma, fill_holes, median3
 from monai_medgen.transforms import RandInpaintingMask
 
-__all__ = ["FAMILIES", "BlindDegradationd", "cond_channels_of", "make_condition", "residual_target"]
+__all__ = [
+    "FAMILIES",
+    "BlindDegradationd",
+    "check_family",
+    "cond_channels_of",
+    "make_condition",
+    "residual_target",
+]
 
 FAMILIES = ("sr", "denoise", "inpaint")
 SIGMA_SCALE = 5.0  # the noise-level channel holds 5 * sigma: 1 at the top of the trained range (0.2)
 
 
-def _check_family(family: str) -> str:
+def check_family(family: str) -> str:
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}.")
     return family
@@ -43,7 +50,7 @@ def _check_family(family: str) -> str:
 def cond_channels_of(family: str) -> int:
     """Condition channels of a family's network: SR 1 (base), denoising 3 (noisy, median, noise level),
     inpainting 2 (filled image, mask)."""
-    return {"sr": 1, "denoise": 3, "inpaint": 2}[_check_family(family)]
+    return {"sr": 1, "denoise": 3, "inpaint": 2}[check_family(family)]
 
 
 def make_condition(
@@ -59,7 +66,7 @@ def make_condition(
         mask: inpainting only, (B, 1, *spatial), 1 = missing.
         sigma: denoising only, (B,) noise level; None: estimated from ``measured``.
     """
-    _check_family(family)
+    check_family(family)
     if family == "sr":
         return measured * 2 - 1, measured
     if family == "denoise":
@@ -109,7 +116,7 @@ class BlindDegradationd(Randomizable, MapTransform):
         hole_fraction: tuple[float, float] = (0.03, 0.4),
     ):
         MapTransform.__init__(self, keys)
-        self.family = _check_family(family)
+        self.family = check_family(family)
         self.factor_range, self.through_plane_range = factor_range, through_plane_range
         self.through_plane_fraction = float(through_plane_fraction)
         self.sigma_range, self.salt_pepper_range = sigma_range, salt_pepper_range

@@ -25,7 +25,17 @@ from monai_medgen.tasks.panel import PANEL, load_panel, tuning_image
 from monai_medgen.tasks.sampling import ResidualRestorer
 from monai_medgen.transforms import RandInpaintingMask
 
-__all__ = ["BUNDLES", "SCENARIOS", "degrade", "evaluate_panel"]
+__all__ = [
+    "BUNDLES",
+    "REGRESSION_ROW",
+    "SCENARIOS",
+    "baselines",
+    "consistency",
+    "degrade",
+    "evaluate_bundle",
+    "evaluate_panel",
+    "psnr_db",
+]
 
 BUNDLES = {"sr": "cddpm_super_resolution_2d", "denoise": "cddpm_denoising_2d", "inpaint": "cddpm_inpainting_2d"}
 SCENARIOS = {
@@ -42,7 +52,7 @@ SCENARIOS = {
 REGRESSION_ROW = "same network, t = 1 regression call"
 
 
-def _psnr(x, y, mask=None) -> float:
+def psnr_db(x, y, mask=None) -> float:
     d = (x - y) ** 2
     mse = d[mask > 0.5].mean() if mask is not None else d.mean()
     return float(10 * torch.log10(1.0 / mse.clamp_min(1e-12)))
@@ -95,7 +105,7 @@ def _score(scenario, method, out, secs, nfe, truth, measured, extra, name) -> di
         "scenario": scenario,
         "image": name,
         "method": method,
-        "psnr": _psnr(out, truth, mask),
+        "psnr": psnr_db(out, truth, mask),
         "ssim": float(ssim(out, truth).mean()),
         "sharpness": float(relative_sharpness(out, truth).mean()),
         "consistency": consistency(scenario, out, measured, extra),

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from monai_medgen.metrics import ssim
 from monai_medgen.tasks.baselines import denoising_parameters
-from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, _psnr, baselines, degrade
+from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, baselines, degrade, psnr_db
 from monai_medgen.tasks.loading import load_restoration_bundle
 from monai_medgen.tasks.panel import load_panel, tuning_image
 from monai_medgen.tasks.sampling import ResidualRestorer
@@ -75,7 +75,7 @@ def restoration_figure(
         measured, extra = degrade(scenario, truth, seed=100 + i)
         mask = extra.get("mask")
         classical = baselines(scenario, measured, extra, truth.shape[2:], params)
-        best_name, (best, _) = max(classical.items(), key=lambda kv: _psnr(kv[1][0], truth, mask))
+        best_name, (best, _) = max(classical.items(), key=lambda kv: psnr_db(kv[1][0], truth, mask))
         project = (lambda x, e=extra: e["op"].project(x, e["low"])) if scenario == "sr4" else None
         with torch.no_grad():
             ours, _ = restorer(
@@ -84,11 +84,11 @@ def restoration_figure(
         shown = F.interpolate(extra["low"], size=truth.shape[2:], mode="nearest") if scenario == "sr4" else measured
         result = {
             "image": name,
-            "input_psnr": _psnr(shown, truth, mask),
+            "input_psnr": psnr_db(shown, truth, mask),
             "classical": best_name,
-            "classical_psnr": _psnr(best, truth, mask),
+            "classical_psnr": psnr_db(best, truth, mask),
             "classical_ssim": float(ssim(best, truth).mean()),
-            "ours_psnr": _psnr(ours, truth, mask),
+            "ours_psnr": psnr_db(ours, truth, mask),
             "ours_ssim": float(ssim(ours, truth).mean()),
         }
         results.append(result)

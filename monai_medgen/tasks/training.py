@@ -9,7 +9,7 @@ from monai.data import Dataset
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
-from monai_medgen.tasks.blind import BlindDegradationd, _check_family
+from monai_medgen.tasks.blind import BlindDegradationd, check_family
 from monai_medgen.tasks.corpus import RandCorpusSliced, TrainingCorpus
 from monai_medgen.tasks.operators import Noise, SuperResolution
 from monai_medgen.tasks.sampling import ResidualRestorer
@@ -31,7 +31,7 @@ def training_dataset(
     (:class:`~monai_medgen.tasks.BlindDegradationd`; ``degradation`` are its keyword arguments).
     Items: ``image`` = residual target, ``cond``, ``base``, ``truth``, all (C, crop, crop).  ``dataset_dir``: your
     own images (folder or datalist JSON) added to the corpus."""
-    _check_family(family)
+    check_family(family)
     transform = Compose(
         [
             RandCorpusSliced(crop_size, corpus, dataset_dir=dataset_dir or None),
@@ -49,7 +49,7 @@ def validation_items(
     sigma 0.1 + 5% salt-and-pepper, a central box of a quarter of the side."""
     from monai_medgen.data import demo_slices
 
-    _check_family(family)
+    check_family(family)
     truth = torch.stack(
         [torch.as_tensor(np.asarray(it["image"])) for it in demo_slices("colin27", size=size, num_slices=num_slices)]
     )
@@ -71,7 +71,7 @@ class ResidualValidationInferer(Inferer):
 
     def __init__(self, inferer, family: str, num_steps: int = 4, start_time: float = 0.5, seed: int = 0):
         super().__init__()
-        self.inferer, self.family = inferer, _check_family(family)
+        self.inferer, self.family = inferer, check_family(family)
         self.num_steps, self.start_time, self.seed = int(num_steps), float(start_time), int(seed)
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:  # type: ignore[override]
@@ -89,7 +89,7 @@ def residual_sample_fn(
     """A no-argument callable for :class:`monai_medgen.handlers.SampleGridHandler`: restores the held-out ``items``
     of :func:`validation_items` and returns ``(grid images, frames)`` in [-1, 1]: per item the input, the restoration
     and the truth side by side; the frames show the restoration after 1, 2, ... ``num_steps`` network calls."""
-    _check_family(family)
+    check_family(family)
 
     def draw():
         dev = next(network.parameters()).device
