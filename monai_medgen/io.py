@@ -676,27 +676,12 @@ def read_image(
             duplicate slice positions, no PixelSpacing, uneven spacing), more than ``max_voxels`` voxels, or
             another number of spatial dimensions or channels than expected.
     """
-    from monai.transforms import LoadImage
-
     p = Path(path).expanduser()
     if not p.exists():
         raise ValueError(f"could not read {str(path)!r}: no such file or folder.")
     header_error = None
     if (max_voxels is not None and p.is_dir()) or _suffix(p) in (*_NIFTI_SUFFIXES, *_SITK_SUFFIXES):
-        try:
-            header_shape, header_affine = image_header(p, series_uid)
-        except MultipleSeriesError:
-            raise
-        except ValueError as e:  # a damaged file: the reader below says why in its own words
-            if p.is_dir():
-                raise
-            header_error, header_shape, header_affine = e, (), None
-        if max_voxels is not None and math.prod(header_shape) > int(max_voxels):
-            raise ValueError(
-                f"{str(path)!r} is too large: {'x'.join(map(str, header_shape))} voxels, more than {int(max_voxels)}."
-            )
-        if header_affine is not None:  # MONAI's NibabelReader replaces a NaN affine by the identity: check the file's
-            check_affine(header_affine, min(3, max(1, len(header_shape))), what=repr(str(path)))
+        header_error = _check_image_header(p, path, series_uid, max_voxels)
     if p.is_dir():
         try:
             img = _read_dicom_folder(p, series_uid, dtype)
@@ -704,16 +689,58 @@ def read_image(
             raise
         except ValueError as e:
             raise ValueError(f"could not read {str(path)!r}: {e}") from e
-        caught = []
     else:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                img = LoadImage(image_only=True, ensure_channel_first=True, reader=_reader_for(p), dtype=dtype)(str(p))
-        except Exception as e:
-            raise ValueError(f"could not read {str(path)!r}: {type(e).__name__}: {e}") from e
+        img, caught = _load_image_file(p, path, dtype)
         if header_error is not None:
             raise header_error
+        _pass_on_warnings(caught, path)
+    check_affine(img.affine, min(len(img.shape) - 1, np.asarray(img.affine).shape[0] - 1), what=repr(str(path)))
+    _check_image_content(img, path, spatial_dims, channels)
+    return img
+
+
+def _check_image_header(
+    p: Path, path: str | os.PathLike, series_uid: str | None, max_voxels: int | None
+) -> ValueError | None:
+    """:func:`read_image`'s checks of the header of ``p`` (``path`` as the caller gave it) before anything is
+    decoded: at most ``max_voxels`` voxels and a valid affine.  Returns the header's error for a damaged file (the
+    reader then says why in its own words, and this error is raised when the reader does not fail); raises it for
+    a DICOM folder."""
+    header_error = None
+    try:
+        header_shape, header_affine = image_header(p, series_uid)
+    except MultipleSeriesError:
+        raise
+    except ValueError as e:  # a damaged file: the reader says why in its own words
+        if p.is_dir():
+            raise
+        header_error, header_shape, header_affine = e, (), None
+    if max_voxels is not None and math.prod(header_shape) > int(max_voxels):
+        raise ValueError(
+            f"{str(path)!r} is too large: {'x'.join(map(str, header_shape))} voxels, more than {int(max_voxels)}."
+        )
+    if header_affine is not None:  # MONAI's NibabelReader replaces a NaN affine by the identity: check the file's
+        check_affine(header_affine, min(3, max(1, len(header_shape))), what=repr(str(path)))
+    return header_error
+
+
+def _load_image_file(p: Path, path: str | os.PathLike, dtype: np.dtype | type | None) -> tuple[MetaTensor, list]:
+    """The image file ``p`` (``path`` as the caller gave it) through MONAI's ``LoadImage``, channel first, and the
+    warnings its reader gave (recorded, for :func:`_pass_on_warnings`)."""
+    from monai.transforms import LoadImage
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            img = LoadImage(image_only=True, ensure_channel_first=True, reader=_reader_for(p), dtype=dtype)(str(p))
+    except Exception as e:
+        raise ValueError(f"could not read {str(path)!r}: {type(e).__name__}: {e}") from e
+    return img, caught
+
+
+def _pass_on_warnings(caught: list, path: str | os.PathLike) -> None:
+    """Warn again what the reader of ``path`` warned (but the GPU decoder's warning); refuse a DICOM file whose
+    geometry the reader could not read."""
     for w in caught:
         text = str(w.message)
         if "ImageOrientationPatient" in text and "missing" in text:  # PydicomReader fell back to identity
@@ -724,7 +751,11 @@ def read_image(
         # the optional GPU decoder warns on every call
         if "nvImageCodec" not in text:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    check_affine(img.affine, min(len(img.shape) - 1, np.asarray(img.affine).shape[0] - 1), what=repr(str(path)))
+
+
+def _check_image_content(img: MetaTensor, path: str | os.PathLike, spatial_dims: int | None, channels: int | None):
+    """:func:`read_image`'s checks of the decoded image: the expected numbers of spatial dimensions and channels,
+    finite voxels."""
     spatial = tuple(img.shape[1:])
     if spatial_dims is not None and len(spatial) != int(spatial_dims):
         # a 2D image stored as a volume with one slice is still 2D
@@ -746,7 +777,6 @@ def read_image(
                 f"{str(path)!r} holds {bad} NaN or infinite voxel(s) of {finite.numel()}; "
                 "the input must be finite everywhere."
             )
-    return img
 
 
 # ---------------------------------------------------------------------------------------------

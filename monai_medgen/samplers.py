@@ -271,6 +271,33 @@ def _want(i: int, every: int | set | None, last: int) -> bool:
     return i % every == 0 or i == last
 
 
+def _checked_options(
+    sampler: str,
+    times: torch.Tensor,
+    eta: float | None,
+    variance: str,
+    intermediate_steps: int | Iterable[int] | None,
+) -> tuple[torch.Tensor, float, int | set | None]:
+    """:func:`sample_loop`'s options checked: ``times`` as a flat float32 tensor, ``eta`` with its default for the
+    sampler, ``intermediate_steps`` as an int, a set of step indices or None; a ``ValueError`` for a bad one."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+    if times.numel() < 2 or float(times[-1]) != 0.0:
+        raise ValueError("times must hold at least two values and end at 0.")
+    if sampler == "dpm++" and bool((times[1:] > times[:-1]).any()):
+        raise ValueError("sampler='dpm++' needs decreasing times; use 'ancestral' or 'ddim' for RePaint jumps.")
+    if eta is None:
+        eta = 1.0 if sampler == "ancestral" else 0.0
+    if variance not in ("small", "large"):
+        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}.")
+    if sampler == "ancestral" and eta != 1.0:
+        raise ValueError(f"eta is fixed to 1 for sampler='ancestral', got {eta}; use sampler='ddim'.")
+    if not isinstance(intermediate_steps, (int, type(None))):
+        intermediate_steps = {int(i) for i in intermediate_steps}
+    return times, eta, intermediate_steps
+
+
 @torch.no_grad()
 def sample_loop(
     eps_fn: EpsFn,
@@ -313,21 +340,7 @@ def sample_loop(
         ``SamplerOutput(sample, intermediates, nfe)``: the sample is the network's prediction of x at the
         last step (``z_0 / alpha_0`` when a ``constraint`` shapes the final latent).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
-    times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
-    if times.numel() < 2 or float(times[-1]) != 0.0:
-        raise ValueError("times must hold at least two values and end at 0.")
-    if sampler == "dpm++" and bool((times[1:] > times[:-1]).any()):
-        raise ValueError("sampler='dpm++' needs decreasing times; use 'ancestral' or 'ddim' for RePaint jumps.")
-    if eta is None:
-        eta = 1.0 if sampler == "ancestral" else 0.0
-    if variance not in ("small", "large"):
-        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}.")
-    if sampler == "ancestral" and eta != 1.0:
-        raise ValueError(f"eta is fixed to 1 for sampler='ancestral', got {eta}; use sampler='ddim'.")
-    if not isinstance(intermediate_steps, (int, type(None))):
-        intermediate_steps = {int(i) for i in intermediate_steps}
+    times, eta, intermediate_steps = _checked_options(sampler, times, eta, variance, intermediate_steps)
 
     device = z.device
     gammas = schedule(times.to(device)).float().detach()  # (K + 1,) on the device, for the network's gamma input

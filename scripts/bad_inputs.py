@@ -991,6 +991,45 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def case_problems(argv: list[str], rc: int, stderr: str, fragment: str, changed: list[str]) -> tuple[str, list[str]]:
+    """The message the user saw of a bad-input case (its last error line, else its last line of stderr) and what is
+    wrong with the run: an exit status other than 2, not exactly one ``monai-medgen <command>: error: ...`` line, a
+    traceback, a message without ``fragment``, files written or changed (``changed``)."""
+    errors = [line for line in stderr.splitlines() if ": error: " in line]
+    message = errors[-1] if errors else (stderr.strip().splitlines() or ["(nothing)"])[-1]
+    problems = []
+    if rc != 2:
+        problems.append(f"exit {rc}")
+    if len(errors) != 1 or not errors[0].startswith(f"monai-medgen {argv[0]}: error: "):
+        problems.append(f"{len(errors)} error lines")
+    if "Traceback" in stderr:
+        problems.append("traceback")
+    if fragment not in message:
+        problems.append(f"message lacks {fragment!r}")
+    if changed:
+        problems.append(f"changed {changed}")
+    return message, problems
+
+
+def _run_integrity_checks(work: Path, names: dict[str, str], args, failures: list) -> list[dict]:
+    """Run the integrity checks (those ``--only`` selects), each reported on stderr; the failed ones are appended
+    to ``failures``.  Returns the checks' rows."""
+    checks = []
+    for check in INTEGRITY_CHECKS:
+        if args.only and args.only not in check.__name__:
+            continue
+        row = check(work, names)
+        checks.append(row)
+        if row["problems"]:
+            failures.append((row["check"], row["problems"], ""))
+        print(
+            f"{row['check']}: exit {row['rc']}{' FAILED ' + '; '.join(row['problems']) if row['problems'] else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return checks
+
+
 def _run_all(work: Path, names: dict[str, str], args) -> int:
     rows, failures, skipped = [], [], []
     for case, template, fragment in CASES:
@@ -1004,19 +1043,7 @@ def _run_all(work: Path, names: dict[str, str], args) -> int:
         rc, stderr, stdout, seconds = run_case(argv, work)
         after = snapshot(work)
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        errors = [line for line in stderr.splitlines() if ": error: " in line]
-        message = errors[-1] if errors else (stderr.strip().splitlines() or ["(nothing)"])[-1]
-        problems = []
-        if rc != 2:
-            problems.append(f"exit {rc}")
-        if len(errors) != 1 or not errors[0].startswith(f"monai-medgen {argv[0]}: error: "):
-            problems.append(f"{len(errors)} error lines")
-        if "Traceback" in stderr:
-            problems.append("traceback")
-        if fragment not in message:
-            problems.append(f"message lacks {fragment!r}")
-        if changed:
-            problems.append(f"changed {changed}")
+        message, problems = case_problems(argv, rc, stderr, fragment, changed)
         if problems:
             failures.append((case, problems, stderr[-3000:]))
         shown = " ".join(["monai-medgen", *argv]).replace(str(work) + "/", "")
@@ -1045,19 +1072,7 @@ def _run_all(work: Path, names: dict[str, str], args) -> int:
     )
     if skipped:
         print(f"Skipped on this machine: {'; '.join(skipped)}.")
-    checks = []
-    for check in INTEGRITY_CHECKS:
-        if args.only and args.only not in check.__name__:
-            continue
-        row = check(work, names)
-        checks.append(row)
-        if row["problems"]:
-            failures.append((row["check"], row["problems"], ""))
-        print(
-            f"{row['check']}: exit {row['rc']}{' FAILED ' + '; '.join(row['problems']) if row['problems'] else ''}",
-            file=sys.stderr,
-            flush=True,
-        )
+    checks = _run_integrity_checks(work, names, args, failures)
     if checks:
         print("\n| integrity check | command | exit code | what the user saw | result |")
         print("|---|---|---|---|---|")

@@ -226,6 +226,49 @@ def _plot(path: str, draw, ncols: int = 1) -> str:
 # ---------------------------------------------------------------------------------------------
 # 1. loop overhead
 # ---------------------------------------------------------------------------------------------
+def _measure_overhead(paths: list, steps: int, repeats: int, device: torch.device) -> tuple[dict, ...]:
+    """Time every sampler path of :func:`section_overhead` (after one warm-up call of each), ``repeats`` times in
+    rotating order, each run bracketed by ``steps``-call loops of its bare forward.  Returns, per path label, lists
+    of one value per repeat: (bracketed ratio, ms per evaluation in the sampler, ms per bare forward, network
+    evaluations, same-run ratio)."""
+    with torch.no_grad():
+        for _, _, _, bare, run, _ in paths:  # warm-up: first-call allocations and kernel selection
+            bare()
+            run()
+        ratios = {p[0]: [] for p in paths}
+        per_nfe, bare_ms, nfes, inside = ({p[0]: [] for p in paths} for _ in range(4))
+        for rep in range(repeats):
+            order = paths[rep % len(paths) :] + paths[: rep % len(paths)]
+            for label, _, counter, bare, run, _ in order:
+                loop = lambda bare=bare: [bare() for _ in range(steps)]  # noqa: E731
+                before = _timed(loop, device)
+                counter.calls, counter.seconds = 0, 0.0
+                t_sample = _timed(run, device)
+                nfe = counter.calls
+                inside[label].append(t_sample / counter.seconds)
+                after = _timed(loop, device)
+                bare_one = (before + after) / (2 * steps)
+                ratios[label].append((t_sample / nfe) / bare_one)
+                per_nfe[label].append(t_sample / nfe * 1e3)
+                bare_ms[label].append(bare_one * 1e3)
+                nfes[label].append(nfe)
+            print(f"  overhead: repeat {rep + 1}/{repeats} done", file=sys.stderr, flush=True)
+    return ratios, per_nfe, bare_ms, nfes, inside
+
+
+def _measure_loop_cost(free_paths: list, repeats: int, device: torch.device) -> dict:
+    """Seconds per network evaluation of every sampler path with a network that costs nothing, ``repeats`` runs
+    each: the loop's own cost (a list per path label)."""
+    with torch.no_grad():
+        per_step = {p[0]: [] for p in free_paths}
+        for _ in range(repeats):
+            for label, _, counter, _, run, _ in free_paths:
+                counter.calls = 0
+                t = _timed(run, device)
+                per_step[label].append(t / max(counter.calls, 1))
+    return per_step
+
+
 def section_overhead(args, device: torch.device) -> str:
     from monai.inferers import DiffusionInferer
     from monai.networks.nets import DiffusionModelUNet
@@ -353,28 +396,7 @@ def section_overhead(args, device: torch.device) -> str:
     free = ZeroCostNetwork().to(device)
     free_paths = build(free, free, free, "", "")
 
-    with torch.no_grad():
-        for _, _, _, bare, run, _ in paths:  # warm-up: first-call allocations and kernel selection
-            bare()
-            run()
-        ratios = {p[0]: [] for p in paths}
-        per_nfe, bare_ms, nfes, inside = ({p[0]: [] for p in paths} for _ in range(4))
-        for rep in range(args.repeats):
-            order = paths[rep % len(paths) :] + paths[: rep % len(paths)]
-            for label, _, counter, bare, run, _ in order:
-                loop = lambda bare=bare: [bare() for _ in range(steps)]  # noqa: E731
-                before = _timed(loop, device)
-                counter.calls, counter.seconds = 0, 0.0
-                t_sample = _timed(run, device)
-                nfe = counter.calls
-                inside[label].append(t_sample / counter.seconds)
-                after = _timed(loop, device)
-                bare_one = (before + after) / (2 * steps)
-                ratios[label].append((t_sample / nfe) / bare_one)
-                per_nfe[label].append(t_sample / nfe * 1e3)
-                bare_ms[label].append(bare_one * 1e3)
-                nfes[label].append(nfe)
-            print(f"  overhead: repeat {rep + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    ratios, per_nfe, bare_ms, nfes, inside = _measure_overhead(paths, steps, args.repeats, device)
 
     lines = [
         f"Input: batch {batch} of {size}x{size}, {steps} sampler steps per run "
@@ -407,13 +429,7 @@ def section_overhead(args, device: torch.device) -> str:
 
     # the loop's own cost, without the noise of timing a real network: the same paths with a network that costs
     # nothing (0.5 * x), per step, against the real network's bare forward
-    with torch.no_grad():
-        per_step = {p[0]: [] for p in free_paths}
-        for _ in range(max(3, args.repeats)):
-            for label, _, counter, _, run, _ in free_paths:
-                counter.calls = 0
-                t = _timed(run, device)
-                per_step[label].append(t / max(counter.calls, 1))
+    per_step = _measure_loop_cost(free_paths, max(3, args.repeats), device)
     lines += [
         "",
         f"The loop's own cost per network evaluation, measured with a network that costs nothing (`0.5 * x`, same "
@@ -549,6 +565,24 @@ def section_nfe(args, device: torch.device) -> str:
 # ---------------------------------------------------------------------------------------------
 # 3. training throughput
 # ---------------------------------------------------------------------------------------------
+def _interleaved_rounds(one_round, names: list[str], rounds: int, times: dict) -> dict:
+    """:func:`section_throughput`'s timing: one warm-up round of every trainer path, then ``rounds`` rounds in
+    rotating order; ``one_round(name)`` gives a path's iteration times, added to ``times[name]``.  Returns per path
+    the ratio of each round: MONAI's (the first path's) median iteration time / this path's."""
+    for name in names:  # warm-up
+        one_round(name)
+    rel = {name: [] for name in names}
+    for r in range(rounds):
+        this = {}
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            this[name] = one_round(name)
+            times[name] += this[name]
+        for name in names:  # paired within the round: MONAI's median iteration time / this path's
+            rel[name].append(_median(this[names[0]]) / _median(this[name]))
+        print(f"  throughput: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return rel
+
+
 def section_throughput(args, device: torch.device) -> str:
     from ignite.engine import Events
     from monai.data import DataLoader, Dataset
@@ -644,17 +678,7 @@ def section_throughput(args, device: torch.device) -> str:
         return stamps[warm:]
 
     names = list(methods)
-    for name in names:  # warm-up
-        one_round(name)
-    rel = {name: [] for name in names}
-    for r in range(rounds):
-        this = {}
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            this[name] = one_round(name)
-            times[name] += this[name]
-        for name in names:  # paired within the round: MONAI's median iteration time / this path's
-            rel[name].append(_median(this[names[0]]) / _median(this[name]))
-        print(f"  throughput: round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    rel = _interleaved_rounds(one_round, names, rounds, times)
     lines = [
         f"MONAI `SupervisedTrainer` (Adam, no AMP, default decollate), identical network (MONAI `DiffusionModelUNet`, "
         f"channels (16, 32, 64), one residual block per level, same initial weights) and batch ({batch} images of "

@@ -38,6 +38,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="use the newest training checkpoint under <bundle>/runs/checkpoints (EMA) instead of models/model.pt",
     )
+    p.add_argument(
+        "--self-ensemble",
+        choices=("bundle", "on", "off"),
+        default="bundle",
+        help="the mean of several samples drawn in flipped / transposed frames (default: the bundle's setting)",
+    )
     p.add_argument("--output", default=None, help="also write the markdown tables here")
     p.add_argument("--json", default=None, help="write every row as JSON here")
     args = p.parse_args(argv)
@@ -49,6 +55,8 @@ def main(argv=None) -> int:
         if args.from_checkpoints:
             weights = max((folder / "runs" / "checkpoints").glob("*.pt"), key=lambda f: f.stat().st_mtime)
         bundle = load_restoration_bundle(folder, weights=weights)
+        if args.self_ensemble != "bundle":
+            bundle.inferer.self_ensemble = args.self_ensemble == "on"
         text, rows, _ = evaluate_panel(
             {family: (bundle.network, bundle.inferer)},
             [s for s in args.scenarios if SCENARIOS[s] == family],

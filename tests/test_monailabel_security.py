@@ -293,6 +293,20 @@ def test_s1_disabled_endpoints_answer_404_with_a_message(server):
         refused(call(server, method, path, body=b"" if method != "GET" else None), 404, "does not serve")
 
 
+def test_s1_head_checks_the_image_checksum(server, sandbox):
+    """HEAD /datastore/image?check_sum=[ALGO:]digest: 200 for the image's digest (any case, algorithm named or
+    not), 404 for another, 400 naming the algorithms for one MONAI Label cannot compute."""
+    (path,) = sandbox["studies"].glob("colin27_slices.*")
+    data = path.read_bytes()
+    sha256, md5 = hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest()
+    query = {"image": "colin27_slices"}
+    for check_sum in (sha256, f"SHA256:{sha256.upper()}", f"md5:{md5}"):
+        assert call(server, "HEAD", "/datastore/image", {**query, "check_sum": check_sum})[0] == 200, check_sum
+    assert call(server, "HEAD", "/datastore/image", {**query, "check_sum": "0" * 64})[0] == 404
+    assert call(server, "HEAD", "/datastore/image", {**query, "check_sum": f"SHA1:{'0' * 40}"})[0] == 400
+    assert call(server, "HEAD", "/datastore/image", {"image": "nope", "check_sum": sha256})[0] == 404
+
+
 # ---------------------------------------------------------------------------------------------
 # S2: infer reads datastore images and uploads only
 # ---------------------------------------------------------------------------------------------

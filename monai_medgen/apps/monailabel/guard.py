@@ -349,7 +349,18 @@ def build_router(app) -> APIRouter:
     def ds() -> ConfinedDatastore:
         return app.datastore()
 
-    # ---- /infer ------------------------------------------------------------------------------
+    # in this order: the routes are matched in the order they are added
+    _add_infer_route(router, prefix, app, ds, body_limit)
+    _add_activelearning_route(router, prefix, app, ds)
+    _add_datastore_image_routes(router, prefix, app, ds, one_file_limit)
+    _add_datastore_label_routes(router, prefix, app, ds, one_file_limit)
+    _add_disabled_routes(router, prefix)
+    return router
+
+
+def _add_infer_route(router: APIRouter, prefix: str, app, ds: Callable, body_limit: int) -> None:
+    """``POST /infer/{model}`` (see the module docstring); ``ds()`` is the app's datastore."""
+
     @router.post(prefix + "/infer/{model}", summary="Restore or generate a volume (image: datastore id or upload)")
     @_guarded("infer")
     async def infer(request: Request, model: str):
@@ -400,7 +411,10 @@ def build_router(app) -> APIRouter:
             uploads.remove()
             await form.close()
 
-    # ---- /activelearning ---------------------------------------------------------------------
+
+def _add_activelearning_route(router: APIRouter, prefix: str, app, ds: Callable) -> None:
+    """``POST /activelearning/{strategy}`` (see the module docstring); ``ds()`` is the app's datastore."""
+
     @router.post(prefix + "/activelearning/{strategy}", summary="Next sample (generate: a new synthetic volume)")
     @_guarded("activelearning")
     async def activelearning(request: Request, strategy: str):
@@ -423,7 +437,29 @@ def build_router(app) -> APIRouter:
             params = parse_params(body, [], what="the request body")
         return await _on_queue(app, _next_sample, app, strategy, params)
 
-    # ---- /datastore ----------------------------------------------------------------------------
+
+async def _check_checksum(path: str, image_id: str, check_sum: str) -> None:
+    """Refuse (404) the image file ``path`` unless it has the digest ``check_sum`` (``[ALGO:]hex digest``, SHA256
+    when no algorithm is named; the digest's case does not matter); the file is hashed off the event loop."""
+    algo, _, digest = check_sum.rpartition(":")
+    algo = (algo or "SHA256").upper()
+    if algo not in CHECKSUM_ALGORITHMS:
+        raise RequestError(
+            f"check_sum must be '[ALGO:]hex digest' with ALGO one of {', '.join(CHECKSUM_ALGORITHMS)}, got {check_sum!r}."
+        )
+    # MONAI Label's file_checksum answers "ALGO:hexdigest"
+    actual = (await run_in_threadpool(file_checksum, path, algo)).rpartition(":")[2]
+    if digest.strip().lower() != actual.lower():
+        raise RequestError(f"image: {image_id!r} has another checksum.", 404)
+
+
+#: what MONAI Label's ``file_checksum`` computes
+CHECKSUM_ALGORITHMS = ("SHA256", "SHA512", "MD5")
+
+
+def _add_datastore_image_routes(router: APIRouter, prefix: str, app, ds: Callable, one_file_limit: int) -> None:
+    """``/datastore/`` and ``/datastore/image...`` (see the module docstring); ``ds()`` is the app's datastore."""
+
     @router.get(prefix + "/datastore/", summary="Images and labels of the datastore")
     @_guarded("datastore")
     async def datastore(request: Request):
@@ -494,14 +530,7 @@ def build_router(app) -> APIRouter:
         if request.method == "HEAD":
             check_sum = _query(request, "check_sum")
             if check_sum:
-                algo, _, digest = check_sum.rpartition(":")
-                algo = algo or "SHA256"
-                if algo.upper() not in ("SHA256", "SHA1", "MD5", "SHA512"):
-                    raise RequestError(
-                        f"check_sum must be '[ALGO:]hex digest' with ALGO one of SHA256, SHA1, MD5, SHA512, got {check_sum!r}."
-                    )
-                if digest != await run_in_threadpool(file_checksum, path, algo.upper()):
-                    raise RequestError(f"image: {image_id!r} has another checksum.", 404)
+                await _check_checksum(path, image_id, check_sum)
             return Response(status_code=200)
         return FileResponse(path, media_type=get_mime_type(path), filename=os.path.basename(path))
 
@@ -530,6 +559,11 @@ def build_router(app) -> APIRouter:
             await form.close()
         await run_in_threadpool(ds().update_image_info, image_id, info)
         return {}
+
+
+def _add_datastore_label_routes(router: APIRouter, prefix: str, app, ds: Callable, one_file_limit: int) -> None:
+    """``/datastore/label...`` and ``/datastore/updatelabelinfo`` (see the module docstring); ``ds()`` is the app's
+    datastore."""
 
     @router.put(prefix + "/datastore/label", summary="Save a label (e.g. an inpainting mask) for an image")
     @_guarded("datastore label")
@@ -622,7 +656,9 @@ def build_router(app) -> APIRouter:
             summary="Update label info",
         )
 
-    # ---- what this app does not serve ----------------------------------------------------------
+
+def _add_disabled_routes(router: APIRouter, prefix: str) -> None:
+    """A 404 with a message for every MONAI Label endpoint this app does not serve (:data:`DISABLED`)."""
     for start, what in DISABLED.items():
 
         async def disabled(request: Request, rest: str = "", what=what):
@@ -637,7 +673,6 @@ def build_router(app) -> APIRouter:
                 methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"],
                 include_in_schema=False,
             )
-    return router
 
 
 def _infer_answer(app, result: dict, output: str):
