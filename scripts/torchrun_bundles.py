@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from monai_medgen.bundle import read_model_info, torchrun_command
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
 
@@ -136,26 +138,13 @@ def run_case(
     for extra in (src / "models").glob("autoencoder*"):  # stage 2 of the latent VDM: stage 1's weights and sidecars
         (root / "models" / extra.name).write_bytes(extra.read_bytes())
     configs = [str(src / "configs" / config), str(src / "configs" / "train_multigpu.yaml")]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        repr(configs),
-        "--bundle_root",
-        str(root),
-        "--logging_file",
-        str(src / "configs" / "logging.conf"),
-    ]
-    values = {**overrides, switch: 1 if validation else 0}
-    for key, value in values.items():
-        cmd += [f"--{key}", str(value)]
+    cmd = torchrun_command(
+        configs,
+        root,
+        src / "configs" / "logging.conf",
+        nproc,
+        {**overrides, switch: 1 if validation else 0},
+    )
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -175,8 +164,6 @@ def run_case(
     iteration = ""
     weights = root / "models" / ("autoencoder.pt" if config == "train_autoencoder.yaml" else "model.pt")
     if rc == 0 and weights.is_file():
-        from monai_medgen.bundle import read_model_info
-
         iteration = str(read_model_info(weights).get("iteration", ""))
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line or "error" in line]

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from monai_medgen.metrics import ssim
-from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, degrade
+from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, degrade, psnr_db
 from monai_medgen.tasks.loading import load_restoration_bundle
 from monai_medgen.tasks.panel import tuning_image
 from monai_medgen.tasks.sampling import ResidualRestorer
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
                 )
                 out = out.clamp(0, 1)
                 cells += [
-                    f"{float(10 * torch.log10(1 / ((out - truth) ** 2).mean())):.2f}",
+                    f"{psnr_db(out, truth, extra.get('mask')):.2f}",  # inpainting: in the hole
                     f"{float(ssim(out, truth).mean()):.3f}",
                 ]
             print(f"| {start} | {steps} | " + " | ".join(cells) + " |", flush=True)

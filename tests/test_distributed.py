@@ -15,13 +15,12 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from monai_medgen.bundle import read_model_info
+from monai_medgen.bundle import read_model_info, torchrun_command
 from monai_medgen.engines import unwrap_network
 from monai_medgen.inferers import ConditionalDiffusionInferer
 from monai_medgen.networks import ScoreUNet
@@ -98,25 +97,7 @@ def torchrun_bundle(bundle: Path, tmp_path: Path, **overrides) -> tuple[str, lis
         str(bundle / "configs" / "train_multigpu.yaml"),
         str(tmp_path / "probe.yaml"),
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        repr(configs),
-        "--bundle_root",
-        str(root),
-        "--logging_file",
-        str(bundle / "configs" / "logging.conf"),
-    ]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
+    cmd = torchrun_command(configs, root, bundle / "configs" / "logging.conf", 2, overrides)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

@@ -13,6 +13,7 @@ import glob
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -48,6 +49,7 @@ __all__ = [
     "prepare_items",
     "report_bits_per_dim",
     "sample_fn",
+    "torchrun_command",
     "save_model",
     "read_model_file",
     "read_model_info",
@@ -138,6 +140,28 @@ def training_sampler(dataset, batch_size: int):
             "batch_size or more training data."
         )
     return sampler
+
+
+def torchrun_command(
+    configs: Sequence[str | os.PathLike],
+    bundle_root: str | os.PathLike,
+    logging_file: str | os.PathLike | None = None,
+    nproc: int = 2,
+    overrides: dict | None = None,
+) -> list[str]:
+    """The command line of ``torchrun --standalone --nnodes=1 --nproc_per_node=<nproc> -m monai.bundle run`` for
+    ``configs`` merged in order (e.g. a bundle's ``train.yaml`` and ``train_multigpu.yaml``), with ``--key value``
+    for every override, run by this Python."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be a positive integer, got {nproc!r}.")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in configs])]
+    cmd += ["--bundle_root", str(bundle_root)]
+    if logging_file is not None:
+        cmd += ["--logging_file", str(logging_file)]
+    for key, value in (overrides or {}).items():
+        cmd += [f"--{key}", str(value)]
+    return cmd
 
 
 def validation_sampler(dataset):
