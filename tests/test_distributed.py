@@ -65,25 +65,18 @@ PROBE_CONFIG = """
 - $gamma_probe.attach(@network_def, @inferer, @bundle_root)
 """
 
+
+def _tiny_overrides() -> dict:
+    """The tiny-run overrides of scripts/torchrun_bundles.py per bundle (the same runs, checked in depth here)."""
+    spec = importlib.util.spec_from_file_location("torchrun_bundles", REPO / "scripts" / "torchrun_bundles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {case[0]: dict(case[2]) for case in module.CASES if case[1] == "train.yaml"}
+
+
 # a few iterations on tiny crops; validation on 3 slices, split unevenly over the two processes
-RESTORATION = {
-    "max_epochs": 1,
-    "epoch_length": 2,
-    "crop_size": 16,
-    "batch_size": 2,
-    "num_val_slices": 3,
-    "val_steps": 2,
-    "log_every": 1,
-}
-CLASS_CONDITIONAL = {
-    "max_epochs": 1,
-    "epoch_length": 2,
-    "image_size": 16,
-    "batch_size": 2,
-    "samples_per_class": 1,
-    "grid_sample_steps": 2,
-    "log_every": 1,
-}
+RESTORATION = _tiny_overrides()["cddpm_denoising_2d"]
+CLASS_CONDITIONAL = _tiny_overrides()["cddpm_class_conditional_2d"]
 
 
 def torchrun_bundle(bundle: Path, tmp_path: Path, **overrides) -> tuple[str, list[dict]]:

@@ -1,23 +1,14 @@
 """The application layer between the core (schedules, samplers, networks, inferers) and the front-ends (the
-``monai-medgen`` command line, the MONAI Label app, bundle configs, scripts): one way to load a bundle and one set
-of shared names and limits.
+``monai-medgen`` command line, the MONAI Label app, bundle configs, scripts): one way to load a bundle and to
+restore with it.
 
 - :mod:`~monai_medgen.pipelines.bundles`: :func:`load_bundle` (config, network, inferer, schedule, verified
   weights, task, data dimensionality; one set of error messages), :func:`find_bundles`.
 - :mod:`~monai_medgen.pipelines.restore`: :func:`restore` (one restoration for 2D and 3D bundles with
   :class:`RestoreOptions`, the bundle's defaults filled in) and :func:`restoration_provenance`.
-- :mod:`monai_medgen.limits` (re-exported): samplers, task names and the size limits of the models.
+The shared names and limits (samplers, task names, size limits) are in :mod:`monai_medgen.limits`.
 """
 
-from monai_medgen.limits import (
-    MAX_GENERATE_VOXELS,
-    MAX_SLICE_PIXELS,
-    MAX_VOXELS,
-    MIN_AXIS_VOXELS,
-    RESTORATION_TASKS,
-    SAMPLERS,
-    TASK_NAMES,
-)
 from monai_medgen.pipelines.bundles import (
     TRAIN_HINT,
     BundleError,
@@ -32,13 +23,6 @@ from monai_medgen.pipelines.bundles import (
 from monai_medgen.pipelines.restore import RestoreOptions, restoration_provenance, restore
 
 __all__ = [
-    "MAX_GENERATE_VOXELS",
-    "MAX_SLICE_PIXELS",
-    "MAX_VOXELS",
-    "MIN_AXIS_VOXELS",
-    "RESTORATION_TASKS",
-    "SAMPLERS",
-    "TASK_NAMES",
     "TRAIN_HINT",
     "BundleError",
     "LoadedBundle",

@@ -77,7 +77,7 @@ def _spin_echo(t1_slice: np.ndarray, tr: float, te: float) -> np.ndarray:
 
 
 def pydicom_test_image(name: str) -> np.ndarray:
-    """A 2D image of pydicom's own ``data/test_files`` (never the separate pydicom-data package), in stored
+    """A 2D image of the files shipped inside the pydicom package (``data/test_files`` only), in stored
     units after the rescale slope and intercept (Hounsfield units for CT)."""
     import pydicom
 
