@@ -4,7 +4,14 @@ Variational Diffusion Models (continuous time, learned noise schedule, exact bit
 conditional DDPMs for 2D images and 3D volumes, built on one schedule / sampler core.
 """
 
-from monai_medgen.inferers import ConditionalDiffusionInferer, LatentVDMInferer, VDMInferer, VDMOutput
+from monai_medgen.inferers import (
+    ConditionalDiffusionInferer,
+    ConditionalSamplingOptions,
+    LatentVDMInferer,
+    SamplingOptions,
+    VDMInferer,
+    VDMOutput,
+)
 from monai_medgen.networks import FourierFeatures, GridSkip, ScoreUNet, TimestepAdapter
 from monai_medgen.pipelines import LoadedBundle, RestoreOptions, load_bundle, restore
 from monai_medgen.schedules import (
@@ -14,11 +21,11 @@ from monai_medgen.schedules import (
     MonotoneNetSchedule,
     Schedule,
 )
-
-__version__ = "0.1.0"
+from monai_medgen.version import __version__
 
 __all__ = [
     "ConditionalDiffusionInferer",
+    "ConditionalSamplingOptions",
     "DiscreteSchedule",
     "FixedLinearSchedule",
     "FourierFeatures",
@@ -28,6 +35,7 @@ __all__ = [
     "LoadedBundle",
     "MonotoneNetSchedule",
     "RestoreOptions",
+    "SamplingOptions",
     "Schedule",
     "ScoreUNet",
     "TimestepAdapter",

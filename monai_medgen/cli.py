@@ -44,7 +44,7 @@ import sys
 from pathlib import Path
 
 from monai_medgen.dicomweb import PASSWORD_ENV as DICOMWEB_PASSWORD_ENV
-from monai_medgen.limits import MAX_GENERATE_VOXELS, MAX_SLICE_PIXELS, MAX_VOXELS, MIN_AXIS_VOXELS, SAMPLERS
+from monai_medgen.limits import MAX_SLICE_PIXELS, MAX_VOXELS, MIN_AXIS_VOXELS, SAMPLERS
 
 __all__ = [
     "CLIError",
@@ -707,11 +707,6 @@ def _store_derived_series(server, source, folder: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # generate
 # ---------------------------------------------------------------------------------------------
-def _load_vdm(args, command: str):
-    bundle = load_bundle(args.bundle, check_device(args.device), "vdm", command)
-    return bundle, bundle.network, bundle.inferer
-
-
 def _check_output_dir(args) -> None:
     """generate writes sample_NNN_synthetic.nii.gz (+ .json), samples.png and sampling.gif into --output-dir:
     existing ones are replaced only with --overwrite, and never a file monai-medgen did not write (an image not
@@ -756,8 +751,8 @@ def _check_output_dir(args) -> None:
 
 
 def check_reference_size(path: str, spatial_dims: int) -> None:
-    """generate --reference: the samples take its size, so refuse (from its header) one too large to sample
-    (more than ``MAX_SLICE_PIXELS`` per 2D sample, ``MAX_GENERATE_VOXELS`` per 3D sample) or too small."""
+    """generate --reference: the samples cover its field of view, so refuse (from its header) one with fewer than
+    ``MIN_AXIS_VOXELS`` voxels along an axis of the samples (no field of view to speak of)."""
     from monai_medgen import io
 
     try:
@@ -768,76 +763,58 @@ def check_reference_size(path: str, spatial_dims: int) -> None:
     except ValueError as e:
         raise CLIError(f"--reference: {_one_line(e)}") from e
     size = shape[:2] if spatial_dims == 2 else shape[:3]
-    grid = "x".join(map(str, size))
     if len(size) < spatial_dims:
-        return  # read_input / generate name the dimensionality
+        return  # read_input names the dimensionality
     if min(size) < MIN_AXIS_VOXELS:
         raise CLIError(
-            f"--reference {path} is too small: samples would be {grid} voxels; at least {MIN_AXIS_VOXELS} per "
-            "axis are needed."
-        )
-    limit = MAX_SLICE_PIXELS if spatial_dims == 2 else MAX_GENERATE_VOXELS
-    if math.prod(size) > limit:
-        what = (
-            f"{MAX_SLICE_PIXELS} pixels (512 x 512) per 2D sample"
-            if spatial_dims == 2
-            else (f"{MAX_GENERATE_VOXELS} voxels (256^3) per 3D sample")
-        )
-        raise CLIError(
-            f"--reference {path} is too large: samples take its size ({grid}), and generate makes at most "
-            f"{what}; give a smaller (cropped or resampled) reference."
+            f"--reference {path} is too small: {'x'.join(map(str, size))} voxels; the samples cover its field of "
+            f"view, which needs at least {MIN_AXIS_VOXELS} voxels per axis."
         )
 
 
 def _generate(args) -> int:
+    from monai_medgen import io
+    from monai_medgen.pipelines import GenerateOptions, generate, load_bundle, write_generated
+
     check_common_numbers(args)
     check_guidance(args.guidance, args.class_label)
-    bundle, network, inferer = _load_vdm(args, "generate")
-    from monai_medgen.bundle import generate
-
-    num_classes = getattr(getattr(network, "module", network), "num_classes", None)
+    bundle = load_bundle(args.bundle, check_device(args.device), "generative", "generate")
+    num_classes = bundle.num_classes
     if args.class_label is not None:
         if num_classes is None:
             raise CLIError(
                 f"--class {args.class_label}: this bundle's model is unconditional (built with num_classes null), "
                 "so it takes no class label; omit --class (or train a class-conditional model with num_classes set)."
             )
-        if not 0 <= args.class_label < int(num_classes):
+        if not 0 <= args.class_label < num_classes:
             raise CLIError(
                 f"--class {args.class_label} is not a class of this model: expected an integer in "
-                f"[0, {int(num_classes) - 1}] (num_classes {int(num_classes)})."
+                f"[0, {num_classes - 1}] (num_classes {num_classes})."
             )
+    reference, checksum = None, ""
     if args.reference is not None:
-        check_reference_size(args.reference, int(getattr(getattr(network, "module", network), "spatial_dims", 2)))
-        read_input(args.reference, "--reference")  # values and geometry checked (finite, one series, sane affine)
+        check_reference_size(args.reference, bundle.spatial_dims)
+        reference = read_input(args.reference, "--reference")  # values and geometry checked (finite, one series)
+        checksum = io.sha256_of(args.reference)
     _check_output_dir(args)
-    from monai_medgen import io
-
     if os.path.isdir(args.output_dir):
         io.remove_stale_temporaries(Path(args.output_dir).expanduser())
-    sampler = args.sampler or bundle.get("sampler", "ancestral")
-    steps = args.steps or int(bundle.get("num_steps", 256))
-    print(
-        f"{PROG} generate: {bundle.name}: {args.num} image(s), {sampler} {steps} steps, seed {args.seed}",
-        file=sys.stderr,
-    )
-    result = generate(
-        network,
-        inferer,
-        args.output_dir,
+    options = GenerateOptions(
         num_samples=args.num,
-        num_steps=steps,
+        sampler=args.sampler,
+        num_steps=args.steps,
         seed=args.seed,
         class_label=args.class_label,
         guidance_scale=args.guidance,
-        sampler=sampler,
-        image_size=bundle.get("image_size", 128),
-        spacing=bundle.get("spacing", 1.0),
-        batch_size=min(args.num, int(bundle.get("batch_size", 16))),
-        device=bundle.device,
-        reference_image=args.reference,
+        num_frames=20,
+    ).with_defaults(bundle)
+    print(
+        f"{PROG} generate: {bundle.name}: {args.num} image(s), {options.sampler} {options.num_steps} steps, "
+        f"seed {args.seed}",
+        file=sys.stderr,
     )
-    for path in result["nifti"]:
+    written = write_generated(generate(bundle, options, reference, checksum), args.output_dir)
+    for path in written["nifti"]:
         print(path)
     return 0
 
@@ -911,7 +888,10 @@ def _score(args) -> int:
             )
     if args.json:
         _check_json_output(args)
-    bundle, network, inferer = _load_vdm(args, "score")
+    from monai_medgen.pipelines import load_bundle
+
+    bundle = load_bundle(args.bundle, check_device(args.device), "vdm", "score")
+    network, inferer = bundle.network, bundle.inferer
     if getattr(getattr(network, "module", network), "num_classes", None) is not None:
         print(f"{PROG} score: note: class-conditional model, scoring with the null class.", file=sys.stderr)
     size = int(bundle.get("image_size", 128))
@@ -1102,11 +1082,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser(
         "generate",
         formatter_class=fmt,
-        help="generate synthetic images with a VDM bundle",
-        description="Generate 2D images with a trained VDM bundle (e.g. bundles/vdm_brain_mri_2d): one NIfTI per "
-        "sample marked synthetic with a provenance sidecar, a PNG grid and a sampling GIF in --output-dir.",
+        help="generate synthetic images with a generative bundle (vdm_*, cddpm_class_conditional_2d)",
+        description="Generate images or volumes with a trained generative bundle (e.g. bundles/vdm_brain_mri_2d, "
+        "bundles/vdm_latent_brain_mri_3d, bundles/cddpm_class_conditional_2d): one NIfTI per sample marked synthetic "
+        "with a provenance sidecar, a PNG grid and a sampling GIF in --output-dir. Samples have the model's trained "
+        "size; with --reference they cover its field of view (its orientation, centred on it; a 2D sample on its "
+        "middle slice).",
     )
-    g.add_argument("--bundle", required=True, metavar="DIR", help="VDM bundle folder")
+    g.add_argument("--bundle", required=True, metavar="DIR", help="generative bundle folder")
     g.add_argument(
         "--class",
         dest="class_label",
@@ -1124,7 +1107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         metavar="IMG",
         default=None,
-        help="NIfTI/NRRD/MHA file or DICOM series whose in-plane size and geometry the samples take",
+        help="NIfTI/NRRD/MHA file or DICOM series whose field of view the samples cover",
     )
     g.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
     g.add_argument(

@@ -14,9 +14,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import EnsureChannelFirstd, LoadImage, LoadImaged
 
 __all__ = [
     "COLIN27_PATHS",
@@ -63,7 +65,6 @@ def load_mni152(resolution: int = 1) -> tuple[np.ndarray, np.ndarray]:
 def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Any NIfTI / NRRD / MHA file or DICOM series folder through MONAI's ``LoadImage``:
     (volume (X, Y, Z) float32, affine 4x4)."""
-    from monai.transforms import LoadImage
 
     img = LoadImage(image_only=True)(str(path))
     return np.asarray(img, dtype=np.float32), np.asarray(img.affine)
@@ -74,8 +75,6 @@ def load_colin27(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.
     candidates = [path] if path else [p for p in COLIN27_PATHS if p]
     for p in candidates:
         if p and Path(p).is_file():
-            import nibabel as nib
-
             img = nib.load(str(p))
             return np.asarray(img.get_fdata(), dtype=np.float32), np.asarray(img.affine)
     raise FileNotFoundError(
@@ -235,7 +234,6 @@ def datalist_from_path(path: str | os.PathLike, key: str = "training", label_key
 
 
 def _load_scaled(item: dict) -> np.ndarray:
-    from monai.transforms import EnsureChannelFirstd, LoadImaged
 
     loaded = EnsureChannelFirstd(keys="image")(LoadImaged(keys="image", image_only=True)({"image": item["image"]}))
     img = np.asarray(loaded["image"], dtype=np.float32)

@@ -14,7 +14,8 @@
    bits/dim on held-out images next to lossless PNG and draw samples, through the bundle's own configs, exactly as
 
     B=bundles/vdm_brain_mri_2d; O=outputs/quickstart
-    python -m monai.bundle run --config_file $B/configs/train.yaml --bundle_root $B \\
+    python -m monai.bundle run --config_file "$(python -m monai_medgen.bundle.configs $B)" --bundle_root $B \\
+        --meta_file $B/configs/metadata.json --logging_file $B/configs/logging.conf \\
         --output_dir $O/runs --model_path $O/model.pt --max_epochs 10 --sample_interval 0
     python -m monai.bundle run --config_file $B/configs/evaluate.yaml --bundle_root $B \\
         --model_path $O/model.pt --output_file $O/evaluation.json
@@ -31,7 +32,15 @@ import json
 import time
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import yaml
+from monai.bundle import run
+
+from monai_medgen.bundle.configs import train_config_files
+from monai_medgen.data import COLIN27_PATHS
+from monai_medgen.tasks.figure import restoration_figure
+from monai_medgen.tasks.panel import load_panel
 
 __all__ = ["bundle_dir", "generate_demo", "main", "restore_demo", "train_demo"]
 
@@ -56,11 +65,15 @@ def bundle_dir(name: str) -> Path:
 
 
 def _run(config: Path | list, bundle: Path, **overrides) -> dict:
-    from monai.bundle import run
 
     files = [str(c) for c in config] if isinstance(config, list) else str(config)
+    configs = bundle / "configs"
     return run(
-        config_file=files, bundle_root=str(bundle), logging_file=str(bundle / "configs" / "logging.conf"), **overrides
+        config_file=files,
+        bundle_root=str(bundle),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        **overrides,
     )
 
 
@@ -71,7 +84,6 @@ RESTORE_IMAGES = ("colin27_t1", "mr_small", "ct_small", "retina")
 def restore_demo(out: Path, size: int = 160) -> list[dict]:
     """Part 1: 4x super-resolution of the held-out images present on this machine with the committed weights,
     against the best classical interpolation; writes ``out/restoration.png`` and returns the rows."""
-    from monai_medgen.tasks.figure import restoration_figure
 
     if load_colin27_available() is False:
         print(
@@ -95,7 +107,6 @@ def restore_demo(out: Path, size: int = 160) -> list[dict]:
 
 def load_colin27_available() -> bool:
     """Whether the held-out Colin27 brain (Debian's ``mricron-data``) is on this machine."""
-    from monai_medgen.data import COLIN27_PATHS
 
     return any(p and Path(p).is_file() for p in COLIN27_PATHS)
 
@@ -103,7 +114,6 @@ def load_colin27_available() -> bool:
 def generate_demo(out: Path, num_samples: int = 4, num_steps: int = 50, device: dict | None = None) -> Path:
     """Part 2: ``num_samples`` slices of each plane from the committed class-conditional weights, through the
     bundle's ``inference.yaml``; writes ``out/generation.png`` (one row per plane) and returns its path."""
-    import numpy as np
     from PIL import Image, ImageDraw
 
     bundle = bundle_dir("cddpm_class_conditional_2d")
@@ -147,10 +157,6 @@ def _heldout_dataset(out: Path) -> str:
     holding pydicom's MR test slice as NIfTI (another subject, never trained on)."""
     if load_colin27_available():
         return ""
-    import nibabel as nib
-    import numpy as np
-
-    from monai_medgen.tasks.panel import load_panel
 
     folder = out / "heldout"
     folder.mkdir(parents=True, exist_ok=True)
@@ -179,7 +185,7 @@ def train_demo(
     train_overrides = {"sample_interval": 0, **extra}
     t0 = time.time()
     _run(
-        bundle / "configs" / "train.yaml",
+        train_config_files(bundle),
         bundle,
         output_dir=str(out / "runs"),
         model_path=str(model),

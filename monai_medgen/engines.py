@@ -17,10 +17,18 @@ Training a VDM with MONAI's stock ``SupervisedTrainer``::
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
-from monai.engines import PrepareBatch
+from ignite.engine import Events
+from ignite.handlers import EMAHandler
+from monai.data import DataLoader, Dataset
+from monai.engines import PrepareBatch, SupervisedTrainer
+from monai.handlers import LrScheduleHandler, StatsHandler, from_engine
+from monai.transforms import Compose, EnsureTyped, RandFlipd, RandSpatialCropd, ScaleIntensityRanged
+from monai.utils import set_determinism
 from torch import nn
 
 __all__ = [
@@ -145,8 +153,6 @@ def attach_ema(engine, network: nn.Module, momentum: float = 1e-3, warmup: int |
     """
     if not 0.0 < momentum <= 1.0:
         raise ValueError(f"momentum must be in (0, 1], got {momentum}.")
-    from ignite.engine import Events
-    from ignite.handlers import EMAHandler
 
     # during warm-up the average follows the fresh weights faster (up to 10x the final momentum)
     start = None if warmup is None else min(1.0, momentum * 10)
@@ -163,18 +169,15 @@ class TimeLimit:
         self.start = None
 
     def attach(self, engine) -> None:
-        from ignite.engine import Events
 
         engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def _start(self, engine) -> None:
-        import time
 
         self.start = time.perf_counter()
 
     def __call__(self, engine) -> None:
-        import time
 
         if self.start is not None and time.perf_counter() - self.start >= self.seconds:
             engine.terminate()
@@ -183,7 +186,6 @@ class TimeLimit:
 def slice_training_transforms(crop_size: int | None = None, flip: bool = True, image_key: str = "image"):
     """MONAI transforms for [0, 1] demo / user slices or volumes: scale to [-1, 1], random crop, left-right
     flip (axis 0 of the RAS-ordered arrays from :mod:`monai_medgen.data`)."""
-    from monai.transforms import Compose, EnsureTyped, RandFlipd, RandSpatialCropd, ScaleIntensityRanged
 
     chain = [
         EnsureTyped(keys=image_key, track_meta=False),
@@ -220,10 +222,6 @@ def build_vdm_trainer(
     (``LrScheduleHandler`` per iteration), ``StatsHandler`` logging, ignite's EMA and an optional wall-clock
     limit.  Returns ``(trainer, ema_handler_or_None)``; call ``trainer.run()``.
     """
-    from monai.data import DataLoader, Dataset
-    from monai.engines import SupervisedTrainer
-    from monai.handlers import LrScheduleHandler, StatsHandler, from_engine
-    from monai.utils import set_determinism
 
     set_determinism(seed)
     loader = DataLoader(
@@ -278,7 +276,6 @@ def evaluate_bpd(inferer, network, images01, num_time_samples: int = 16, batch_s
     Returns:
         ``{"bpd", "diffusion", "prior", "reconstruction"}`` in bits/dim.
     """
-    import numpy as np
 
     network.eval()
     gen = torch.Generator().manual_seed(int(seed))

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from ignite.engine import Events
 
 __all__ = ["make_grid", "save_grid_png", "save_gif", "SampleGridHandler"]
 
@@ -81,7 +82,6 @@ class SampleGridHandler:
         self.writer, self.tag = summary_writer, tag
 
     def attach(self, engine) -> None:
-        from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
 

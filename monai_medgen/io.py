@@ -41,14 +41,21 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, NibabelReader, PydicomReader
 from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_images
+from monai.data.utils import to_affine_nd
+from monai.transforms import LoadImage
 from monai.utils import ensure_tuple
+
+from monai_medgen.version import __version__
 
 # MONAI >= 1.6 builds a PydicomReader inside every LoadImage and, without a GPU image codec, warns on each one
 # ("nvImageCodec is not available"). It is noise on a CPU machine and breaks one-line error messages, so only
@@ -417,12 +424,8 @@ def _utc_now() -> str:
 
 def _package_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("monai_medgen")
     except Exception:
-        from monai_medgen import __version__
-
         return __version__
 
 
@@ -516,14 +519,12 @@ class SimpleITKReader(ImageReader):
         return all(_suffix(f) in _SITK_SUFFIXES for f in ensure_tuple(filename))
 
     def read(self, data, **kwargs):
-        import SimpleITK as sitk
 
         kwargs_ = {**self.kwargs, **kwargs}
         images = [sitk.ReadImage(str(f), **kwargs_) for f in ensure_tuple(data)]
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:
-        import SimpleITK as sitk
 
         arrays, meta = [], {}
         for im in img if isinstance(img, (list, tuple)) else [img]:  # (an Image iterates over its pixels)
@@ -554,12 +555,8 @@ def _sitk_affine(im) -> np.ndarray:
 
 def _reader_for(path: Path):
     if path.is_dir():
-        from monai.data import PydicomReader
-
         return PydicomReader()
     if _suffix(path) in _NIFTI_SUFFIXES:
-        from monai.data import NibabelReader
-
         return NibabelReader()
     if _suffix(path) in _SITK_SUFFIXES:
         return SimpleITKReader()
@@ -620,13 +617,9 @@ def image_header(path: str | os.PathLike, series_uid: str | None = None) -> tupl
         return shape, _lps_ras(lps)
     try:
         if _suffix(p) in _NIFTI_SUFFIXES:
-            import nibabel as nib
-
             img = nib.load(str(p))
             return tuple(int(n) for n in img.shape), np.asarray(img.affine, dtype=np.float64)
         if _suffix(p) in _SITK_SUFFIXES:
-            import SimpleITK as sitk
-
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(p))
             reader.ReadImageInformation()
@@ -727,7 +720,6 @@ def _check_image_header(
 def _load_image_file(p: Path, path: str | os.PathLike, dtype: np.dtype | type | None) -> tuple[MetaTensor, list]:
     """The image file ``p`` (``path`` as the caller gave it) through MONAI's ``LoadImage``, channel first, and the
     warnings its reader gave (recorded, for :func:`_pass_on_warnings`)."""
-    from monai.transforms import LoadImage
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -805,7 +797,6 @@ def _geometry_of(image, reference) -> np.ndarray:
 
 
 def _as_affine(affine: np.ndarray, nd: int) -> np.ndarray:
-    from monai.data.utils import to_affine_nd
 
     return np.asarray(to_affine_nd(nd, affine), dtype=np.float64)
 
@@ -906,7 +897,6 @@ def write_image(
 
 def _write_nifti(data: np.ndarray, affine: np.ndarray, filename: str, description: str) -> None:
     """NIfTI with the exact affine (sform and qform) and the synthetic marker, via nibabel."""
-    import nibabel as nib
 
     array = np.moveaxis(data, 0, -1)  # channel last
     if array.shape[-1] == 1:
@@ -928,7 +918,6 @@ def _write_nifti(data: np.ndarray, affine: np.ndarray, filename: str, descriptio
 def _write_sitk(data: np.ndarray, affine: np.ndarray, filename: str, provenance: Provenance, description: str) -> None:
     """NRRD / MHA with origin, spacing and direction from the affine (RAS -> LPS) and the provenance in
     the metadata, via SimpleITK."""
-    import SimpleITK as sitk
 
     nd = affine.shape[0] - 1
     data = data.reshape(data.shape + (1,) * (nd + 1 - data.ndim))
@@ -1416,11 +1405,8 @@ def _header_marker(path: Path) -> tuple[bool, str | None]:
         headers = _dicom_headers(path)
         return bool(headers) and all(_dicom_marked(ds) for _, ds in headers), None
     if _suffix(path) in _NIFTI_SUFFIXES:
-        import nibabel as nib
-
         descrip = nib.load(str(path)).header["descrip"].item().decode(errors="ignore")
         return descrip.upper().startswith("SYNTHETIC"), None
-    import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))

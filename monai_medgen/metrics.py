@@ -7,13 +7,22 @@ a tensor of shape ``(B,)``; average it yourself (PSNR of a perfect match is ``in
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from monai.metrics import PSNRMetric, SSIMMetric
+from monai.transforms import SobelGradients
+from monai.utils import convert_to_tensor
+from PIL import Image
 
 __all__ = [
+    "LOSSLESS_CODECS",
+    "available_codecs",
+    "codec_bits_per_dim",
+    "lossless_bits",
     "data_consistency",
     "masked_psnr",
     "png_bits_per_dim",
@@ -24,26 +33,80 @@ __all__ = [
 ]
 
 
-def png_bits_per_dim(images01) -> float:
-    """Mean size of lossless 8-bit PNGs of ``round(255 x)`` (maximum compression) in bits per pixel.
+#: lossless codecs of 8-bit images: PNG (Pillow, maximum compression) and, with the optional ``imagecodecs``,
+#: JPEG-LS, JPEG 2000 (reversible 5/3 wavelet) and JPEG-XL (lossless, effort 9)
+LOSSLESS_CODECS = ("png", "jpegls", "jpeg2000", "jpegxl")
+
+
+def available_codecs() -> tuple[str, ...]:
+    """The lossless codecs this environment can run (PNG always; the others need ``imagecodecs``)."""
+    return LOSSLESS_CODECS if importlib.util.find_spec("imagecodecs") is not None else ("png",)
+
+
+def _encode(k: np.ndarray, codec: str) -> bytes:
+    if codec == "png":
+        buf = io.BytesIO()
+        Image.fromarray(k).save(buf, format="PNG", optimize=True)
+        return buf.getvalue()
+    try:
+        import imagecodecs  # optional: pip install imagecodecs (the ood extra)
+    except ImportError as e:
+        raise ImportError(f"codec {codec!r} needs imagecodecs (pip install imagecodecs); 'png' needs nothing.") from e
+    if codec == "jpegls":
+        return imagecodecs.jpegls_encode(k)
+    if codec == "jpeg2000":
+        return imagecodecs.jpeg2k_encode(k, level=0, reversible=True)
+    return imagecodecs.jpegxl_encode(k, lossless=True, effort=9)
+
+
+def lossless_bits(image8: np.ndarray, codec: str = "png") -> float:
+    """Bits per pixel of the 2D 8-bit image ``image8`` compressed losslessly by ``codec`` (:data:`LOSSLESS_CODECS`).
+
+    Raises:
+        ValueError: an unknown codec, an image that is not 2D uint8, or one the codec cannot encode (named).
+        ImportError: a codec that needs ``imagecodecs`` when it is not installed.
+    """
+    if codec not in LOSSLESS_CODECS:
+        raise ValueError(f"codec must be one of {LOSSLESS_CODECS}, got {codec!r}.")
+    k = np.asarray(image8)
+    if k.ndim != 2 or k.dtype != np.uint8:
+        raise ValueError(f"image8 must be a 2D uint8 image, got shape {k.shape} and dtype {k.dtype}.")
+    try:
+        data = _encode(np.ascontiguousarray(k), codec)
+    except ImportError:
+        raise
+    except Exception as e:  # the codec library's own error (e.g. an image it cannot encode)
+        raise ValueError(f"codec {codec!r} could not encode a {k.shape[0]} x {k.shape[1]} image: {e}") from e
+    return 8.0 * len(data) / k.size
+
+
+def codec_bits_per_dim(images01, codec: str = "png") -> float:
+    """Mean size of the lossless 8-bit images ``round(255 x)`` under ``codec`` in bits per pixel.
 
     Args:
         images01: iterable of 2D images (any leading singleton dims) with intensities in [0, 1].
+        codec: one of :data:`LOSSLESS_CODECS`.
     """
-    from PIL import Image
-
     total, count = 0.0, 0
     for img in images01:
         k = np.round(np.clip(np.asarray(img).squeeze(), 0, 1) * 255).astype(np.uint8)
         if k.ndim != 2:
-            raise ValueError(f"png_bits_per_dim expects 2D images, got shape {np.asarray(img).shape}.")
-        buf = io.BytesIO()
-        Image.fromarray(k).save(buf, format="PNG", optimize=True)
-        total += 8.0 * len(buf.getvalue()) / k.size
+            raise ValueError(f"codec_bits_per_dim expects 2D images, got shape {np.asarray(img).shape}.")
+        total += lossless_bits(k, codec)
         count += 1
     if count == 0:
         raise ValueError("images01 is empty.")
     return total / count
+
+
+def png_bits_per_dim(images01) -> float:
+    """Mean size of lossless 8-bit PNGs of ``round(255 x)`` (maximum compression) in bits per pixel
+    (:func:`codec_bits_per_dim` with ``"png"``).
+
+    Args:
+        images01: iterable of 2D images (any leading singleton dims) with intensities in [0, 1].
+    """
+    return codec_bits_per_dim(images01, "png")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +147,6 @@ def psnr(x, y, data_range: float = 1.0) -> torch.Tensor:
     Returns:
         (B,) PSNR in dB; ``inf`` where ``x`` equals ``y``.
     """
-    from monai.metrics import PSNRMetric
 
     x, y = _pair(x, y, "x", "y")
     return PSNRMetric(max_val=_check_range(data_range), reduction="none")(x, y).reshape(-1)
@@ -133,7 +195,6 @@ def ssim(x, y, data_range: float = 1.0, win_size: int = 11) -> torch.Tensor:
     Returns:
         (B,) SSIM, 1 for identical images.
     """
-    from monai.metrics import SSIMMetric
 
     x, y = _pair(x, y, "x", "y")
     if min(x.shape[2:]) < win_size:
@@ -162,8 +223,6 @@ def sharpness(x) -> torch.Tensor:
     Returns:
         (B,) RMS over channels and voxels of ``|grad x|`` (intensity units per voxel).
     """
-    from monai.transforms import SobelGradients
-    from monai.utils import convert_to_tensor
 
     x = _batch(x, "x")
     if min(x.shape[2:]) < 2:

@@ -31,6 +31,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from monai_medgen.data import resize_volume, scale_intensity, volume_slices
+from monai_medgen.inferers.vdm import to_levels
+from monai_medgen.metrics import lossless_bits
+
 __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
@@ -110,7 +114,6 @@ def prepare_slices(image, size: int = 128, num_slices: int | None = 16, name: st
         ValueError: naming ``name``, for an input :func:`check_scorable` refuses, or whose slices are
             near-constant (8-bit standard deviation below ``MIN_LEVEL_STD``).
     """
-    from monai_medgen.data import resize_volume, scale_intensity, volume_slices
 
     a = check_scorable(image, name)
     a = scale_intensity(np.clip(a, 0, None))
@@ -137,23 +140,9 @@ def prepare_slices(image, size: int = 128, num_slices: int | None = 16, name: st
 def eight_bit(slices01) -> np.ndarray:
     """The 8-bit images the model reads from (N, 1, H, W) or (N, H, W) intensities in [0, 1]: (N, H, W) uint8, the
     levels of :func:`monai_medgen.inferers.vdm.to_levels` (same float32 arithmetic), which the codec compresses."""
-    from monai_medgen.inferers.vdm import to_levels
 
     x = torch.as_tensor(np.asarray(slices01, dtype=np.float32))
     return to_levels(x * 2 - 1).reshape(-1, *x.shape[-2:]).numpy().astype(np.uint8)
-
-
-def _codec_bits(k: np.ndarray, codec: str) -> float:
-    """Bits per pixel of the 8-bit image ``k`` under ``codec``."""
-    if codec == "png":
-        from monai_medgen.metrics import png_bits_per_dim
-
-        return png_bits_per_dim([k / 255.0])
-    try:
-        import imagecodecs
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("codec 'jpegxl' needs imagecodecs (pip install imagecodecs); or use codec 'png'.") from e
-    return 8.0 * len(imagecodecs.jpegxl_encode(k, lossless=True, effort=9)) / k.size
 
 
 def codec_bits_per_dim(slices01, codec: str = DEFAULT_CODEC) -> np.ndarray:
@@ -167,7 +156,7 @@ def codec_bits_per_dim(slices01, codec: str = DEFAULT_CODEC) -> np.ndarray:
     """
     if codec not in CODECS:
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}.")
-    return np.array([_codec_bits(k, codec) for k in eight_bit(slices01)], dtype=np.float64)
+    return np.array([lossless_bits(k, codec) for k in eight_bit(slices01)], dtype=np.float64)
 
 
 @torch.no_grad()

@@ -19,17 +19,42 @@ import dataclasses
 import logging
 import math
 import os
+import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import nibabel as nib
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import Inferer
+from monai.transforms import (
+    Compose,
+    ConcatItemsd,
+    EnsureTyped,
+    RandFlipd,
+    RandSpatialCropd,
+    RandWeightedCropd,
+    ScaleIntensityRanged,
+)
 
+from monai_medgen import io
+from monai_medgen.bundle import prepare_items
+from monai_medgen.data import demo_slices, load_colin27, scale_intensity
 from monai_medgen.limits import RESTORATION_TASKS
+from monai_medgen.metrics import data_consistency, masked_psnr, psnr, relative_sharpness, ssim
 from monai_medgen.networks import size_multiple
 from monai_medgen.tasks.restore import ResidualDiffusionInferer, VolumeProgress, restore_residual
+from monai_medgen.transforms import (
+    RandInpaintingMask,
+    RandInpaintingMaskd,
+    RandMixedNoise,
+    RandMixedNoised,
+    SimulateLowResolution,
+    SimulateLowResolutiond,
+)
 
 __all__ = [
     "TASKS",
@@ -99,12 +124,8 @@ def training_transforms(
     they fall on the brain rather than the background; ``factor`` may then be one value per axis (e.g.
     ``(1, 1, 4)``: 4 mm slices to 1 mm).
     """
-    from monai.transforms import Compose, ConcatItemsd, EnsureTyped, RandFlipd, RandSpatialCropd, ScaleIntensityRanged
-
-    from monai_medgen.transforms import RandInpaintingMaskd, RandMixedNoised, SimulateLowResolutiond
 
     _check_task(task)
-    from monai.transforms import RandWeightedCropd
 
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
@@ -188,7 +209,6 @@ def make_test_set(
 ) -> TestSet:
     """Degrade ``truth`` (N, 1, H, W) in [0, 1] with fixed parameters: slice ``i`` gets noise seed ``seed + i``;
     inpainting uses a central ``hole`` x ``hole`` box."""
-    from monai_medgen.transforms import RandInpaintingMask, RandMixedNoise, SimulateLowResolution
 
     _check_task(task)
     truth = torch.as_tensor(truth, dtype=torch.float32)
@@ -238,7 +258,6 @@ def validation_items(
     2D: ``num_slices`` axial slices at ``size``.  3D: the central ``crop_size`` cube of each volume resized to
     ``size`` (the brain box padded to a cube).
     """
-    from monai_medgen.bundle import prepare_items
 
     if spatial_dims == 3:
         items = prepare_items(dataset_dir, spatial_dims=3, source="colin27", size=size, keys=("image",))
@@ -261,7 +280,6 @@ def validation_items(
 def score(output: torch.Tensor, test: TestSet) -> dict[str, float]:
     """Mean over slices of PSNR, SSIM, sharpness relative to the truth, data consistency (and PSNR in the hole
     for inpainting); ``output`` (N, 1, H, W) in [0, 1]."""
-    from monai_medgen.metrics import data_consistency, masked_psnr, psnr, relative_sharpness, ssim
 
     row = {
         "psnr": psnr(output, test.truth),
@@ -313,7 +331,6 @@ def biharmonic_inpaint(masked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 
 def tune(method: Callable[[torch.Tensor, float], torch.Tensor], grid: Sequence[float], tuning: TestSet) -> float:
     """The grid value with the best mean PSNR on a tuning set (training slices, never the test brain)."""
-    from monai_medgen.metrics import psnr
 
     scores = [float(psnr(method(tuning.shown, value), tuning.truth).mean()) for value in grid]
     return grid[int(np.argmax(scores))]
@@ -486,7 +503,6 @@ def upsample(image: torch.Tensor, factor: float | Sequence[float], mode: str = "
         mode: ``"bicubic"`` (in-plane only, as a 2D model's condition is made) or ``"trilinear"`` (3D, as a 3D
             model's condition is made).
     """
-    import torch.nn.functional as F
 
     img = image if isinstance(image, MetaTensor) else MetaTensor(torch.as_tensor(image))
     shape = tuple(int(s) for s in img.shape[1:])
@@ -862,9 +878,6 @@ def restore_file(
     replaced only with ``overwrite``.  ``channels_last``, ``autocast``, ``compile``: speed options, ``verbose`` (one
     progress bar over the volume) and ``progress`` (a ``(done, total)`` callback) as in :func:`restore_image`.  Returns ``{"output", "uncertainty", "seconds"}``.
     """
-    import time
-
-    from monai_medgen import io
 
     inputs = [p for p in (input_path, mask_path) if p]
     for target in (output_path, uncertainty_path):
@@ -935,9 +948,6 @@ def demo_input(
     ``size`` (181 mm field of view) stacked as a volume, degraded for ``task`` with the test-set parameters
     (4x coarser in-plane for ``"sr"``, noise for ``"denoise"``, the central hole for ``"inpaint"``, whose mask
     is written too).  Returns ``{"input", "mask" (or ""), "truth"}`` paths of NIfTI files."""
-    import os
-
-    from monai_medgen.data import demo_slices
 
     _check_task(task)
     os.makedirs(str(output_dir), exist_ok=True)
@@ -947,7 +957,6 @@ def demo_input(
     affine = torch.diag(torch.tensor([spacing, spacing, 4 * spacing, 1.0], dtype=torch.float64))
 
     def write(t: torch.Tensor, path: str, description: str, aff=affine) -> None:  # (N, 1, H, W) -> (H, W, N)
-        import nibabel as nib
 
         img = nib.Nifti1Image(t[:, 0].permute(1, 2, 0).numpy().astype(np.float32), aff.numpy())
         img.header["descrip"] = description.encode()[:79]
@@ -976,12 +985,6 @@ def demo_volume_input(output_dir, factor: Sequence[float] = (1, 1, 4), crop: Seq
     acquisition for 3D super-resolution: the truth cropped to a multiple of ``factor`` per axis (and to the
     central ``crop`` box if given), and its area-downsampled copy on the coarse grid with the matching affine.
     Returns ``{"input", "mask": "", "truth"}`` NIfTI paths."""
-    import os
-
-    import nibabel as nib
-
-    from monai_medgen.data import load_colin27, scale_intensity
-    from monai_medgen.transforms import SimulateLowResolution
 
     vol, affine = load_colin27()
     vol = scale_intensity(vol)
@@ -1032,10 +1035,6 @@ def run_inference(
     by :func:`demo_input`, or for a 3D model :func:`demo_volume_input` cropped to ``demo_crop``) into ``output_dir/<name>_<task>_synthetic.nii.gz`` (plus ``..._std.nii.gz`` with
     more than one sample).  For a demo input the PSNR against the truth of the input and of the output are
     logged."""
-    import os
-
-    from monai_medgen import io
-    from monai_medgen.metrics import psnr
 
     demo = not str(input_image or "").strip() or str(input_image) == "None"
     volume_model = int(getattr(getattr(network, "module", network), "spatial_dims", 2)) == 3
@@ -1135,9 +1134,6 @@ def evaluate_model(
     ``extra_rows``: further ``(label, fn(test_set) -> output in [0, 1])`` methods (e.g. a regression network),
     placed before ours.  Returns ``{"rows", "table", "mean", "std", "test", "classical", "seconds"}``.
     """
-    import time
-
-    from monai_medgen.bundle import prepare_items
 
     items = prepare_items(dataset_dir, source="colin27", size=128, num_slices=num_slices, keys=("image",))
     truth = torch.stack([torch.as_tensor(np.asarray(it["image"]), dtype=torch.float32) for it in items])
@@ -1173,7 +1169,6 @@ def evaluate_model(
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far (MB; Linux ``ru_maxrss``)."""
     import resource
-    import sys
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
@@ -1206,8 +1201,6 @@ def evaluate_volume(
     """3D super-resolution of the held-out Colin27 brain at 1 mm from thick slices (:func:`demo_volume_input`):
     PSNR, SSIM and sharpness relative to the truth over the brain's bounding box for trilinear interpolation and
     for the model, the restoration's wall-clock time and the process's peak resident memory; prints a table."""
-    from monai_medgen import io
-    from monai_medgen.metrics import psnr, relative_sharpness, ssim
 
     paths = demo_volume_input(output_dir, factor=factor, crop=crop)
     out = os.path.join(str(output_dir), "demo_input_sr_synthetic.nii.gz")

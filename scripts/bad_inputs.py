@@ -330,9 +330,9 @@ CASES = [
     ("1x1x1 input", "restore --bundle {den} --input {tiny} --output {out}/o.nii.gz", "too small to restore"),
     ("1x1x1 input for score", "score --bundle {vdm} --input {tiny}", "too small to score"),
     (
-        "generate --reference too large",
-        "generate --bundle {vdm} --num 1 --reference {huge_reference} --output-dir {out}/gen",
-        "is too large",
+        "generate with a restoration bundle",
+        "generate --bundle {den} --num 1 --output-dir {out}/gen",
+        "restores images",
     ),
     (
         "generate --reference too small",

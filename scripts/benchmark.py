@@ -377,13 +377,12 @@ def section_overhead(args, device: torch.device) -> str:
             run = (
                 lambda s: (
                     lambda: vdm_inferer.sample(
+                        torch.randn(x.shape, generator=torch.Generator(device).manual_seed(1), device=device),
                         c_vdm,
-                        tuple(x.shape),
                         num_steps=steps,
                         sampler=s,
                         verbose=False,
-                        device=device,
-                        generator=torch.Generator(device).manual_seed(1),
+                        generator=torch.Generator(device).manual_seed(2),
                     )
                 )
             )(sampler)

@@ -68,8 +68,8 @@ def measure_latent(args) -> dict:
         forward = _timed(lambda: network(z, g), args.repeats)
         t = time.perf_counter()
         latents = inferer.sample(
+            torch.randn(lat, generator=torch.Generator().manual_seed(1)),
             network,
-            shape,
             num_steps=args.num_steps,
             sampler=args.sampler,
             verbose=False,

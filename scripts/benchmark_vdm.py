@@ -1,4 +1,4 @@
-"""Held-out bits/dim: our VDM against lossless PNG and MONAI's DDPM bound, at the same training budget.
+"""Held-out bits/dim: our VDM against lossless codecs and MONAI's DDPM bound, at the same training budget.
 
     python scripts/benchmark_vdm.py --minutes 30 --parallel
 
@@ -15,7 +15,8 @@ full 128x128:
   subset (``--monai-slices``); the same DDPM is also scored on every slice by our estimator of its T-step
   bound (``VDMInferer(DiscreteSchedule.from_scheduler(...), num_discrete_steps=1000)`` through
   ``TimestepAdapter``, stratified time samples);
-- lossless PNG of the same 8-bit slices (PIL, maximum compression).
+- lossless codecs of the same 8-bit slices: PNG (PIL, maximum compression) and, with ``imagecodecs`` (the ``ood``
+  extra), JPEG-LS, JPEG 2000 (reversible) and JPEG-XL (lossless, effort 9), the strongest of them.
 
 With ``--parallel`` the two trainings run side by side, one thread each (each gets one core of the two);
 otherwise one after the other with all threads.  Prints a markdown table.
@@ -229,17 +230,19 @@ def main():
             json.dump(res, f)
         return
 
-    from monai_medgen.metrics import png_bits_per_dim
+    from monai_medgen.bundle.workflow import CODEC_NAMES
+    from monai_medgen.metrics import available_codecs, codec_bits_per_dim
 
     _, test = _data(args.eval_slices)
     sub = test[_subset(len(test), args.monai_slices)]
     rows = [
         {
-            "model": "lossless PNG (8-bit, max compression)",
-            "bpd": png_bits_per_dim(test),
-            "bpd_subset": png_bits_per_dim(sub),
-            "note": "same slices",
+            "model": f"lossless {CODEC_NAMES[codec]} (8-bit)",
+            "bpd": codec_bits_per_dim(test, codec),
+            "bpd_subset": codec_bits_per_dim(sub, codec),
+            "note": "same slices" if codec == "png" else "same slices (imagecodecs)",
         }
+        for codec in available_codecs()
     ]
     models = [m for m in args.models.split(",") if m]
     tmp = tempfile.mkdtemp()

@@ -5,7 +5,7 @@ Measures the fixed-degradation, mask-conditioned formulation of ``monai_medgen.r
 ``cddpm_super_resolution_3d``) are measured on the unseen panel by ``scripts/evaluate_restoration.py``.
 
     # 1. train the three restoration bundles on the demo data (MNI152 slices), each with its own train.yaml
-    python -m monai.bundle run --config_file bundles/cddpm_super_resolution_2d/configs/train.yaml \
+    python -m monai.bundle run --config_file "$(python -m monai_medgen.bundle.configs bundles/cddpm_super_resolution_2d)" \
         --bundle_root bundles/cddpm_super_resolution_2d      # likewise cddpm_denoising_2d, cddpm_inpainting_2d
     # 2. train the regression baselines (same network body, same data, batch and iterations) and evaluate
     python scripts/evaluate_conditional.py --tasks sr,denoise,inpaint --full-chain
@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from monai_medgen.bundle.configs import train_config_files
+
 BUNDLES = {"sr": "cddpm_super_resolution_2d", "denoise": "cddpm_denoising_2d", "inpaint": "cddpm_inpainting_2d"}
 NFE_SETTINGS = (("ddim", 50), ("dpm++", 10), ("dpm++", 20), ("dpm++", 25))
 
@@ -51,7 +53,7 @@ def load_bundle(bundle_dir: str, device, weights: bool = True):
     from monai_medgen.bundle import load_model
 
     parser = ConfigParser()
-    parser.read_config(os.path.join(bundle_dir, "configs", "train.yaml"))
+    parser.read_config(train_config_files(bundle_dir))
     parser["bundle_root"] = bundle_dir
     parser["device"] = str(device)
     network = parser.get_parsed_content("network_def").to(device)

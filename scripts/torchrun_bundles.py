@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from monai_medgen.bundle import read_model_info, torchrun_command
+from monai_medgen.bundle.configs import train_config_files
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -137,13 +138,14 @@ def run_case(
     (root / "models").mkdir(parents=True, exist_ok=True)
     for extra in (src / "models").glob("autoencoder*"):  # stage 2 of the latent VDM: stage 1's weights and sidecars
         (root / "models" / extra.name).write_bytes(extra.read_bytes())
-    configs = [str(src / "configs" / config), str(src / "configs" / "train_multigpu.yaml")]
+    configs = train_config_files(src, ["train_multigpu.yaml"], config)
     cmd = torchrun_command(
         configs,
         root,
         src / "configs" / "logging.conf",
         nproc,
         {**overrides, switch: 1 if validation else 0},
+        meta_file=src / "configs" / "metadata.json",
     )
     env = {
         **os.environ,

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from monai_medgen.bundle import read_model_info
+from monai_medgen.bundle.configs import train_config_files, train_run_args
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -100,10 +101,10 @@ def bundle_cli(
 def run_bundle(
     config: str, cwd: Path, bundle_root: Path, bundle: Path = VDM2D, **overrides
 ) -> subprocess.CompletedProcess:
-    """Run ``bundle/configs/<config>`` by absolute path with outputs under ``bundle_root``."""
-    return bundle_cli(
-        "run", cwd, config_file=str(bundle / "configs" / config), bundle_root=str(bundle_root), **overrides
-    )
+    """Run ``bundle/configs/<config>`` by absolute path with outputs under ``bundle_root`` (train.yaml after the
+    shared bases it names, :func:`monai_medgen.bundle.configs.train_run_args`)."""
+    files = train_run_args(bundle) if config == "train.yaml" else {"config_file": str(bundle / "configs" / config)}
+    return bundle_cli("run", cwd, **files, bundle_root=str(bundle_root), **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +311,7 @@ def test_train_multigpu_override(tmp_path):
     """train.yaml + train_multigpu.yaml under torch.distributed.run: two processes, DistributedDataParallel
     (gloo on the CPU), rank 0 writes checkpoints and the model."""
     root = tmp_path / "bundle"
-    configs = [str(VDM2D / "configs" / "train.yaml"), str(VDM2D / "configs" / "train_multigpu.yaml")]
+    configs = train_config_files(VDM2D, ["train_multigpu.yaml"])
     tiny = {k: v for k, v in TINY_TRAIN.items() if k != "device"}
 
     def launch():
@@ -321,6 +322,7 @@ def test_train_multigpu_override(tmp_path):
             config_file=repr(configs),
             bundle_root=str(root),
             logging_file=str(VDM2D / "configs" / "logging.conf"),
+            meta_file=str(VDM2D / "configs" / "metadata.json"),
             **{**tiny, "num_val_slices": 3},
         )
 
@@ -362,24 +364,34 @@ def test_inference_writes_synthetic_nifti(trained, tmp_path):
     assert (out / "samples.png").is_file() and (out / "sampling.gif").is_file()
     img = nib.load(files[0])
     assert img.shape == (32, 32)
-    np.testing.assert_allclose(img.affine, np.diag([181 / 32] * 3 + [1]), atol=1e-5)
+    centred = np.diag([181 / 32] * 3 + [1])
+    centred[:3, 3] = [-181 / 32 * 31 / 2, -181 / 32 * 31 / 2, 0]  # the one rule: centred on the origin
+    np.testing.assert_allclose(img.affine, centred, atol=1e-5)
     assert img.header["descrip"].item().decode().startswith("SYNTHETIC")
     data = img.get_fdata()
     assert 0.0 <= data.min() and data.max() <= 1.0
 
-    # the geometry of a reference volume (its middle slice) and its in-plane size, here 30 x 36 (not a multiple of 4)
+    # samples of the trained size (32 here) cover a reference volume's in-plane field of view, on its middle slice
     affine = np.array([[0.0, -2.0, 0, 80], [2.0, 0, 0, -100], [0, 0, 3.0, -50], [0, 0, 0, 1]])
     ref = tmp_path / "reference.nii.gz"
     nib.save(nib.Nifti1Image(np.random.rand(30, 36, 5).astype(np.float32), affine), str(ref))
     out2 = tmp_path / "referenced"
     run_bundle(
-        "inference.yaml", tmp_path, root, output_dir=str(out2), num_samples=1, num_steps=2, reference_image=str(ref)
+        "inference.yaml",
+        tmp_path,
+        root,
+        output_dir=str(out2),
+        num_samples=1,
+        num_steps=2,
+        image_size=32,
+        reference_image=str(ref),
     )
     img = nib.load(out2 / "sample_000_synthetic.nii.gz")
-    expected = affine.copy()
-    expected[:3, 3] += affine[:3, 2] * 2
-    assert img.shape == (30, 36)
-    np.testing.assert_allclose(img.affine, expected, atol=1e-5)
+    assert img.shape == (32, 32)
+    step = 72 / 32  # the larger in-plane side: 36 voxels of 2 mm
+    np.testing.assert_allclose(np.linalg.norm(img.affine[:3, :3], axis=0)[:2], [step, step], atol=1e-6)
+    centre = img.affine[:3, :3] @ [15.5, 15.5, 0] + img.affine[:3, 3]
+    np.testing.assert_allclose(centre, affine[:3, :3] @ [14.5, 17.5, 2] + affine[:3, 3], atol=1e-5)
     assert img.header["descrip"].item().decode().startswith("SYNTHETIC")
 
 
@@ -690,7 +702,7 @@ def test_class_conditional_bundle(tmp_path):
 @needs_tensorboard
 def test_vdm_3d_bundle(tmp_path):
     """vdm_brain_mri_3d: two iterations on 16^3 cubes of the 32^3 demo volume with held-out bits/dim; inference
-    writes synthetic 3D NIfTI volumes (and a 3D reference's size and affine); evaluate prints bits/dim next to PNG
+    writes synthetic 3D NIfTI volumes (covering a 3D reference's field of view); evaluate prints bits/dim next to PNG
     of the same volume's slices."""
     import nibabel as nib
 
@@ -735,11 +747,14 @@ def test_vdm_3d_bundle(tmp_path):
         output_dir=str(tmp_path / "ref_out"),
         num_samples=1,
         num_steps=2,
+        image_size=16,
         reference_image=str(ref),
     )
     img = nib.load(tmp_path / "ref_out" / "sample_000_synthetic.nii.gz")
-    assert img.shape == (12, 20, 8)
-    np.testing.assert_allclose(img.affine, affine, atol=1e-5)
+    assert img.shape == (16, 16, 16)  # the model's size, covering the reference's 18 x 40 x 24 mm field of view
+    np.testing.assert_allclose(np.linalg.norm(img.affine[:3, :3], axis=0), [40 / 16] * 3, atol=1e-6)
+    centre = img.affine[:3, :3] @ [7.5, 7.5, 7.5] + img.affine[:3, 3]
+    np.testing.assert_allclose(centre, affine[:3, :3] @ [5.5, 9.5, 3.5] + affine[:3, 3], atol=1e-5)
     proc = run_bundle(
         "evaluate.yaml",
         tmp_path,

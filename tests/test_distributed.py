@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from monai_medgen.bundle import read_model_info, torchrun_command
+from monai_medgen.bundle.configs import train_config_files
 from monai_medgen.engines import unwrap_network
 from monai_medgen.inferers import ConditionalDiffusionInferer
 from monai_medgen.networks import ScoreUNet
@@ -85,12 +86,10 @@ def torchrun_bundle(bundle: Path, tmp_path: Path, **overrides) -> tuple[str, lis
     root = tmp_path / "bundle"
     (tmp_path / "gamma_probe.py").write_text(PROBE)
     (tmp_path / "probe.yaml").write_text(PROBE_CONFIG)
-    configs = [
-        str(bundle / "configs" / "train.yaml"),
-        str(bundle / "configs" / "train_multigpu.yaml"),
-        str(tmp_path / "probe.yaml"),
-    ]
-    cmd = torchrun_command(configs, root, bundle / "configs" / "logging.conf", 2, overrides)
+    configs = [*train_config_files(bundle, ["train_multigpu.yaml"]), str(tmp_path / "probe.yaml")]
+    cmd = torchrun_command(
+        configs, root, bundle / "configs" / "logging.conf", 2, overrides, meta_file=bundle / "configs" / "metadata.json"
+    )
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

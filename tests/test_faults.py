@@ -26,6 +26,7 @@ import torch
 
 from monai_medgen import io
 from monai_medgen.bundle import read_model_info, resume_checkpoint, verify_checkpoint
+from monai_medgen.bundle.configs import train_run_args
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "cddpm_denoising_2d"
@@ -56,11 +57,11 @@ def _command(root: Path) -> list[str]:
         "-m",
         "monai.bundle",
         "run",
-        "--config_file",
-        str(root / "configs" / "train.yaml"),
         "--bundle_root",
         str(root),
     ]
+    for key, value in train_run_args(root).items():
+        cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
     for key, value in TINY.items():
         cmd += [f"--{key}", str(value)]
     return cmd

@@ -16,6 +16,7 @@ import torch
 from monai.networks.nets import AutoencoderKL
 
 from monai_medgen.bundle import read_model_info
+from monai_medgen.bundle.configs import train_run_args
 from monai_medgen.inferers import AutoencoderLoss, LatentVDMInferer, ReconstructionInferer, VDMInferer
 from monai_medgen.inferers.latent import init_posterior_variance
 from monai_medgen.networks import ScoreUNet
@@ -37,11 +38,12 @@ def run_bundle(config: str, cwd: Path, bundle_root: Path, **overrides) -> subpro
         "-m",
         "monai.bundle",
         "run",
-        "--config_file",
-        str(BUNDLE / "configs" / config),
         "--bundle_root",
         str(bundle_root),
     ]
+    files = train_run_args(BUNDLE) if config == "train.yaml" else {"config_file": str(BUNDLE / "configs" / config)}
+    for key, value in files.items():
+        argv += [f"--{key}", value if isinstance(value, str) else repr(value)]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -94,13 +96,17 @@ def test_round_trip_shapes_3d():
     assert bpd["bpd"].shape == (2,) and bool((bpd["bpd"] > 0).all())
 
     g = torch.Generator().manual_seed(3)
-    sample = inferer.sample(net, (1, 1, 16, 24, 16), num_steps=3, sampler="dpm++", generator=g, verbose=False)
+    latent_shape = inferer.latent_shape((1, 1, 16, 24, 16))
+    sample = inferer.sample(
+        torch.randn(latent_shape, generator=g), net, num_steps=3, sampler="dpm++", generator=g, verbose=False
+    )
     assert sample.shape == (1, 1, 16, 24, 16) and sample.abs().max() <= 1.0
+    g = torch.Generator().manual_seed(3)
     again = inferer.sample(
-        net, (1, 1, 16, 24, 16), num_steps=3, sampler="dpm++", verbose=False, generator=torch.Generator().manual_seed(3)
+        torch.randn(latent_shape, generator=g), net, num_steps=3, sampler="dpm++", verbose=False, generator=g
     )
     assert torch.equal(sample, again)  # same seed, same volume
-    latents = inferer.sample(net, (1, 1, 16, 24, 16), num_steps=2, decode=False, verbose=False)
+    latents = inferer.sample(torch.randn(latent_shape), net, num_steps=2, decode=False, verbose=False)
     assert latents.shape == (1, 3, 4, 6, 4)
     recon = ReconstructionInferer()(x, inferer.autoencoder)
     assert recon.shape == x.shape

@@ -10,7 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from monai_medgen.data import demo_slices
-from monai_medgen.metrics import data_consistency, masked_psnr, psnr, relative_sharpness, sharpness, ssim
+from monai_medgen.metrics import (
+    LOSSLESS_CODECS,
+    available_codecs,
+    codec_bits_per_dim,
+    data_consistency,
+    lossless_bits,
+    masked_psnr,
+    png_bits_per_dim,
+    psnr,
+    relative_sharpness,
+    sharpness,
+    ssim,
+)
 from monai_medgen.transforms import RandInpaintingMask, RandMixedNoise, SimulateLowResolution
 
 
@@ -145,3 +157,22 @@ def test_shape_mismatches_raise_value_errors_naming_the_argument(slices):
         psnr(slices, slices, data_range=0.0)
     with pytest.raises(ValueError, match="win_size"):
         ssim(slices[..., :8, :8], slices[..., :8, :8])
+
+
+def test_lossless_codecs_of_real_slices(slices):
+    """PNG always; JPEG-LS, JPEG 2000 and JPEG-XL with imagecodecs: every codec compresses real 8-bit brain slices
+    below 8 bits per pixel, and JPEG-XL (the strongest) below PNG."""
+    images = [np.asarray(s) for s in slices]
+    png = codec_bits_per_dim(images, "png")
+    assert png == pytest.approx(png_bits_per_dim(images)) and 0 < png < 8
+    with pytest.raises(ValueError, match="codec must be one of"):
+        codec_bits_per_dim(images, "webp")
+    with pytest.raises(ValueError, match="2D uint8"):
+        lossless_bits(np.zeros((4, 4), np.float32))
+    if "jpegxl" not in available_codecs():
+        with pytest.raises(ImportError, match="imagecodecs"):
+            codec_bits_per_dim(images, "jpegxl")
+        pytest.importorskip("imagecodecs")  # the stronger codecs are the optional `ood` extra
+    bits = {c: codec_bits_per_dim(images, c) for c in LOSSLESS_CODECS}
+    assert all(0 < b < 8 for b in bits.values()), bits
+    assert bits["jpegxl"] < bits["png"], bits

@@ -370,13 +370,13 @@ def test_generation_affine_follows_an_oblique_reference():
     ref_affine[:3, :3] = rot @ np.diag([0.8, 1.0, 3.0])
     ref_affine[:3, 3] = [10.0, -20.0, 5.0]
     reference = MetaTensor(torch.zeros(1, 100, 60, 9), affine=torch.as_tensor(ref_affine))
-    out = served.generation_affine(reference, 64, 5)
+    out = served.generation_affine(reference, (64, 64), 5)
     np.testing.assert_allclose(world(out, (31.5, 31.5, 2)), world(ref_affine, (49.5, 29.5, 4)), atol=1e-9)
     np.testing.assert_allclose(np.linalg.norm(out[:3, :3], axis=0), [80 / 64, 80 / 64, 3.0])  # 100 x 0.8 mm side
     np.testing.assert_allclose(out[:3, :3] / np.linalg.norm(out[:3, :3], axis=0), rot, atol=1e-12)
-    cube = served.generation_affine(reference, 32, 32, cube=True)
+    cube = served.generation_affine(reference, (32, 32, 32))
     np.testing.assert_allclose(np.linalg.norm(cube[:3, :3], axis=0), [80 / 32] * 3)  # 100 x 0.8 > 9 x 3 mm
-    plain = served.generation_affine(None, 64, 8, spacing=2.0)
+    plain = served.generation_affine(None, (64, 64), 8, spacing=2.0)
     np.testing.assert_allclose(world(plain, (31.5, 31.5, 3.5)), 0, atol=1e-12)
 
 

@@ -118,8 +118,8 @@ def test_bf16_autocast_sample_is_close_to_float32():
     inferer = VDMInferer(FixedLinearSchedule())
     net = tiny_net()
     kw = dict(num_steps=6, sampler="dpm++", verbose=False, quantize=False)
-    ref = inferer.sample(net, (2, 1, 16, 16), generator=gen(0), **kw)
-    low = inferer.sample(net, (2, 1, 16, 16), generator=gen(0), autocast="bf16", **kw)
+    ref = inferer.sample(torch.randn(2, 1, 16, 16, generator=gen(0)), net, generator=gen(0), **kw)
+    low = inferer.sample(torch.randn(2, 1, 16, 16, generator=gen(0)), net, generator=gen(0), autocast="bf16", **kw)
     assert low.dtype == torch.float32  # the sampler stays in float32, only the network runs in bf16
     err = (low - ref).abs()
     assert float(err.mean()) < 0.02 and float(err.max()) < 0.15  # bf16 has 8 bits of mantissa
@@ -182,8 +182,10 @@ def test_vdm_sample_with_per_sample_generators():
     inferer = VDMInferer()
     net = tiny_net()
     kw = dict(num_steps=4, sampler="ancestral", verbose=False, quantize=False)
-    both = inferer.sample(net, (2, 1, 16, 16), generator=[gen(1), gen(2)], **kw)
-    second = inferer.sample(net, (1, 1, 16, 16), generator=[gen(2)], **kw)
+    gens = [gen(1), gen(2)]
+    both = inferer.sample(batched_randn((2, 1, 16, 16), gens), net, generator=gens, **kw)
+    gens = [gen(2)]
+    second = inferer.sample(batched_randn((1, 1, 16, 16), gens), net, generator=gens, **kw)
     torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=1e-5)
     # element i draws from generator i % n, in order
     g1, g2 = gen(1), gen(2)

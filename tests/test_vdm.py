@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from monai_medgen.inferers import VDMInferer
+from monai_medgen.inferers import SamplingOptions, VDMInferer
 from monai_medgen.inferers.vdm import (
     antithetic_times,
     diffusion_loss_continuous,
@@ -122,28 +122,34 @@ def test_bad_inputs_give_named_errors():
     with pytest.raises(ValueError, match="inputs"):
         VDMInferer()(torch.rand(4, 4), small_net())
     with pytest.raises(ValueError, match="sampler"):
-        VDMInferer().sample(small_net(), (1, 1, 8, 8), num_steps=2, sampler="euler", verbose=False)
+        VDMInferer().sample(torch.randn(1, 1, 8, 8), small_net(), num_steps=2, sampler="euler", verbose=False)
     with pytest.raises(ValueError, match="num_steps"):
-        VDMInferer().sample(small_net(), (1, 1, 8, 8), num_steps=0, verbose=False)
+        VDMInferer().sample(torch.randn(1, 1, 8, 8), small_net(), num_steps=0, verbose=False)
+    with pytest.raises(ValueError, match="input_noise"):
+        VDMInferer().sample((1, 1, 8, 8), small_net(), num_steps=2, verbose=False)
+    with pytest.raises(TypeError, match="stepz"):
+        VDMInferer().sample(torch.randn(1, 1, 8, 8), small_net(), stepz=2, verbose=False)
     with pytest.raises(ValueError, match="class_labels"):
         small_net(num_classes=3)(torch.rand(1, 1, 8, 8), torch.zeros(1), class_labels=torch.tensor([7]))
     with pytest.raises(ValueError, match="guidance_scale"):
-        VDMInferer().sample(small_net(), (1, 1, 8, 8), num_steps=2, guidance_scale=1.0, verbose=False)
+        VDMInferer().sample(torch.randn(1, 1, 8, 8), small_net(), num_steps=2, guidance_scale=1.0, verbose=False)
 
 
 @pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm++"])
 def test_same_seed_same_sample_2d(sampler):
     net = small_net().eval()
     inf = VDMInferer()
-    a = inf.sample(
-        net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(3), verbose=False
-    )
-    b = inf.sample(
-        net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(3), verbose=False
-    )
-    c = inf.sample(
-        net, (2, 1, 16, 16), num_steps=5, sampler=sampler, generator=torch.Generator().manual_seed(4), verbose=False
-    )
+
+    def draw(seed):
+        g = torch.Generator().manual_seed(seed)
+        return inf.sample(
+            torch.randn(2, 1, 16, 16, generator=g), net, num_steps=5, sampler=sampler, generator=g, verbose=False
+        )
+
+    a, b, c = draw(3), draw(3), draw(4)
+    options = SamplingOptions(sampler=sampler, num_steps=5, verbose=False)
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(a, inf.sample(torch.randn(2, 1, 16, 16, generator=g), net, generator=g, options=options))
     assert a.shape == (2, 1, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= -1 and a.max() <= 1
     assert torch.equal(to_levels(a), to_levels(from_levels(to_levels(a), centres=False)))
@@ -152,16 +158,17 @@ def test_same_seed_same_sample_2d(sampler):
 def test_sample_3d_with_intermediates_and_class_guidance():
     net = small_net(3, num_classes=2).eval()
     inf = VDMInferer()
+    g = torch.Generator().manual_seed(0)
     x, frames = inf.sample(
+        torch.randn(2, 1, 8, 8, 8, generator=g),
         net,
-        (2, 1, 8, 8, 8),
         num_steps=6,
         class_labels=torch.tensor([0, 1]),
         guidance_scale=1.5,
         save_intermediates=True,
         intermediate_steps=[2, 4],
         verbose=False,
-        generator=torch.Generator().manual_seed(0),
+        generator=g,
     )
     assert x.shape == (2, 1, 8, 8, 8) and len(frames) == 2 and frames[0].shape == x.shape
 
@@ -221,7 +228,7 @@ def test_grid_skip_recovers_noise_below_the_grid_spacing():
 
 def test_sample_3d_at_32_cubed():
     net = small_net(3).eval()
-    x = VDMInferer().sample(net, (1, 1, 32, 32, 32), num_steps=3, sampler="dpm++", verbose=False)
+    x = VDMInferer().sample(torch.randn(1, 1, 32, 32, 32), net, num_steps=3, sampler="dpm++", verbose=False)
     assert x.shape == (1, 1, 32, 32, 32) and torch.isfinite(x).all()
 
 

@@ -25,7 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
+import torch.distributed as dist
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointSaver
 
@@ -44,7 +46,6 @@ _PARTIAL_SAVE = (
 
 
 def _is_rank0() -> bool:
-    import torch.distributed as dist
 
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
@@ -74,7 +75,6 @@ class _AtomicDiskSaver(DiskSaver):
             _readable_by_group(p)
 
     def remove(self, filename: str) -> None:
-        import ignite.distributed as idist
 
         if idist.get_rank() != self.save_on_rank:
             return

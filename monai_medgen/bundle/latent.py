@@ -21,15 +21,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.networks.nets import AutoencoderKL
+from monai.transforms import CropForeground, Flip, ResizeWithPadOrCrop, SpatialCrop
 from torch import nn
 
 from monai_medgen import io
-from monai_medgen.bundle.workflow import load_model, model_sidecars, read_model_file, save_model, save_synthetic_nifti
+from monai_medgen.bundle.workflow import load_model, model_sidecars, read_model_file, save_model
+from monai_medgen.data import datalist_from_path, load_colin27, load_mni152, load_volume, scale_intensity
+from monai_medgen.handlers import save_grid_png
+from monai_medgen.inferers.vdm import to_levels
+from monai_medgen.metrics import psnr, ssim
 
 __all__ = [
     "VOLUME_SIZE",
     "evaluate_latent_vdm",
-    "generate_volumes",
     "load_autoencoder",
     "load_latent_model",
     "prepare_latents",
@@ -61,8 +68,6 @@ def _brain_crop(volume01: np.ndarray, affine: np.ndarray, size: Sequence[int], s
     """(1, *size) crop of a [0, 1] volume centred on its brain's bounding box (padded with 0 where the box is
     smaller), moved by ``shift`` voxels, optionally flipped left-right; returns (array, affine of the crop) with
     MONAI's ``CropForeground`` / ``ResizeWithPadOrCrop`` / ``Flip`` keeping the affine."""
-    from monai.data import MetaTensor
-    from monai.transforms import CropForeground, Flip, ResizeWithPadOrCrop, SpatialCrop
 
     margin = max(abs(int(s)) for s in shift)
     img = MetaTensor(torch.as_tensor(np.asarray(volume01, dtype=np.float32)[None]), affine=torch.as_tensor(affine))
@@ -77,7 +82,6 @@ def _brain_crop(volume01: np.ndarray, affine: np.ndarray, size: Sequence[int], s
 
 
 def _source_volumes(dataset_dir, source: str) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    from monai_medgen.data import datalist_from_path, load_colin27, load_mni152, load_volume, scale_intensity
 
     if _has_path(dataset_dir):
         out = []
@@ -134,7 +138,6 @@ def load_autoencoder(path: str | os.PathLike, device=None) -> nn.Module:
         FileNotFoundError: when stage 1 has not been run (the message gives its command).
         ValueError: when no ``config`` is stored with the weights or they do not match it.
     """
-    from monai.networks.nets import AutoencoderKL
 
     if not os.path.isfile(str(path)):
         raise FileNotFoundError(
@@ -270,133 +273,6 @@ def load_latent_model(
 
 
 # ---------------------------------------------------------------------------------------------
-# generation
-# ---------------------------------------------------------------------------------------------
-def _network_multiple(network) -> int:
-    unet = getattr(getattr(network, "module", network), "unet", None)
-    return 2 ** max(0, len(getattr(unet, "block_out_channels", (0, 0, 0))) - 1)
-
-
-def _target_geometry(image_size, reference_image, model_info: dict | None) -> tuple[tuple[int, ...], np.ndarray]:
-    from monai.data.utils import to_affine_nd
-
-    if _has_path(reference_image):
-        img = io.read_image(reference_image, spatial_dims=3)
-        return tuple(int(s) for s in img.shape[1:]), to_affine_nd(3, np.asarray(img.affine, dtype=np.float64))
-    info = model_info or {}
-    trained = tuple(int(s) for s in info.get("image_size", VOLUME_SIZE))
-    size = trained if image_size is None else _size3(image_size)
-    affine = np.asarray(info["affine"], dtype=np.float64) if "affine" in info else np.eye(4)
-    if "affine" not in info:  # 1 mm, centred on the origin
-        affine[:3, 3] = -0.5 * (np.asarray(size) - 1)
-    elif size != trained:  # the training volume's voxels and orientation, the same centre
-        affine = affine.copy()
-        affine[:3, 3] += affine[:3, :3] @ (0.5 * (np.asarray(trained) - np.asarray(size)))
-    return size, affine
-
-
-def generate_volumes(
-    network: nn.Module,
-    inferer,
-    output_dir: str | os.PathLike,
-    num_samples: int = 1,
-    image_size: int | Sequence[int] | None = None,
-    reference_image: str | os.PathLike | None = None,
-    num_steps: int = 64,
-    sampler: str = "dpm++",
-    seed: int = 0,
-    num_frames: int = 0,
-    model_info: dict | None = None,
-    device=None,
-    prefix: str = "sample",
-    model_name: str = "vdm_latent_brain_mri_3d",
-) -> dict:
-    """Sample volumes with a :class:`~monai_medgen.inferers.LatentVDMInferer`, one at a time, and write each as
-    NIfTI in [0, 1] marked synthetic (header and provenance sidecar), plus ``samples.png`` (three orthogonal middle
-    slices of every volume) and, with ``num_frames`` > 0, ``sampling.gif`` (decoded intermediate latents).
-
-    Geometry: ``reference_image``'s size and affine when given; else ``image_size`` (None: the training volume's
-    size, e.g. 160 x 192 x 160) in the training volume's voxels, orientation and centre (``model_info``, the
-    model file's entries: MNI152 space for the demo model).  Sizes that do not divide by the autoencoder's
-    factor times the score network's are sampled padded and cropped back.
-
-    Returns:
-        ``{"nifti": [paths], "grid": path, "gif": path or None, "size", "latent_shape", "seconds", "peak_memory_mb"}``
-        with the sampling + decoding time of all volumes and the process's peak resident memory.
-    """
-    from monai_medgen.handlers import save_gif, save_grid_png
-    from monai_medgen.restoration import peak_memory_mb
-
-    if int(num_samples) < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    if int(num_frames) < 0:
-        raise ValueError(f"num_frames must be >= 0, got {num_frames}.")
-    size, affine = _target_geometry(image_size, reference_image, model_info)
-    m = inferer.downsample_factor * _network_multiple(network)
-    padded = [-(-s // m) * m for s in size]
-    crop = (Ellipsis, *(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded, size)))
-    dev = torch.device(device) if device is not None else next(network.parameters()).device
-    g = torch.Generator(device=dev).manual_seed(int(seed))
-    network.eval()
-    volumes, frames = [], None
-    start = time.perf_counter()
-    for i in range(int(num_samples)):
-        want_frames = num_frames > 0 and i == 0
-        out = inferer.sample(
-            network,
-            (1, 1, *padded),
-            num_steps=int(num_steps),
-            generator=g,
-            sampler=sampler,
-            device=dev,
-            verbose=True,
-            save_intermediates=want_frames,
-            intermediate_steps=max(1, int(num_steps) // max(1, int(num_frames))),
-        )
-        if want_frames:
-            out, frames = out
-        volumes.append(out[crop].cpu())
-    seconds = time.perf_counter() - start
-    x = torch.cat(volumes)
-    os.makedirs(str(output_dir), exist_ok=True)
-    grid = save_grid_png(x, os.path.join(str(output_dir), "samples.png"))
-    gif = None
-    if frames:
-        gif = save_gif([f[crop] for f in frames] + [x[:1]], os.path.join(str(output_dir), "sampling.gif"))
-    provenance = io.Provenance(
-        model=model_name,
-        task="generate",
-        sampler=str(sampler),
-        steps=int(num_steps),
-        seed=int(seed),
-        input_checksum=io.sha256_of(reference_image) if _has_path(reference_image) else "",
-        extra={
-            "latent_shape": list(inferer.latent_shape((1, 1, *padded))[1:]),
-            "scale_factor": inferer.scale_factor,
-            "autoencoder_sha256": getattr(inferer.autoencoder, "sha256", ""),
-        },
-    )
-    nifti = save_synthetic_nifti((x + 1) / 2, output_dir, affine=affine, prefix=prefix, provenance=provenance)
-    latent = inferer.latent_shape((1, 1, *padded))[1:]
-    peak = peak_memory_mb()
-    print(
-        f"sampled {len(volumes)} volume(s) of {'x'.join(map(str, size))} voxels from latents "
-        f"{'x'.join(map(str, latent))} ({sampler}, {num_steps} steps, then decoding) in {seconds:.1f} s; peak "
-        f"resident memory {peak:.0f} MB (torch threads {torch.get_num_threads()}); written to {output_dir}",
-        flush=True,
-    )
-    return {
-        "nifti": nifti,
-        "grid": grid,
-        "gif": gif,
-        "size": list(size),
-        "latent_shape": list(latent),
-        "seconds": seconds,
-        "peak_memory_mb": peak,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------
 def _histogram_entropy_bits(levels: torch.Tensor) -> float:
@@ -432,10 +308,6 @@ def evaluate_latent_vdm(
     With ``output_file``, the JSON goes there and ``reconstruction.png`` (held-out volume above its reconstruction,
     three orthogonal middle slices) beside it.
     """
-    import torch.nn.functional as F
-
-    from monai_medgen.inferers.vdm import to_levels
-    from monai_medgen.metrics import psnr, ssim
 
     size = _size3(image_size)
     gen = torch.Generator().manual_seed(int(seed))
@@ -521,8 +393,6 @@ def evaluate_latent_vdm(
         "num_time_samples": int(num_time_samples),
     }
     if output_file:
-        from monai_medgen.handlers import save_grid_png
-
         folder = os.path.dirname(os.path.abspath(str(output_file)))
         os.makedirs(folder, exist_ok=True)
         with open(str(output_file), "w") as f:

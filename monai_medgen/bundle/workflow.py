@@ -18,15 +18,21 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from ignite.metrics import Average
+from monai.data import DataLoader, DistributedSampler
+from monai.engines import Evaluator
+from monai.engines.utils import IterationEvents
 from monai.inferers import Inferer
 from torch import nn
 
 from monai_medgen import io
-from monai_medgen.data import demo_slices, demo_volumes, user_slices, user_volumes
+from monai_medgen.data import PLANES, datalist_from_path, demo_slices, demo_volumes, user_slices, user_volumes
 from monai_medgen.engines import unwrap_network
 from monai_medgen.io import SYNTHETIC_AUX_FILE, SYNTHETIC_DESCRIPTION, Provenance, is_synthetic
-from monai_medgen.networks import size_multiple
+from monai_medgen.metrics import available_codecs, codec_bits_per_dim
+from monai_medgen.samplers import batched_randn
 
 __all__ = [
     "SYNTHETIC_AUX_FILE",
@@ -36,7 +42,6 @@ __all__ = [
     "OutputMean",
     "draw_samples",
     "evaluate_class_conditional",
-    "generate",
     "inference_items",
     "item_evaluator",
     "is_synthetic",
@@ -130,7 +135,6 @@ def training_sampler(dataset, batch_size: int):
         ValueError: when a process's share is smaller than ``batch_size``: with the bundles' ``drop_last`` loaders
             it would run no training step at all, silently, while one process alone would train.
     """
-    from monai.data import DistributedSampler
 
     sampler = DistributedSampler(dataset, even_divisible=True, shuffle=True)
     if len(sampler) < int(batch_size):
@@ -148,10 +152,12 @@ def torchrun_command(
     logging_file: str | os.PathLike | None = None,
     nproc: int = 2,
     overrides: dict | None = None,
+    meta_file: str | os.PathLike | None = None,
 ) -> list[str]:
     """The command line of ``torchrun --standalone --nnodes=1 --nproc_per_node=<nproc> -m monai.bundle run`` for
-    ``configs`` merged in order (e.g. a bundle's ``train.yaml`` and ``train_multigpu.yaml``), with ``--key value``
-    for every override, run by this Python."""
+    ``configs`` merged in order (e.g. :func:`monai_medgen.bundle.configs.train_config_files` of a bundle with its
+    ``train_multigpu.yaml``), the bundle's ``logging_file`` and ``meta_file``, with ``--key value`` for every override,
+    run by this Python."""
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a positive integer, got {nproc!r}.")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc_per_node={nproc}"]
@@ -159,6 +165,8 @@ def torchrun_command(
     cmd += ["--bundle_root", str(bundle_root)]
     if logging_file is not None:
         cmd += ["--logging_file", str(logging_file)]
+    if meta_file is not None:
+        cmd += ["--meta_file", str(meta_file)]
     for key, value in (overrides or {}).items():
         cmd += [f"--{key}", str(value)]
     return cmd
@@ -178,8 +186,6 @@ def validation_sampler(dataset):
         initialised or the set is empty (validation off: nothing will iterate the loader; MONAI's sampler
         raises on an empty set).
     """
-    import torch.distributed as dist
-    from monai.data import DistributedSampler
 
     if not (dist.is_available() and dist.is_initialized()) or len(dataset) == 0:
         return None
@@ -211,7 +217,6 @@ def inference_items(dataset_dir: str | os.PathLike | None = None, key: str = "in
         return [{"name": "", key: entries.pop(key, ""), **entries}]
     if _has_path(entries.get(key)):
         raise ValueError(f"dataset_dir and {key} are both given ({str(dataset_dir)!r}, {entries[key]!r}); give one.")
-    from monai_medgen.data import datalist_from_path
 
     items = []
     for it in datalist_from_path(dataset_dir):
@@ -243,8 +248,6 @@ def item_evaluator(device, dataset, function: Callable, val_handlers: Sequence |
     Raises:
         ValueError: when ``function`` is not callable or ``dataset`` is empty.
     """
-    from monai.data import DataLoader
-    from monai.engines import Evaluator
 
     if not callable(function):
         raise ValueError(f"function must be callable, got {type(function).__name__}.")
@@ -334,7 +337,7 @@ def read_model_file(path: str | os.PathLike, map_location="cpu") -> tuple[dict, 
     if not os.path.isfile(str(path)):
         raise FileNotFoundError(
             f"model file {str(path)!r} not found: train the bundle first (python -m monai.bundle run --config_file "
-            "<bundle>/configs/train.yaml --bundle_root <bundle>) or pass --model_path."
+            '"$(python -m monai_medgen.bundle.configs <bundle>)" --bundle_root <bundle>) or pass --model_path.'
         )
     state = io.safe_torch_load(path, map_location=map_location)  # verified against its .sha256 when present
     if isinstance(state, dict) and isinstance(state.get("network", state.get("ema")), dict):
@@ -530,12 +533,10 @@ class AllReduceGradients:
         self.parameters = [p for p in parameters if p.requires_grad]
 
     def attach(self, engine) -> None:
-        from monai.engines.utils import IterationEvents
 
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine=None) -> None:
-        import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or not self.parameters:
             return
@@ -596,6 +597,9 @@ class OutputMean(Average):
         return float(super().compute().reshape(-1)[0])
 
 
+CODEC_NAMES = {"png": "PNG", "jpegls": "JPEG-LS", "jpeg2000": "JPEG 2000", "jpegxl": "JPEG-XL (effort 9)"}
+
+
 def report_bits_per_dim(
     metrics: dict,
     items: Sequence[dict] | None = None,
@@ -605,19 +609,19 @@ def report_bits_per_dim(
     prefix: str = "",
     **info,
 ) -> dict:
-    """Print the held-out bits/dim table of an evaluator's metrics next to lossless PNG of the same 8-bit
-    images (volumes: PNG of each of their axial slices) and write it as JSON.
+    """Print the held-out bits/dim table of an evaluator's metrics next to the lossless codecs of the same 8-bit
+    images (PNG; JPEG-LS, JPEG 2000 and JPEG-XL with the optional imagecodecs; volumes: each of their axial slices)
+    and write it as JSON.
 
     Args:
         metrics: ``evaluator.state.metrics`` with ``{prefix}bpd`` and the three terms.
-        items: the evaluated ``[{"image": (1, H, W) or (1, H, W, D) in [0, 1]}]`` for the PNG baseline
+        items: the evaluated ``[{"image": (1, H, W) or (1, H, W, D) in [0, 1]}]`` for the codec baselines
             (None: no baseline).
         output_file: JSON file to write (None: print only).
         description: what was evaluated, for the table header.
         model: the model's row label.
         info: extra entries for the JSON (e.g. iterations trained).
     """
-    from monai_medgen.metrics import png_bits_per_dim
 
     def get(name):
         v = metrics.get(f"{prefix}{name}")
@@ -631,15 +635,16 @@ def report_bits_per_dim(
     }
     if res["bpd"] is None:
         raise KeyError(f"metrics hold no {prefix}bpd entry (got {sorted(metrics)}).")
-    png = None
+    codecs = {}
     if items:
         images = [np.asarray(it["image"]).squeeze() for it in items]
-        # volumes: PNG of each axial slice (last axis), so both figures count bits over the same voxels
-        png = png_bits_per_dim([s for im in images for s in (np.moveaxis(im, -1, 0) if im.ndim == 3 else [im])])
-    res.update(png_bpd=png, num_images=len(items) if items else None, **info)
+        # volumes: each axial slice (last axis) compressed, so all figures count bits over the same voxels
+        slices = [s for im in images for s in (np.moveaxis(im, -1, 0) if im.ndim == 3 else [im])]
+        codecs = {c: codec_bits_per_dim(slices, c) for c in available_codecs()}
+    res.update(png_bpd=codecs.get("png"), codec_bpd=codecs, num_images=len(items) if items else None, **info)
     lines = [f"| {description} | bits/dim |", "|---|---|", f"| {model} | {res['bpd']:.3f} |"]
-    if png is not None:
-        lines.append(f"| lossless PNG of the same 8-bit images | {png:.3f} |")
+    for codec, bpd in codecs.items():
+        lines.append(f"| lossless {CODEC_NAMES[codec]} of the same 8-bit images | {bpd:.3f} |")
     terms = ", ".join(f"{k} {res[k]:.4f}" for k in ("diffusion", "prior", "reconstruction") if res[k] is not None)
     print("\n" + "\n".join(lines) + (f"\n\nterms (bits/dim): {terms}" if terms else ""), flush=True)
     if output_file:
@@ -674,23 +679,21 @@ def draw_samples(
     verbose: bool = False,
 ):
     """Unconditional / class-conditional samples from a :class:`VDMInferer` or a
-    :class:`~monai_medgen.inferers.ConditionalDiffusionInferer` (whose ``sample`` starts from given noise)."""
-    from monai_medgen.inferers import ConditionalDiffusionInferer
-
-    kwargs = dict(
-        num_steps=int(num_steps),
+    :class:`~monai_medgen.inferers.ConditionalDiffusionInferer`: the starting noise drawn with ``generator``, then
+    ``inferer.sample(noise, network, ...)`` (the same signature for both)."""
+    noise = batched_randn(inferer.noise_shape(shape), generator, device=device)
+    return inferer.sample(
+        noise,
+        network,
         class_labels=class_labels,
-        guidance_scale=float(guidance_scale),
         generator=generator,
+        num_steps=int(num_steps),
+        guidance_scale=float(guidance_scale),
         save_intermediates=save_intermediates,
         intermediate_steps=intermediate_steps,
         sampler=sampler,
         verbose=verbose,
     )
-    if isinstance(inferer, ConditionalDiffusionInferer):
-        noise = torch.randn(tuple(int(s) for s in shape), generator=generator, device=device)
-        return inferer.sample(noise, network, **kwargs)
-    return inferer.sample(network, tuple(int(s) for s in shape), device=device, **kwargs)
 
 
 def sample_fn(
@@ -759,137 +762,10 @@ def save_synthetic_nifti(
     return paths
 
 
-def _reference_geometry(path: str | os.PathLike, spatial_dims: int = 2) -> tuple[tuple[int, ...], np.ndarray]:
-    """Size and 4x4 affine of an image read with :func:`monai_medgen.io.read_image` (NIfTI, NRRD, MHA, DICOM
-    series).  For 2D samples (``spatial_dims`` 2) the in-plane size, and for a volume the geometry of its
-    middle slice along the third axis; for 3D samples the reference must be a volume."""
-    from monai.data.utils import to_affine_nd
-
-    img = io.read_image(path)
-    spatial = tuple(int(s) for s in img.shape[1:])
-    if len(spatial) not in (2, 3) or (spatial_dims == 3 and len(spatial) != 3):
-        expected = "a 3D volume" if spatial_dims == 3 else "a 2D image or a 3D volume"
-        raise ValueError(f"reference_image must be {expected}, got spatial shape {spatial}.")
-    affine = to_affine_nd(3, np.asarray(img.affine, dtype=np.float64))
-    if spatial_dims == 3:
-        return spatial, affine
-    if len(spatial) == 3 and spatial[2] > 1:
-        affine = affine.copy()
-        affine[:3, 3] += affine[:3, 2] * (spatial[2] // 2)
-    return spatial[:2], affine
-
-
-def generate(
-    network: nn.Module,
-    inferer,
-    output_dir: str | os.PathLike,
-    num_samples: int = 8,
-    image_size: int | Sequence[int] = 128,
-    num_steps: int = 256,
-    batch_size: int = 8,
-    seed: int = 0,
-    class_label: int | None = None,
-    guidance_scale: float = 0.0,
-    sampler: str = "ancestral",
-    reference_image: str | os.PathLike | None = None,
-    spacing: float | Sequence[float] = 1.0,
-    gif: bool = True,
-    device=None,
-    prefix: str = "sample",
-) -> dict:
-    """Generate 2D images or 3D volumes (as the network's ``spatial_dims``) and write them as a PNG grid
-    (volumes: three orthogonal middle slices), a sampling GIF and one NIfTI per sample.
-
-    The NIfTI files hold intensities in [0, 1] (the training scale), are marked synthetic in their header
-    (:data:`SYNTHETIC_DESCRIPTION`), have a provenance sidecar (``.nii.gz.json``: model, sampler, steps, seed,
-    SHA-256 of the reference, class label, guidance scale) and carry the geometry of ``reference_image``
-    when one is given (a NIfTI, NRRD or MHA file or DICOM series read with :func:`monai_medgen.io.read_image`:
-    2D samples take its in-plane size and affine (for a volume, the affine of its middle slice), 3D samples its
-    size and affine), otherwise ``image_size`` pixels of ``spacing`` mm.
-
-    Args:
-        network, inferer: the trained model (:class:`ScoreUNet`, :class:`VDMInferer`).
-        output_dir: folder for ``samples.png``, ``sampling.gif`` and ``{prefix}_{i:03d}_synthetic.nii.gz``.
-        num_samples: how many images; drawn in batches of ``batch_size``.
-        num_steps: sampler steps; ``sampler``: ``"ancestral"``, ``"ddim"`` or ``"dpm++"``.
-        seed: the same seed gives the same images.
-        class_label: class to generate (class-conditional networks); ``guidance_scale`` > 0 for
-            classifier-free guidance.
-
-    Returns:
-        ``{"grid": png path, "gif": gif path or None, "nifti": [paths]}``.
-    """
-    from monai_medgen.handlers import save_gif, save_grid_png
-
-    if int(num_samples) < 1 or int(batch_size) < 1:
-        raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}.")
-    dev = _device_of(network, device)
-    dims = int(getattr(unwrap_network(network), "spatial_dims", 2))
-    has_reference = reference_image is not None and str(reference_image).strip() not in ("", "None")
-    if has_reference:
-        size, affine = _reference_geometry(reference_image, spatial_dims=dims)
-    else:
-        size = (int(image_size),) * dims if np.isscalar(image_size) else tuple(int(s) for s in image_size)
-        if len(size) != dims:
-            raise ValueError(f"image_size must be an int or {dims} ints for a {dims}D network, got {image_size}.")
-        sp = [float(s) for s in np.atleast_1d(spacing)]
-        affine = np.diag([*(sp * 3 if len(sp) == 1 else sp + sp[-1:])[:3], 1.0])
-    m = size_multiple(network)
-    padded = [-(-s // m) * m for s in size]  # sample on a grid the U-Net can halve, crop back after
-    crop = (Ellipsis, *(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded, size)))
-    labels = None if class_label is None else torch.full((1,), int(class_label), dtype=torch.long)
-    g = torch.Generator(device=dev).manual_seed(int(seed))
-    samples, frames = [], None
-    network.eval()
-    for start in range(0, int(num_samples), int(batch_size)):
-        b = min(int(batch_size), int(num_samples) - start)
-        out = draw_samples(
-            inferer,
-            network,
-            (b, 1, *padded),
-            num_steps,
-            g,
-            dev,
-            sampler=sampler,
-            class_labels=None if labels is None else labels.to(dev).expand(b),
-            guidance_scale=guidance_scale,
-            save_intermediates=gif and frames is None,
-            intermediate_steps=max(1, int(num_steps) // 20),
-            verbose=True,
-        )
-        if isinstance(out, tuple):
-            out, frames = out
-        samples.append(out[crop].cpu())
-    x = torch.cat(samples)
-    os.makedirs(str(output_dir), exist_ok=True)
-    grid = save_grid_png(x, os.path.join(str(output_dir), "samples.png"))
-    gif_path = None
-    if frames:
-        first = x[: frames[0].shape[0]]
-        frames = [f[crop] for f in frames]
-        gif_path = save_gif(list(frames) + [first], os.path.join(str(output_dir), "sampling.gif"))
-    provenance = io.Provenance(
-        model=type(unwrap_network(network)).__name__,
-        task="generate",
-        sampler=str(sampler),
-        steps=int(num_steps),
-        seed=int(seed),
-        input_checksum=io.sha256_of(reference_image) if has_reference else "",
-        extra={
-            "class_label": None if class_label is None else int(class_label),
-            "guidance_scale": float(guidance_scale),
-        },
-    )
-    nifti = save_synthetic_nifti((x + 1) / 2, output_dir, affine=affine, prefix=prefix, provenance=provenance)
-    logger.info(f"{len(nifti)} synthetic images written to {output_dir} (grid: {grid})")
-    return {"grid": grid, "gif": gif_path, "nifti": nifti}
-
-
 def _nearest_labels(
     images: torch.Tensor, references: torch.Tensor, ref_labels: torch.Tensor, size: int = 32
 ) -> torch.Tensor:
     """Label of the nearest reference (L2 after area resizing to ``size`` x ``size``) for each image."""
-    import torch.nn.functional as F
 
     a = F.interpolate(images.float(), size=(size, size), mode="area").flatten(1)
     b = F.interpolate(references.float(), size=(size, size), mode="area").flatten(1)
@@ -914,7 +790,6 @@ def evaluate_class_conditional(
     are labelled by their nearest held-out real slice (Colin27 axial / coronal / sagittal slices, or the user's
     ``dataset_dir`` with its labels; L2 at 32 x 32) and the share that lands on the requested class is printed,
     beside the same 1-nearest-neighbour labelling of real training slices (MNI152) as the reference."""
-    from monai_medgen.data import PLANES
 
     dev = _device_of(network, device)
     planes = [p for p in class_names if p in PLANES] or list(PLANES)

@@ -27,9 +27,10 @@ import torch
 from monai.inferers import Inferer, sliding_window_inference
 
 from monai_medgen.engines import DiffusionPrepareBatch, unwrap_network
+from monai_medgen.inferers.options import ConditionalSamplingOptions, sampling_options
 from monai_medgen.inferers.vdm import guided_eps_fn
 from monai_medgen.networks.score_unet import ScoreUNet
-from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, repaint_times, sample_loop
+from monai_medgen.samplers import Generators, accelerated, batched_randn, repaint_times, sample_loop
 from monai_medgen.schedules import DiscreteSchedule, Schedule, alpha_sigma, log_alpha2, time_grid
 
 __all__ = ["ConditionalDiffusionInferer", "ConditionalPrepareBatch", "NETWORK_INPUTS", "PREDICTION_TYPES"]
@@ -284,65 +285,38 @@ class ConditionalDiffusionInferer(Inferer):
 
         return eps
 
-    @torch.no_grad()
-    def _check_sampling(self, sampler, num_steps, guidance_scale, class_labels, num_samples, clip) -> int:
-        """The sampler options checked; returns ``num_steps`` (its default for the sampler when None)."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    def _num_steps(self, options: ConditionalSamplingOptions) -> int:
+        """``options.num_steps`` checked against the training steps (its default for the sampler when None)."""
         T = self.num_train_timesteps
+        num_steps = options.num_steps
         if num_steps is None:
-            num_steps = T if sampler == "ancestral" else min(DEFAULT_NUM_STEPS[sampler], T)
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
+            num_steps = T if options.sampler == "ancestral" else min(DEFAULT_NUM_STEPS[options.sampler], T)
+        if not 1 <= num_steps <= T:
             raise ValueError(f"num_steps must be an integer in [1, {T}] (the training steps), got {num_steps!r}.")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
-        if guidance_scale > 0 and class_labels is None:
-            raise ValueError("guidance_scale > 0 needs class_labels (the classes to guide towards).")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
-        if clip is not None and not (len(clip) == 2 and clip[0] < clip[1]):
-            raise ValueError(f"clip must be None or (low, high) with low < high, got {clip!r}.")
         return num_steps
 
+    def noise_shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of ``sample``'s ``input_noise`` for images of ``image_shape`` (B, C, *spatial): the same."""
+        return tuple(int(s) for s in image_shape)
+
+    @torch.no_grad()
     def sample(
         self,
         input_noise: torch.Tensor,
         network: Callable,
-        sampler: str = "ancestral",
-        num_steps: int | None = None,
-        eta: float | None = None,
-        guidance_scale: float = 0.0,
         condition: torch.Tensor | None = None,
         class_labels: torch.Tensor | int | None = None,
         mask: torch.Tensor | None = None,
         known: torch.Tensor | None = None,
-        repaint: Mapping[str, int] | None = None,
-        num_samples: int = 1,
-        samples_per_batch: int | None = None,
-        patch_size: Sequence[int] | None = None,
-        overlap: float = 0.25,
-        sw_batch_size: int = 1,
         generator: Generators = None,
-        verbose: bool = True,
-        save_intermediates: bool = False,
-        intermediate_steps: int | Sequence[int] = 100,
-        clip: tuple[float, float] | None = (-1.0, 1.0),
-        channels_last: bool = False,
-        autocast: str | None = None,
-        compile: bool | str = False,
+        options: ConditionalSamplingOptions | None = None,
+        **option_fields,
     ):
         """Sample (restore, inpaint, generate) starting from ``input_noise``.
 
         Args:
             input_noise: (B, C, *spatial) starting noise at t = 1; fixes shape, device and dtype.
             network: the trained network (see ``network_input``).
-            sampler: ``"ancestral"`` (exact posterior steps for any step count), ``"ddim"`` or ``"dpm++"``
-                (DPM-Solver++ 2M).
-            num_steps: network evaluations (without guidance), 1..T; default T for ancestral, 50 for DDIM,
-                20 for DPM-Solver++ (at most T).  Steps land on the trained levels k / T.
-            eta: DDIM noise scale (default 0; fixed to 1 for ancestral).
-            guidance_scale: classifier-free guidance w >= 0, ``eps = (1 + w) eps(c) - w eps(null)``;
-                0 is the plain conditional prediction (one network call per step).
             condition: (B or 1, C_cond, *spatial) image condition (degraded image; for a mask-conditioned
                 inpainting model the masked image and the mask as the caller built them in training).
             class_labels: (B,) long labels, or one label for all.
@@ -351,59 +325,45 @@ class ConditionalDiffusionInferer(Inferer):
                 Without ``condition`` (an unconditional network) the known region is also imposed at
                 every step as the forward-noised ``known`` (replacement / RePaint).
             known: (B or 1, C, *spatial) image whose known region is kept.
-            repaint: RePaint resampling ``{"jump_length": int, "jump_n_sample": int}`` (defaults 10, 10;
-                ``{}`` uses both) for an unconditional network; needs ``mask`` and sampler ancestral / ddim.
-            num_samples: samples per input; with more than 1 the per-voxel mean and standard deviation are
-                returned.  The first sample starts from ``input_noise``, the others from draws of ``generator``.
-            samples_per_batch: how many of the ``num_samples`` to run in one network batch (default: all).
-            patch_size: spatial size of overlapping patches over which the network is evaluated at every
-                step (Gaussian blending, MONAI ``sliding_window_inference``) for volumes too large for one
-                pass; None: the whole image at once.  Clipped to the image size, so one patch covering
-                the image equals the whole-image path.  Sampler noise is drawn for the whole image.
-            overlap: patch overlap fraction in [0, 1).
-            sw_batch_size: patches per network call.
             generator: torch generator for every random draw (same seed, same sample); or a list of B
                 generators, one per input: each input's result is then the same whether it is sampled alone or
                 batched with others (batched sampling of several inputs).
-            verbose: tqdm progress bar.
-            save_intermediates: also return the noisy images every ``intermediate_steps`` step indices (or at
-                the listed indices), for a sampling animation.
-            clip: clamp the predicted clean image to this range at every step and the output at the end
-                (None: no clamp).
-            channels_last, autocast, compile: speed options of the network call, all off by default
-                (:func:`monai_medgen.samplers.accelerated`): ``channels_last`` / ``channels_last_3d`` memory
-                format, ``"bf16"`` / ``"fp16"`` autocast, ``torch.compile`` (True or a backend name).
+            options: :class:`~monai_medgen.inferers.ConditionalSamplingOptions` (sampler, steps, guidance, samples,
+                patches, clipping, intermediates, speed); ``num_steps`` defaults to T for ancestral, 50 for DDIM,
+                20 for DPM-Solver++ (at most T), and steps land on the trained levels k / T.
+            option_fields: the same options as keywords (``sampler="dpm++", num_steps=10``), applied over
+                ``options``.
 
         Returns:
             ``sample`` (B, C, *spatial); with ``num_samples > 1`` ``(mean, std)``; with ``save_intermediates``
-            the list of intermediates (each (num_samples * B, C, *spatial), sample-major) is appended.
+            the list of intermediates (each (num_samples * B, C, *spatial), sample-major) is appended.  The first
+            sample starts from ``input_noise``, the others from draws of ``generator``.
         """
         if not torch.is_tensor(input_noise) or input_noise.ndim < 3:
             raise ValueError("input_noise must be a tensor of shape (B, C, *spatial).")
+        o = sampling_options(ConditionalSamplingOptions, options, option_fields)
+        o.check_guidance(class_labels)
+        num_steps = self._num_steps(o)
         batch, channels, spatial = input_noise.shape[0], input_noise.shape[1], tuple(input_noise.shape[2:])
         device = input_noise.device
-        num_steps = self._check_sampling(sampler, num_steps, guidance_scale, class_labels, num_samples, clip)
-        if samples_per_batch is not None and (not isinstance(samples_per_batch, int) or samples_per_batch < 1):
-            raise ValueError(f"samples_per_batch must be a positive integer or None, got {samples_per_batch!r}.")
         generator = _check_generators(generator, batch)
         condition = _batch_like(condition, "condition", batch, spatial)
         if condition is not None:
             condition = condition.to(device=device, dtype=input_noise.dtype)
         class_labels = _labels_for(class_labels, batch, device)
-        repaint = _check_repaint(repaint, mask, known, sampler)
+        repaint = _check_repaint(o.repaint, mask, known, o.sampler)
         mask, known = _inpainting_region(mask, known, input_noise)
-        patch_size = _check_patches(patch_size, overlap, sw_batch_size, spatial)
+        patch_size = _check_patches(o.patch_size, o.overlap, o.sw_batch_size, spatial)
         null_class = self.null_class
         if null_class is None:
             null_class = getattr(unwrap_network(network), "null_class", None)
-        if guidance_scale > 0 and null_class is None:
+        if o.guidance_scale > 0 and null_class is None:
             raise ValueError("guidance_scale > 0 needs null_class (set it on the inferer or use a ScoreUNet).")
         self.schedule.to(device)
         times = self._times(num_steps, repaint, device)
-        eps_model = self.eps_model(
-            network, accelerated(network, channels_last=channels_last, autocast=autocast, compile=compile)
-        )
-        per_batch = num_samples if samples_per_batch is None else min(samples_per_batch, num_samples)
+        eps_model = self.eps_model(network, accelerated(network, **o.speed))
+        num_samples = o.num_samples
+        per_batch = num_samples if o.samples_per_batch is None else min(o.samples_per_batch, num_samples)
         impose_known = mask is not None and (condition is None or repaint is not None)
 
         samples, intermediates = [], []
@@ -420,12 +380,14 @@ class ConditionalDiffusionInferer(Inferer):
             mask_n, known_n = _tile(mask, n), _tile(known, n)
 
             def eps_fn_for(labels, cond):
-                return guided_eps_fn(eps_model, labels, guidance_scale, null_class, condition=cond)
+                return guided_eps_fn(eps_model, labels, o.guidance_scale, null_class, condition=cond)
 
             if patch_size is None:
                 eps_fn = eps_fn_for(labels_n, cond_n)
             else:
-                eps_fn = self._patch_eps_fn(eps_fn_for, cond_n, labels_n, patch_size, overlap, sw_batch_size, channels)
+                eps_fn = self._patch_eps_fn(
+                    eps_fn_for, cond_n, labels_n, patch_size, o.overlap, o.sw_batch_size, channels
+                )
             constraint = None
             if impose_known:
 
@@ -442,16 +404,16 @@ class ConditionalDiffusionInferer(Inferer):
                 z,
                 self.schedule,
                 times,
-                sampler=sampler,
-                eta=eta,
+                sampler=o.sampler,
+                eta=o.eta,
                 generator=generator,
                 constraint=constraint,
-                clip_x0=clip,
-                intermediate_steps=intermediate_steps if save_intermediates else None,
-                verbose=verbose,
-                desc=f"conditional {sampler}",
+                clip_x0=o.clip,
+                intermediate_steps=o.frames_every,
+                verbose=o.verbose,
+                desc=f"conditional {o.sampler}",
             )
-            x = out.sample if clip is None else out.sample.clamp(*clip)
+            x = out.sample if o.clip is None else out.sample.clamp(*o.clip)
             if mask is not None:
                 x = torch.where(mask_n, x, known_n)
             samples.append(x)
@@ -463,7 +425,7 @@ class ConditionalDiffusionInferer(Inferer):
         else:
             stacked = torch.cat(samples, 0).reshape(num_samples, batch, channels, *spatial)
             result = (stacked.mean(0), stacked.std(0))
-        if save_intermediates:
+        if o.save_intermediates:
             result = result + (steps_kept,)
         return result[0] if len(result) == 1 else result
 

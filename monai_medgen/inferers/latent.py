@@ -160,6 +160,10 @@ class LatentVDMInferer(Inferer):
             raise ValueError(f"shape must be (B, C, *spatial) with spatial sizes divisible by {f}, got {shape}.")
         return (shape[0], self.latent_channels, *(s // f for s in shape[2:]))
 
+    def noise_shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of ``sample``'s ``input_noise`` for images of ``image_shape``: the latents' (:meth:`latent_shape`)."""
+        return self.latent_shape(image_shape)
+
     def parameters(self):
         """Learnable parameters of the VDM's schedule (the autoencoder is frozen)."""
         return self.vdm.parameters()
@@ -248,32 +252,24 @@ class LatentVDMInferer(Inferer):
         return self.vdm.bits_per_dim(self.encode(inputs), network, **kwargs)
 
     @torch.no_grad()
-    def sample(
-        self,
-        network: Callable,
-        shape: Sequence[int],
-        num_steps: int = 1000,
-        save_intermediates: bool = False,
-        decode: bool = True,
-        **kwargs,
-    ):
-        """Sample latents with the VDM's samplers and decode them.
+    def sample(self, input_noise: torch.Tensor, network: Callable, decode: bool = True, **kwargs):
+        """Sample latents from ``input_noise`` with the VDM's samplers and decode them.
 
         Args:
+            input_noise: (B, C_latent, *latent_spatial) standard normal noise in latent space; its shape for images
+                of shape ``(B, C, *spatial)`` is :meth:`latent_shape` of that shape.
             network: the latent score network.
-            shape: (B, C, *spatial) of the *images*; the latents are :meth:`latent_shape` of it.
-            num_steps: network evaluations (any number).
-            save_intermediates: also return the intermediate latents, decoded (on the CPU), for an animation.
             decode: False returns the model-space latents instead of images.
-            kwargs: the rest of :meth:`VDMInferer.sample`: ``sampler`` (``"ancestral"``, ``"ddim"``, ``"dpm++"``),
-                ``generator``, ``intermediate_steps``, ``class_labels``, ``guidance_scale``, ``device``, ...
+            kwargs: the rest of :meth:`VDMInferer.sample`: ``class_labels``, ``generator``, ``options``
+                (:class:`~monai_medgen.inferers.SamplingOptions`) or its fields as keywords (``sampler``,
+                ``num_steps``, ``save_intermediates``, ``intermediate_steps``, ...).
 
         Returns:
-            images (B, C, *spatial) in [-1, 1] (or latents), or ``(images, frames)`` with ``save_intermediates``.
+            images (B, C, *spatial) in [-1, 1] (or latents), or ``(images, frames)`` with ``save_intermediates``
+            (the intermediate latents decoded on the CPU, for an animation).
         """
-        out = self.vdm.sample(
-            network, self.latent_shape(shape), num_steps=num_steps, save_intermediates=save_intermediates, **kwargs
-        )
+        out = self.vdm.sample(input_noise, network, **kwargs)
+        save_intermediates = isinstance(out, tuple)
         latents, frames = out if save_intermediates else (out, None)
         if not decode:
             return out

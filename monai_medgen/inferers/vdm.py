@@ -12,14 +12,14 @@ modelled at the bin centres ``2 (k + 1/2) / 256 - 1``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.inferers import Inferer
-from torch import nn
 
 from monai_medgen.engines import unwrap_network
-from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, sample_loop
+from monai_medgen.inferers.options import SamplingOptions, sampling_options
+from monai_medgen.samplers import Generators, accelerated, sample_loop
 from monai_medgen.schedules import FixedLinearSchedule, Schedule, gamma_and_slope, log_alpha2, log_sigma2, time_grid
 
 __all__ = [
@@ -332,82 +332,72 @@ class VDMInferer(Inferer):
                 totals[k] += getattr(out, k).float() / num_time_samples
         return totals
 
+    def noise_shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of ``sample``'s ``input_noise`` for images of ``image_shape`` (B, C, *spatial): the same."""
+        return tuple(int(s) for s in image_shape)
+
     @torch.no_grad()
     def sample(
         self,
+        input_noise: torch.Tensor,
         network: Callable,
-        shape: tuple[int, ...],
-        num_steps: int = 1000,
-        class_labels: torch.Tensor | None = None,
-        guidance_scale: float = 0.0,
+        class_labels: torch.Tensor | int | None = None,
         generator: Generators = None,
-        verbose: bool = True,
-        save_intermediates: bool = False,
-        intermediate_steps: int | list[int] = 100,
-        sampler: str = "ancestral",
-        eta: float | None = None,
-        device: torch.device | str | None = None,
         quantize: bool = True,
-        channels_last: bool = False,
-        autocast: str | None = None,
-        compile: bool | str = False,
+        options: SamplingOptions | None = None,
+        **option_fields,
     ):
-        """Draw samples with ``num_steps`` network evaluations from t = 1 to 0.
+        """Draw samples from ``input_noise`` at t = 1 down to t = 0 (MONAI's ``sample(input_noise, network)``).
 
         Args:
+            input_noise: (B, C, *spatial) standard normal noise; fixes shape, device and dtype of the samples
+                (``torch.randn(shape, generator=g)`` with the generator passed here gives the same samples as a
+                per-sample draw, see :func:`monai_medgen.samplers.batched_randn`).
             network: the score network.
-            shape: (B, C, *spatial) of the samples.
-            num_steps: any number of steps (the chain is exact for any count).
-            class_labels: (B,) long; with ``guidance_scale = w > 0`` classifier-free guidance
+            class_labels: (B,) long, or one label for all; with ``guidance_scale = w > 0`` classifier-free guidance
                 ``(1 + w) eps(c) - w eps(null)`` is used (network needs a null class).
-            generator: same seed, same sample; or one generator per sample (a list of B), so each sample is the
-                same whatever else is in the batch.
-            save_intermediates: also return the noisy z every ``intermediate_steps`` step indices
-                (or at the listed indices) for a sampling animation.
-            sampler: ``"ancestral"`` (default), ``"ddim"`` or ``"dpm++"``.
+            generator: for the sampler's noise after the start: same seed, same sample; or one generator per
+                sample (a list of B), so each sample is the same whatever else is in the batch.
             quantize: snap the output onto the 256 data levels (in [-1, 1]).
-            channels_last, autocast, compile: speed options of the network call, all off by default
-                (:func:`monai_medgen.samplers.accelerated`): ``channels_last`` memory format, ``"bf16"`` /
-                ``"fp16"`` autocast, ``torch.compile`` (True or a backend name).
+            options: :class:`~monai_medgen.inferers.SamplingOptions`; ``num_steps`` is any number of steps (the
+                chain is exact for any count), default 1000.
+            option_fields: the same options as keywords (``sampler="dpm++", num_steps=10``), over ``options``.
 
         Returns:
             samples (B, C, *spatial) in [-1, 1], or ``(samples, intermediates)`` with ``save_intermediates``.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
-        if len(shape) < 3:
-            raise ValueError(f"shape must be (B, C, *spatial), got {tuple(shape)}.")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}.")
-        if guidance_scale > 0 and class_labels is None:
-            raise ValueError("guidance_scale > 0 needs class_labels (the classes to guide towards).")
-        if device is None:
-            param = next(iter(network.parameters()), None) if isinstance(network, nn.Module) else None
-            device = param.device if param is not None else torch.device("cpu")
+        if not torch.is_tensor(input_noise) or input_noise.ndim < 3:
+            raise ValueError(
+                f"input_noise must be a tensor of shape (B, C, *spatial), got {type(input_noise).__name__}."
+            )
+        o = sampling_options(SamplingOptions, options, option_fields)
+        o.check_guidance(class_labels)
+        batch, device = input_noise.shape[0], input_noise.device
         if class_labels is not None:
             class_labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
             if class_labels.numel() == 1:
-                class_labels = class_labels.expand(shape[0])
-            if class_labels.numel() != shape[0]:
+                class_labels = class_labels.expand(batch)
+            if class_labels.numel() != batch:
                 raise ValueError(
-                    f"class_labels must have {shape[0]} entries (one per sample), got {class_labels.numel()}."
+                    f"class_labels must have {batch} entries (one per sample), got {class_labels.numel()}."
                 )
-        z = batched_randn(tuple(shape), generator, device=device)
-        call = accelerated(network, channels_last=channels_last, autocast=autocast, compile=compile)
-        eps_fn = guided_eps_fn(call, class_labels, guidance_scale, getattr(unwrap_network(network), "null_class", None))
+        call = accelerated(network, **o.speed)
+        eps_fn = guided_eps_fn(
+            call, class_labels, o.guidance_scale, getattr(unwrap_network(network), "null_class", None)
+        )
         out = sample_loop(
             eps_fn,
-            z,
+            input_noise,
             self.schedule,
-            time_grid(num_steps, device=device),
-            sampler=sampler,
-            eta=eta,
+            time_grid(1000 if o.num_steps is None else o.num_steps, device=device),
+            sampler=o.sampler,
+            eta=o.eta,
             generator=generator,
-            intermediate_steps=intermediate_steps if save_intermediates else None,
-            verbose=verbose,
-            desc=f"VDM {sampler}",
+            intermediate_steps=o.frames_every,
+            verbose=o.verbose,
+            desc=f"VDM {o.sampler}",
         )
         x = out.sample.clamp(-1, 1)
         if quantize:
             x = from_levels(to_levels(x, self.vocab_size), self.vocab_size, centres=False)
-        return (x, out.intermediates) if save_intermediates else x
+        return (x, out.intermediates) if o.save_intermediates else x

@@ -33,9 +33,10 @@ __all__ = [
     "open_bundle",
 ]
 
-TRAIN_HINT = "python -m monai.bundle run --config_file {d}/configs/train.yaml --bundle_root {d}"
-#: kinds a front-end may ask for: restoration (a ``task``), generation (a VDM with a ``schedule``), or either
-KINDS = ("restoration", "vdm", "any")
+TRAIN_HINT = 'python -m monai.bundle run --config_file "$(python -m monai_medgen.bundle.configs {d})" --bundle_root {d}'
+#: kinds a front-end may ask for: restoration (a ``task``), a VDM (a ``schedule``), any generative bundle (a VDM or
+#: a class-conditional DDPM: no ``task``), or any bundle
+KINDS = ("restoration", "vdm", "generative", "any")
 
 
 class BundleError(ValueError):
@@ -201,8 +202,8 @@ def load_bundle(
     Args:
         folder: the bundle folder, or the result of :func:`open_bundle`.
         device: where the network goes (``"cpu"``, ``"cuda:0"``, ...).
-        kind: ``"restoration"`` (a bundle with a ``task``), ``"vdm"`` (a VDM: a ``schedule`` and no task) or
-            ``"any"``; another kind is refused naming ``purpose``.
+        kind: ``"restoration"`` (a bundle with a ``task``), ``"vdm"`` (a VDM: a ``schedule`` and no task),
+            ``"generative"`` (no task: a VDM or a class-conditional DDPM) or ``"any"``; another kind is refused naming ``purpose``.
         purpose: what the caller does with it, for that message (e.g. ``"generate"``).
 
     Raises:
@@ -215,6 +216,11 @@ def load_bundle(
     if kind == "restoration" and bundle.kind != "restoration":
         raise BundleError(
             f"--bundle {bundle.root} is not a restoration (cddpm_*) bundle (its inference.yaml has no 'task')."
+        )
+    if kind == "generative" and not bundle.generative:
+        raise BundleError(
+            f"--bundle {bundle.root} restores images (its inference.yaml has a 'task'); {purpose or 'this'} needs a "
+            "generative bundle such as bundles/vdm_brain_mri_2d."
         )
     if kind == "vdm" and bundle.kind != "vdm":
         raise BundleError(

@@ -1,9 +1,11 @@
 """One restoration for every front-end: a loaded bundle, an image (and mask), :class:`RestoreOptions` with the
 bundle's defaults filled in, and the provenance of the result.
 
-``monai-medgen restore`` and the MONAI Label app's restoration models call :func:`restore`; it calls
-:func:`monai_medgen.restoration.restore_image` (2D images, volumes slice by slice or through their planes, 3D
-models over patches), which calls the inferer and the sampler.
+``monai-medgen restore`` and the MONAI Label app's restoration models call :func:`restore`; for the blind residual
+bundles it calls :func:`monai_medgen.tasks.restore.restore_residual` (2D images, volumes slice by slice or through
+their planes, large images in tiles), whose :class:`~monai_medgen.tasks.sampling.ResidualRestorer` runs the
+inferer's network on the sampler's time grid (:func:`monai_medgen.samplers.sample_loop`); other conditional models
+go through :func:`monai_medgen.restoration.restore_image`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from monai.data import MetaTensor
 from monai_medgen import io
 from monai_medgen.limits import TASK_NAMES
 from monai_medgen.pipelines.bundles import LoadedBundle
-from monai_medgen.restoration import restore_image
+from monai_medgen.restoration import check_image, check_mask, restore_image
+from monai_medgen.tasks.restore import ResidualDiffusionInferer, restore_residual
 
 __all__ = ["RestoreOptions", "restore", "restoration_provenance"]
 
@@ -100,6 +103,29 @@ def restore(
     if bundle.task != "inpaint" and mask is not None:
         raise ValueError(f"mask is for inpainting bundles only; bundle {bundle.name} does {TASK_NAMES[bundle.task]}.")
     o = (options or RestoreOptions()).with_defaults(bundle)
+    if isinstance(bundle.inferer, ResidualDiffusionInferer):  # the blind residual bundles: straight to their sampler
+        img = check_image(image)
+        if int(o.num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {o.num_samples}.")
+        if bundle.inferer.family != bundle.task:
+            raise ValueError(
+                f"task {bundle.task!r} does not match the model, which restores {bundle.inferer.family!r}."
+            )
+        return restore_residual(
+            bundle.network,
+            bundle.inferer,
+            img,
+            mask=check_mask(mask, img) if bundle.task == "inpaint" else None,
+            factor=o.factor,
+            num_steps=o.num_steps,
+            num_samples=int(o.num_samples),
+            seed=o.seed,
+            sampler=o.sampler,
+            device=bundle.device,
+            verbose=verbose,
+            speed={"channels_last": o.channels_last, "autocast": o.autocast, "compile": o.compile},
+            progress=progress,
+        )
     return restore_image(
         bundle.network,
         bundle.inferer,

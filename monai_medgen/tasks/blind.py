@@ -23,6 +23,7 @@ from collections.abc import Hashable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable
 
 from monai_medgen.tasks.operators import Noise, SuperResolution, estimate_noise_sigma, fill_holes, median3
@@ -156,7 +157,6 @@ class BlindDegradationd(Randomizable, MapTransform):
 
     def _blob_mask(self, shape) -> np.ndarray:
         """Irregular blobs: a smoothed random field thresholded at the quantile of the wanted area."""
-        import torch.nn.functional as F
 
         field = torch.as_tensor(self.R.standard_normal((1, 1, *shape)), dtype=torch.float32)
         k = max(3, int(min(shape) * self.R.uniform(0.05, 0.2)) | 1)

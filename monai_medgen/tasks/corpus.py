@@ -28,10 +28,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.transforms import Randomizable, Transform
+
+from monai_medgen.data import datalist_from_path, load_volume, scale_intensity
 
 __all__ = ["SOURCES", "RandCorpusSliced", "TrainingCorpus"]
 
@@ -121,8 +124,6 @@ class TrainingCorpus:
     def _load_mni(self, sources) -> None:
         from nilearn import datasets
 
-        from monai_medgen.data import scale_intensity
-
         t1 = scale_intensity(np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(), np.float32))
         mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(), np.float32) > 0.5
         if "mni152_t1" in sources:
@@ -135,7 +136,6 @@ class TrainingCorpus:
             self.volumes["tissue_contrast"] = [(maps, _valid_slices(maps.sum(0) > 0.5))]
 
     def _load_atlases(self) -> None:
-        import nibabel as nib
 
         vols = []
         for name in TRAINING_ATLASES:
@@ -165,7 +165,6 @@ class TrainingCorpus:
             self.notes.append("photographs skipped: scikit-image's bundled images not found")
 
     def _load_user(self, dataset_dir) -> None:
-        from monai_medgen.data import datalist_from_path, load_volume, scale_intensity
 
         items = []
         for item in datalist_from_path(dataset_dir):

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from monai.bundle import ConfigParser
 
+from monai_medgen.bundle.configs import train_config_files
 from monai_medgen.bundle.workflow import load_model
 
 __all__ = ["RestorationBundle", "load_restoration_bundle"]
@@ -37,18 +38,17 @@ def load_restoration_bundle(
     ``folder/models/model.pt``; a training checkpoint works too, its EMA weights are used)."""
     folder = Path(folder)
     inference = folder / "configs" / "inference.yaml"
-    config = inference if inference.is_file() else folder / "configs" / "train.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{str(folder)!r} is not a restoration bundle: {config} is missing.")
+    if not inference.is_file() and not (folder / "configs" / "train.yaml").is_file():
+        raise FileNotFoundError(f"{str(folder)!r} is not a restoration bundle: {inference} is missing.")
     parser = ConfigParser()
-    parser.read_config(str(config))
+    parser.read_config(str(inference) if inference.is_file() else train_config_files(folder))
     parser["bundle_root"] = str(folder)
     parser["device"] = "$torch.device('cpu')"
     family = parser.get_parsed_content("family")
     network = parser.get_parsed_content("network_def", instantiate=True)
     inferer = parser.get_parsed_content("inferer", instantiate=True)
     load_model(weights or folder / "models" / "model.pt", network)
-    steps = int(parser.get("num_steps", DEFAULT_NUM_STEPS)) if config == inference else DEFAULT_NUM_STEPS
-    start = float(parser.get("start_time", DEFAULT_START_TIME)) if config == inference else DEFAULT_START_TIME
+    steps = int(parser.get("num_steps", DEFAULT_NUM_STEPS)) if inference.is_file() else DEFAULT_NUM_STEPS
+    start = float(parser.get("start_time", DEFAULT_START_TIME)) if inference.is_file() else DEFAULT_START_TIME
     network = network.to(device).eval()
     return RestorationBundle(folder.name, network, inferer, family, steps, start)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel
+import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -48,7 +50,6 @@ def _crop_to_content(a: np.ndarray, pad: int = 4, threshold: float = 0.02) -> np
 
 
 def _nifti_slice(path: Path, axis: int = 2, frame: int | None = None, fraction: float = 0.5) -> np.ndarray:
-    import nibabel as nib
 
     v = np.asarray(nib.load(str(path)).get_fdata(), np.float32)
     if frame is not None:
@@ -100,8 +101,6 @@ def _panel_image(name: str) -> np.ndarray:
     if name == "mr_small":
         return _scale01(pydicom_test_image("MR_small.dcm"))
     if name == "epi":
-        import nibabel
-
         path = Path(nibabel.__file__).parent / "tests" / "data" / "example4d.nii.gz"
         return _scale01(_nifti_slice(path, frame=0))
     if name == "retina":

@@ -9,6 +9,7 @@ from monai.data import Dataset
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
+from monai_medgen.data import demo_slices
 from monai_medgen.tasks.blind import BlindDegradationd, check_family
 from monai_medgen.tasks.corpus import RandCorpusSliced, TrainingCorpus
 from monai_medgen.tasks.operators import Noise, SuperResolution
@@ -47,7 +48,6 @@ def validation_items(
     """Held-out Colin27 axial slices with a fixed degradation for validation during training:
     ``{"image": measured (+ mask channel for inpainting), "label": truth}``, both in [0, 1] units; SR 4x, noise
     sigma 0.1 + 5% salt-and-pepper, a central box of a quarter of the side."""
-    from monai_medgen.data import demo_slices
 
     check_family(family)
     truth = torch.stack(

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_medgen.data import demo_slices, load_colin27, scale_intensity
 from monai_medgen.dicomweb import stop_process_group
+from monai_medgen.transforms import RandMixedNoise, SimulateLowResolution
 
 __all__ = [
     "APP_DIR",
@@ -212,9 +214,6 @@ def write_demo_inputs(studies, inputs, seed: int = 1000) -> dict:
     """
     import torch
     from monai.data import MetaTensor
-
-    from monai_medgen.data import demo_slices, load_colin27, scale_intensity
-    from monai_medgen.transforms import RandMixedNoise, SimulateLowResolution
 
     studies, inputs = Path(studies), Path(inputs)
     studies.mkdir(parents=True, exist_ok=True)

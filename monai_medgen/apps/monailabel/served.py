@@ -6,12 +6,11 @@
   ``models/model.pt``).
 - :class:`ServedModel`: one bundle as an infer task: its options for ``/info/`` (:meth:`~ServedModel.config`),
   the checks of a request's options (:meth:`~ServedModel.parse_options`), and the work itself through the
-  package's own functions (:func:`monai_medgen.pipelines.restore`,
-  :func:`monai_medgen.bundle.workflow.draw_samples`).
+  package's own functions (:func:`monai_medgen.pipelines.restore`, :func:`monai_medgen.pipelines.sample_images`).
 - :func:`read_upload`, :func:`read_mask`: uploaded images read with :func:`monai_medgen.io.read_image`, with
   errors that name the upload (not the server's temporary file).
-- :func:`generation_affine`: where a generated slice stack lies in the world: the reference image's in-plane
-  field of view, centred on its middle slice.
+- :func:`generation_affine` (from :mod:`monai_medgen.pipelines`, the one rule of every front-end): where a generated
+  slice stack lies in the world: the reference image's in-plane field of view, centred on its middle slice.
 
 Every user error is a :class:`RequestError` (a ``ValueError``) whose message names the option or input and what
 was expected; the app turns it into an HTTP 4xx answer.
@@ -26,7 +25,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.data import MetaTensor
 
@@ -35,14 +33,17 @@ from monai_medgen.inferers import ConditionalDiffusionInferer, VDMInferer
 from monai_medgen.limits import MAX_SLICE_PIXELS, MAX_VOXELS, SAMPLERS, TASK_NAMES
 from monai_medgen.pipelines import (
     BundleError,
+    GenerateOptions,
     LoadedBundle,
     RestoreOptions,
     class_names,
     default_bundles_dir,
     find_bundles,
+    generation_affine,
     load_bundle,
     restoration_provenance,
     restore,
+    sample_images,
 )
 
 __all__ = [
@@ -453,36 +454,24 @@ class ServedModel:
         """A stack of ``num_slices`` generated slices (2D model), (1, S, S, num_slices), or one generated volume (3D
         model), (1, S, S, S), in [0, 1], placed by :func:`generation_affine` in the reference's field of view (or
         centred on the origin at the bundle's spacing without one)."""
-        from monai_medgen.bundle.workflow import draw_samples
-
         if not self.generative:
             raise RequestError(f"model {self.name} restores images; it does not generate them.")
         volume_model = self.spatial_dims == 3
         size = int(self.image_size)
         n = size if volume_model else int(options["num_slices"])
-        device = torch.device(self.device)
-        generator = torch.Generator(device=device).manual_seed(int(options["seed"]))
-        labels = None
-        if self.class_names:
-            labels = torch.full(
-                (1 if volume_model else n,), int(options["class_label"]), dtype=torch.long, device=device
-            )
-        self.network.eval()
-        shape = (1, 1, size, size, size) if volume_model else (n, 1, size, size)
-        x = draw_samples(
-            self.inferer,
-            self.network,
-            shape,
-            options["steps"],
-            generator,
-            device,
+        chosen = GenerateOptions(
+            num_samples=1 if volume_model else n,
             sampler=options["sampler"],
-            class_labels=labels,
+            num_steps=int(options["steps"]),
+            seed=int(options["seed"]),
+            class_label=int(options["class_label"]) if self.class_names else None,
             guidance_scale=float(options.get("guidance", 0.0)),
+            batch_size=1 if volume_model else n,
         )
-        x = (x.float().cpu().clamp(-1, 1) + 1) / 2
+        x, _ = sample_images(self.network, self.inferer, (size,) * self.spatial_dims, chosen, self.device, False)
+        x = (x.clamp(-1, 1) + 1) / 2
         volume = (x[0] if volume_model else x[:, 0].permute(1, 2, 0)[None]).contiguous()
-        affine = generation_affine(reference, size, n, self.spacing, cube=volume_model)
+        affine = generation_affine(reference, (size,) * self.spatial_dims, n, self.spacing)
         extra = {
             "shape": [size, size, n],
             "reference": "the input image's field of view" if reference is not None else "none (centred on the origin)",
@@ -507,41 +496,6 @@ class ServedModel:
             extra=extra,
         )
         return MetaTensor(volume, affine=torch.as_tensor(affine, dtype=torch.float64)), provenance
-
-
-def generation_affine(
-    reference: MetaTensor | None, size: int, num_slices: int, spacing: float = 1.0, cube: bool = False
-) -> np.ndarray:
-    """4x4 RAS affine of a generated stack of ``num_slices`` square ``size`` x ``size`` slices (or, with ``cube``,
-    of a generated ``size``^3 volume).
-
-    With a ``reference`` (C, H, W[, D]) the stack covers the reference's in-plane field of view (its larger side,
-    square pixels, same orientation) centred on the reference's centre; slices are one reference slice apart
-    (for a 2D reference: one output pixel apart), centred on its middle slice.  A cube covers the largest side of
-    the reference's field of view with isotropic voxels.  Without a reference: ``spacing`` mm voxels,
-    axis-aligned, centred on the origin.
-    """
-    size, n = int(size), int(num_slices)
-    if reference is None:
-        sp = float(spacing)
-        affine = np.diag([sp, sp, sp, 1.0])
-        affine[:3, 3] = [-sp * (size - 1) / 2, -sp * (size - 1) / 2, -sp * (n - 1) / 2]
-        return affine
-    from monai.data.utils import to_affine_nd
-
-    ref = np.asarray(to_affine_nd(3, np.asarray(reference.affine, dtype=np.float64)), dtype=np.float64)
-    shape = [int(s) for s in reference.shape[1:]] + [1] * (4 - reference.ndim)
-    h, w, d = shape[:3]
-    sx, sy, sz = (float(v) for v in np.linalg.norm(ref[:3, :3], axis=0))
-    step = max(h * sx, w * sy, d * sz if cube else 0.0) / size  # mm per generated pixel
-    scale = np.array([step / sx, step / sy, 1.0 if d > 1 and not cube else step / sz])
-    to_ref = np.diag([*scale, 1.0])
-    to_ref[:3, 3] = [
-        (h - 1) / 2 - scale[0] * (size - 1) / 2,
-        (w - 1) / 2 - scale[1] * (size - 1) / 2,
-        (d - 1) / 2 - scale[2] * (n - 1) / 2,
-    ]
-    return ref @ to_ref
 
 
 # ---------------------------------------------------------------------------------------------
