@@ -33,7 +33,13 @@ from monai_medgen.networks.score_unet import ScoreUNet
 from monai_medgen.samplers import Generators, accelerated, batched_randn, repaint_times, sample_loop
 from monai_medgen.schedules import DiscreteSchedule, Schedule, alpha_sigma, log_alpha2, time_grid
 
-__all__ = ["ConditionalDiffusionInferer", "ConditionalPrepareBatch", "NETWORK_INPUTS", "PREDICTION_TYPES"]
+__all__ = [
+    "ConditionalDiffusionInferer",
+    "ConditionalPrepareBatch",
+    "NETWORK_INPUTS",
+    "PREDICTION_TYPES",
+    "short_chain_times",
+]
 
 NETWORK_INPUTS = ("gamma", "timesteps")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -93,6 +99,21 @@ def _batch_like(x: torch.Tensor | None, name: str, batch: int, spatial: Sequence
 def _tile(x: torch.Tensor | None, n: int) -> torch.Tensor | None:
     """Repeat a batch n times (sample-major: [x; x; ...])."""
     return None if x is None else x.repeat(n, *([1] * (x.ndim - 1)))
+
+
+def short_chain_times(num_steps: int, start_time: float, num_train_steps: int) -> torch.Tensor:
+    """``[1, t_start, ..., 0]`` on the training grid k / T: one step from pure noise to ``start_time``, then
+    ``num_steps - 1`` evenly spaced steps to 0 (``num_steps`` network calls in all): the short chain that starts
+    from the network's regression estimate at t = 1 (residual restoration, :mod:`monai_medgen.tasks.sampling`)."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+    if not 0.0 < float(start_time) <= 1.0:
+        raise ValueError(f"start_time must be in (0, 1], got {start_time!r}.")
+    if num_steps == 1:
+        return torch.tensor([1.0, 0.0])
+    k = torch.linspace(float(start_time) * num_train_steps, 0, num_steps, dtype=torch.float64).round()
+    k = torch.unique_consecutive(torch.cat([torch.tensor([float(num_train_steps)], dtype=torch.float64), k]))
+    return (k / num_train_steps).float()
 
 
 class ConditionalDiffusionInferer(Inferer):
@@ -252,8 +273,11 @@ class ConditionalDiffusionInferer(Inferer):
     # -----------------------------------------------------------------------------------------
     # sampling
     # -----------------------------------------------------------------------------------------
-    def _times(self, num_steps: int, repaint: Mapping | None, device) -> torch.Tensor:
-        """Time list on the training grid k / T; RePaint's jumps mapped onto the same grid."""
+    def _times(self, num_steps: int, repaint: Mapping | None, device, start_time: float | None = None) -> torch.Tensor:
+        """Time list on the training grid k / T; RePaint's jumps mapped onto the same grid; with ``start_time`` the
+        short chain of :func:`short_chain_times`."""
+        if start_time is not None:
+            return short_chain_times(num_steps, start_time, self.num_train_timesteps).to(device)
         grid = time_grid(num_steps, self.num_train_timesteps, device=device)  # grid[i]: level num_steps - i
         if repaint is None:
             return grid
@@ -309,6 +333,7 @@ class ConditionalDiffusionInferer(Inferer):
         mask: torch.Tensor | None = None,
         known: torch.Tensor | None = None,
         generator: Generators = None,
+        x0_hook: Callable[[torch.Tensor], torch.Tensor] | None = None,
         options: ConditionalSamplingOptions | None = None,
         **option_fields,
     ):
@@ -328,6 +353,8 @@ class ConditionalDiffusionInferer(Inferer):
             generator: torch generator for every random draw (same seed, same sample); or a list of B
                 generators, one per input: each input's result is then the same whether it is sampled alone or
                 batched with others (batched sampling of several inputs).
+            x0_hook: ``x0 = x0_hook(x0)`` on every prediction of the clean image (after ``clip``), e.g. a data
+                consistency projection (:class:`monai_medgen.tasks.ResidualRestorer`).
             options: :class:`~monai_medgen.inferers.ConditionalSamplingOptions` (sampler, steps, guidance, samples,
                 patches, clipping, intermediates, speed); ``num_steps`` defaults to T for ancestral, 50 for DDIM,
                 20 for DPM-Solver++ (at most T), and steps land on the trained levels k / T.
@@ -360,7 +387,7 @@ class ConditionalDiffusionInferer(Inferer):
         if o.guidance_scale > 0 and null_class is None:
             raise ValueError("guidance_scale > 0 needs null_class (set it on the inferer or use a ScoreUNet).")
         self.schedule.to(device)
-        times = self._times(num_steps, repaint, device)
+        times = self._times(num_steps, repaint, device, o.start_time)
         eps_model = self.eps_model(network, accelerated(network, **o.speed))
         num_samples = o.num_samples
         per_batch = num_samples if o.samples_per_batch is None else min(o.samples_per_batch, num_samples)
@@ -412,8 +439,9 @@ class ConditionalDiffusionInferer(Inferer):
                 intermediate_steps=o.frames_every,
                 verbose=o.verbose,
                 desc=f"conditional {o.sampler}",
+                x0_hook=x0_hook,
             )
-            x = out.sample if o.clip is None else out.sample.clamp(*o.clip)
+            x = out.sample if o.clip is None or not o.clamp_output else out.sample.clamp(*o.clip)
             if mask is not None:
                 x = torch.where(mask_n, x, known_n)
             samples.append(x)

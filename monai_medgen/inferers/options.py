@@ -86,6 +86,9 @@ class ConditionalSamplingOptions(SamplingOptions):
             ``sliding_window_inference``, Gaussian blending); None: the whole image at once.
         overlap: patch overlap fraction in [0, 1); ``sw_batch_size``: patches per network call.
         clip: clamp the predicted clean image to this range at every step and the output at the end (None: none).
+        clamp_output: False: the output is not clamped to ``clip`` at the end (an ``x0_hook`` may leave it).
+        start_time: a short chain from a regression estimate (:func:`short_chain_times`): one step from t = 1 to
+            ``start_time``, then ``num_steps - 1`` even steps to 0; None: ``num_steps`` even steps from 1.
     """
 
     num_samples: int = 1
@@ -95,9 +98,13 @@ class ConditionalSamplingOptions(SamplingOptions):
     overlap: float = 0.25
     sw_batch_size: int = 1
     clip: tuple[float, float] | None = (-1.0, 1.0)
+    clamp_output: bool = True
+    start_time: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.start_time is not None and not 0.0 < float(self.start_time) <= 1.0:
+            raise ValueError(f"start_time must be in (0, 1] or None, got {self.start_time!r}.")
         if not _is_int(self.num_samples) or self.num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {self.num_samples!r}.")
         if self.samples_per_batch is not None and (not _is_int(self.samples_per_batch) or self.samples_per_batch < 1):

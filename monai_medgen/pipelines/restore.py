@@ -3,9 +3,11 @@ bundle's defaults filled in, and the provenance of the result.
 
 ``monai-medgen restore`` and the MONAI Label app's restoration models call :func:`restore`; for the blind residual
 bundles it calls :func:`monai_medgen.tasks.restore.restore_residual` (2D images, volumes slice by slice or through
-their planes, large images in tiles), whose :class:`~monai_medgen.tasks.sampling.ResidualRestorer` runs the
-inferer's network on the sampler's time grid (:func:`monai_medgen.samplers.sample_loop`); other conditional models
-go through :func:`monai_medgen.restoration.restore_image`.
+their planes, large images in tiles: intensity scaling, operators, data consistency), whose
+:class:`~monai_medgen.tasks.sampling.ResidualRestorer` calls the inferer's ``sample(input_noise, network, ...)`` with
+``num_steps`` and the short chain's ``start_time`` (:class:`~monai_medgen.inferers.ConditionalSamplingOptions`), which
+runs the sampler (:func:`monai_medgen.samplers.sample_loop`); other conditional models go through
+:func:`monai_medgen.restoration.restore_image`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Residual diffusion sampling with data consistency at every step.
 
 The network generates the residual ``r = 2 (x - base)`` to the classical estimate (bicubic, the noisy image, a
-membrane fill; :mod:`monai_medgen.tasks.blind`).  The reverse process runs on the shared core
-(:func:`monai_medgen.samplers.sample_loop`) along a short time list ``[1, t_start, ..., 0]``: the first network call
+membrane fill; :mod:`monai_medgen.tasks.blind`).  The reverse process is the conditional inferer's own
+``sample(input_noise, network, condition=..., x0_hook=...)`` (:class:`~monai_medgen.inferers.ConditionalDiffusionInferer`,
+``start_time`` in its options) on the shared core (:func:`monai_medgen.samplers.sample_loop`), along a short time list
+``[1, t_start, ..., 0]``: the first network call
 at t = 1 is the model's regression estimate of the residual, one large step then lands at the noise level
 ``t_start`` and a few small steps add the detail a regression blurs away (the short chain of "come closer, diffuse
 faster" starts, here from the model's own estimate).  After every prediction of the clean image the data
@@ -21,10 +23,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
 
+from monai_medgen.inferers.conditional import short_chain_times
+from monai_medgen.inferers.options import ConditionalSamplingOptions
 from monai_medgen.networks import size_multiple
-from monai_medgen.samplers import SAMPLERS, Generators, accelerated, batched_randn, sample_loop
+from monai_medgen.samplers import SAMPLERS, Generators, batched_randn
 from monai_medgen.tasks.blind import make_condition
 
 __all__ = ["NUM_FRAMES", "ResidualRestorer", "frame_transform", "restoration_times"]
@@ -50,18 +53,8 @@ def frame_transform(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Ten
 NUM_FRAMES = 8
 
 
-def restoration_times(num_steps: int, start_time: float, num_train_steps: int) -> torch.Tensor:
-    """``[1, t_start, ..., 0]`` on the training grid k / T: one step from pure noise to ``start_time``, then
-    ``num_steps - 1`` evenly spaced steps to 0 (``num_steps`` network calls in all)."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
-    if not 0.0 < float(start_time) <= 1.0:
-        raise ValueError(f"start_time must be in (0, 1], got {start_time!r}.")
-    if num_steps == 1:
-        return torch.tensor([1.0, 0.0])
-    k = torch.linspace(float(start_time) * num_train_steps, 0, num_steps, dtype=torch.float64).round()
-    k = torch.unique_consecutive(torch.cat([torch.tensor([float(num_train_steps)], dtype=torch.float64), k]))
-    return (k / num_train_steps).float()
+#: the short time list of residual restoration (one step to ``start_time``, then even steps); the inferer's
+restoration_times = short_chain_times
 
 
 class ResidualRestorer:
@@ -103,34 +96,27 @@ class ResidualRestorer:
             raise ValueError(f"patch_size must be an integer >= 16 or None, got {patch_size!r}.")
         self.inferer, self.network, self.family = inferer, network, family
         self.sampler, self.patch_size, self.overlap = sampler, patch_size, float(overlap)
-        self.times = restoration_times(num_steps, start_time, inferer.num_train_timesteps)
+        self.times = restoration_times(num_steps, start_time, inferer.num_train_timesteps)  # checks both
+        self.num_steps, self.start_time = int(num_steps), float(start_time)
         self.speed = dict(speed or {})
         self.self_ensemble = bool(getattr(inferer, "self_ensemble", False) if self_ensemble is None else self_ensemble)
 
-    def _eps_fn(self, cond: torch.Tensor) -> Callable:
-        eps_model = self.inferer.eps_model(
-            self.network, accelerated(self.network, **self.speed) if self.speed else None
+    def _options(self, spatial: tuple[int, ...], verbose: bool) -> ConditionalSamplingOptions:
+        """The inferer's sampling options of one chain: the short time list from ``num_steps`` and ``start_time``,
+        the residual's range (+-2 in [-1, 1] units), no clamp of the projected output, tiles for large images."""
+        tiles = self.patch_size is not None and max(spatial) > self.patch_size
+        return ConditionalSamplingOptions(
+            sampler=self.sampler,
+            num_steps=self.num_steps,
+            start_time=self.start_time,
+            clip=(-2.0, 2.0),
+            clamp_output=False,
+            verbose=verbose,
+            patch_size=(self.patch_size,) * len(spatial) if tiles else None,
+            overlap=self.overlap,
+            sw_batch_size=4,
+            **self.speed,
         )
-        if self.patch_size is None or max(cond.shape[2:]) <= self.patch_size:
-            return lambda z, gamma: eps_model(z, gamma, condition=cond)
-
-        def tiled(z, gamma):
-            g = gamma.reshape(-1)[:1]
-
-            def one(window):
-                zc, cc = window[:, : z.shape[1]], window[:, z.shape[1] :]
-                return eps_model(zc, g.expand(zc.shape[0]), condition=cc)
-
-            return sliding_window_inference(
-                torch.cat([z, cond], 1),
-                (self.patch_size,) * (z.ndim - 2),
-                4,
-                one,
-                overlap=self.overlap,
-                mode="gaussian",
-            )
-
-        return tiled
 
     @staticmethod
     def _into_range(x, value_range, project, inner, iterations: int = 20):
@@ -219,19 +205,15 @@ class ResidualRestorer:
             return out
 
         z = batched_randn(measured.shape, generator, device=device, dtype=measured.dtype)
-        out = sample_loop(
-            self._eps_fn(cond),
+        residual = self.inferer.sample(
             z,
-            self.inferer.schedule,
-            self.times,
-            sampler=self.sampler,
+            self.network,
+            condition=cond,
             generator=generator,
-            clip_x0=(-2.0, 2.0),
-            verbose=verbose,
-            desc=f"restore ({self.family})",
             x0_hook=hook,
+            options=self._options(tuple(cond.shape[2:]), verbose),
         )
-        x = base + hook(out.sample) / 2
+        x = base + hook(residual) / 2
         if value_range is not None:
             x = self._into_range(x, value_range, project, inner)
         if known is not None:
