@@ -315,6 +315,8 @@ class ConditionalDiffusionInferer(Inferer):
         num_steps = options.num_steps
         if num_steps is None:
             num_steps = T if options.sampler == "ancestral" else min(DEFAULT_NUM_STEPS[options.sampler], T)
+        if options.start_time is not None:  # the short chain lands on the training grid; repeats collapse
+            return num_steps
         if not 1 <= num_steps <= T:
             raise ValueError(f"num_steps must be an integer in [1, {T}] (the training steps), got {num_steps!r}.")
         return num_steps
