@@ -26,13 +26,12 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 
 from monai_medgen import io
-from monai_medgen.bundle.workflow import save_synthetic_nifti
+from monai_medgen.bundle.workflow import draw_samples, save_synthetic_nifti
 from monai_medgen.engines import unwrap_network
 from monai_medgen.handlers import save_gif, save_grid_png
 from monai_medgen.networks import size_multiple
 from monai_medgen.pipelines.bundles import LoadedBundle
 from monai_medgen.restoration import peak_memory_mb
-from monai_medgen.samplers import batched_randn
 
 __all__ = [
     "GenerateOptions",
@@ -225,13 +224,15 @@ def sample_images(
     for start in range(0, int(options.num_samples), int(options.batch_size)):
         b = min(int(options.batch_size), int(options.num_samples) - start)
         want_frames = options.num_frames > 0 and frames is None
-        out = inferer.sample(
-            batched_randn(inferer.noise_shape((b, 1, *padded)), generator, device=device),
+        out = draw_samples(
+            inferer,
             network,
-            class_labels=None if labels is None else labels.expand(b),
-            generator=generator,
+            (b, 1, *padded),
+            steps,
+            generator,
+            device,
             sampler=options.sampler,
-            num_steps=steps,
+            class_labels=None if labels is None else labels.expand(b),
             guidance_scale=float(options.guidance_scale),
             save_intermediates=want_frames,
             intermediate_steps=max(1, steps // max(1, int(options.num_frames))),

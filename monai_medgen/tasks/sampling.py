@@ -96,7 +96,7 @@ class ResidualRestorer:
             raise ValueError(f"patch_size must be an integer >= 16 or None, got {patch_size!r}.")
         self.inferer, self.network, self.family = inferer, network, family
         self.sampler, self.patch_size, self.overlap = sampler, patch_size, float(overlap)
-        self.times = restoration_times(num_steps, start_time, inferer.num_train_timesteps)  # checks both
+        restoration_times(num_steps, start_time, inferer.num_train_timesteps)  # checks both (the inferer builds it)
         self.num_steps, self.start_time = int(num_steps), float(start_time)
         self.speed = dict(speed or {})
         self.self_ensemble = bool(getattr(inferer, "self_ensemble", False) if self_ensemble is None else self_ensemble)
