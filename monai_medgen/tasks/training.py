@@ -31,11 +31,14 @@ def training_dataset(
     (:class:`~monai_medgen.tasks.RandCorpusSliced`) degraded by the family's blind degradation
     (:class:`~monai_medgen.tasks.BlindDegradationd`; ``degradation`` are its keyword arguments).
     Items: ``image`` = residual target, ``cond``, ``base``, ``truth``, all (C, crop, crop).  ``dataset_dir``: your
-    own images (folder or datalist JSON) added to the corpus."""
+    own images (folder or datalist JSON) added to the corpus.  The corpus is loaded here, once: DataLoader workers
+    forked from this process share it instead of each loading it again at every epoch."""
     check_family(family)
+    if corpus is None:
+        corpus = TrainingCorpus(dataset_dir=dataset_dir or None)
     transform = Compose(
         [
-            RandCorpusSliced(crop_size, corpus, dataset_dir=dataset_dir or None),
+            RandCorpusSliced(crop_size, corpus),
             BlindDegradationd("image", family=family, **degradation),
         ]
     )
