@@ -41,6 +41,7 @@ TINY_TRAIN = {
     "vdm_brain_mri_3d": {"image_size": 32, "crop_size": 16},
     LATENT: {"image_size": [32, 32, 32], "shifts": [0], "val_interval": 0},
     "cddpm_class_conditional_2d": {"image_size": 32},
+    "cddpm_mr_contrast_2d": {"image_size": 32},
     "cddpm_super_resolution_2d": {"image_size": 32, "crop_size": 16, "num_val_slices": 2},
     "cddpm_denoising_2d": {"image_size": 32, "crop_size": 16, "num_val_slices": 2},
     "cddpm_inpainting_2d": {"image_size": 32, "crop_size": 16, "num_val_slices": 2},
@@ -337,7 +338,9 @@ def test_tracking_mlflow_keeps_the_bundle_handlers(name, tmp_path):
         workflow = _workflow(name, config, "train" if config == "train.yaml" else "infer", tmp_path, tracking="mlflow")
         for key in lists:
             if key.startswith("validate") and plain.get("validate#evaluator") is None:  # a bundle without validation
-                assert name == "cddpm_class_conditional_2d" and key.startswith("validate"), key
+                assert name in ("cddpm_class_conditional_2d", "cddpm_mr_contrast_2d") and key.startswith("validate"), (
+                    key
+                )
                 continue
             before, after = _targets(plain[key]), _targets(workflow.parser[key])
             assert after == before + ["MLFlowHandler"], (name, config, key)

@@ -105,7 +105,7 @@ def test_every_inferer_samples_as_monai(inferer):
 
 def test_train_configs_share_their_wiring():
     bundles, total, repeated = sharing(REPO / "bundles", "train.yaml")
-    assert bundles == 8 and total > 0
+    assert bundles == len(list((REPO / "bundles").glob("*/configs/train.yaml"))) >= 9 and total > 0
     assert repeated / total < 0.25, f"{repeated} of {total} train.yaml lines repeated verbatim in every bundle"
     for folder in sorted((REPO / "bundles").iterdir()):
         files = train_config_files(folder)

@@ -103,6 +103,8 @@ class ScoreUNet(nn.Module):
         grid_levels: number of intensity levels of discrete data (256 for 8-bit) to add a
             :class:`GridSkip`; None (default) for none.
         gamma_min, gamma_max: range used to normalise gamma for the embedding.
+        optional_condition: with ``cond_channels``, a missing condition is a zero image (a network trained with its
+            condition sometimes zeroed, e.g. contrast translation that also generates without a source image).
         use_flash_attention: attention by torch's ``scaled_dot_product_attention`` (flash / memory-efficient
             kernels; default) instead of MONAI's explicit softmax(QK^T)V; same values, far less memory.  Switch it
             later with the ``use_flash_attention`` attribute (weights are the same either way).
@@ -136,6 +138,7 @@ class ScoreUNet(nn.Module):
         gamma_max: float = 5.0,
         use_flash_attention: bool = True,
         grid_levels: int | None = None,
+        optional_condition: bool = False,
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -148,6 +151,7 @@ class ScoreUNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.cond_channels = int(cond_channels)
+        self.optional_condition = bool(optional_condition)
         self.num_classes = num_classes
         self.residual = residual
         self.gamma_min, self.gamma_max = float(gamma_min), float(gamma_max)
@@ -233,6 +237,8 @@ class ScoreUNet(nn.Module):
         t_emb = 1000.0 * (gamma - self.gamma_min) / (self.gamma_max - self.gamma_min)
         h = self.fourier(z)
         if self.cond_channels:
+            if condition is None and self.optional_condition:  # "no source image": the zero image it trained on
+                condition = z.new_zeros((z.shape[0], self.cond_channels, *z.shape[2:]))
             if condition is None or condition.shape[1] != self.cond_channels or condition.shape[2:] != z.shape[2:]:
                 got = None if condition is None else tuple(condition.shape)
                 raise ValueError(

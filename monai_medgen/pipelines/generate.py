@@ -29,6 +29,7 @@ from monai_medgen import io
 from monai_medgen.bundle.workflow import draw_samples, save_synthetic_nifti
 from monai_medgen.engines import unwrap_network
 from monai_medgen.handlers import save_gif, save_grid_png
+from monai_medgen.inferers import ConditionalDiffusionInferer
 from monai_medgen.networks import size_multiple
 from monai_medgen.pipelines.bundles import LoadedBundle
 from monai_medgen.restoration import peak_memory_mb
@@ -138,7 +139,8 @@ class Generated:
     """Samples and where they lie.
 
     Attributes:
-        images: (N, 1, *size) in [0, 1] (the training scale).
+        images: (N, C, *size) in [0, 1] (the training scale; C = 1, or 2 for a complex-valued model: real, imaginary
+            mapped from [-1, 1] as every channel is).
         affine: 4x4 world geometry of every sample (:func:`generation_affine`).
         frames: intermediate images of the first batch (each (B, 1, *size) in [-1, 1]) or None.
         provenance: model, bundle version, sampler, steps, seed, reference checksum, class and guidance.
@@ -220,6 +222,10 @@ def sample_images(
         labels = torch.full((1,), int(options.class_label), dtype=torch.long, device=device)
     steps = int(options.num_steps)
     network.eval()
+    # image channels: 1, or the network's own for a conditional DDPM on several channels (complex MR as real, imag)
+    channels = (
+        getattr(unwrap_network(network), "in_channels", 1) if isinstance(inferer, ConditionalDiffusionInferer) else 1
+    )
     samples, frames = [], None
     for start in range(0, int(options.num_samples), int(options.batch_size)):
         b = min(int(options.batch_size), int(options.num_samples) - start)
@@ -227,7 +233,7 @@ def sample_images(
         out = draw_samples(
             inferer,
             network,
-            (b, 1, *padded),
+            (b, channels, *padded),
             steps,
             generator,
             device,
