@@ -17,7 +17,13 @@ from PIL import Image
 
 import monai_medgen  # noqa: F401  (the config names its classes)
 from monai_medgen.bundle import load_model
-from monai_medgen.tasks.contrasts import CONTRASTS, contrast_image, contrast_slices, translate_contrast
+from monai_medgen.tasks.contrasts import (
+    CONTRASTS,
+    contrast_image,
+    contrast_slices,
+    sample_contrasts,
+    translate_contrast,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,13 +52,10 @@ def main(argv=None) -> int:
         truth = contrast_image(maps, name, zero)[None]
         src_name = "t2" if name == "t1" else "t1"
         moved = translate_contrast(net, inferer, contrast_image(maps, src_name, zero)[None], name, args.steps)
-        g = torch.Generator().manual_seed(c)
-        noise = torch.randn((args.samples, 2, 64, 64), generator=g)
         labels = torch.full((args.samples,), c, dtype=torch.long)
-        with torch.no_grad():
-            gen = inferer.sample(
-                noise, net, class_labels=labels, sampler="dpm++", num_steps=args.steps, guidance_scale=args.guidance
-            )
+        gen = sample_contrasts(
+            net, inferer, labels, None, 64, args.steps, "dpm++", args.guidance, torch.Generator().manual_seed(c)
+        )
         tiles = torch.cat([truth, moved, gen])
         mag = torch.linalg.vector_norm(tiles, dim=1).clamp(0, 1)  # (n, 64, 64)
         rows.append(torch.cat(list(mag), 1))

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from monai_medgen.tasks.baselines import denoising_baselines
 from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, degrade
 from monai_medgen.tasks.loading import load_restoration_bundle
-from monai_medgen.tasks.operators import median3
 from monai_medgen.tasks.panel import load_panel
 from monai_medgen.tasks.sampling import ResidualRestorer
 
@@ -74,10 +74,7 @@ def main(argv=None) -> int:
         name = ("median3 + " if extra.get("sp") else "") + "BM3D"
 
         def classical(x=measured, e=extra):
-            import bm3d
-
-            x = median3(x) if e.get("sp") else x
-            bm3d.bm3d(x[0, 0].double().numpy(), sigma_psd=0.85 * e.get("sigma", 0.05))
+            denoising_baselines(x, e.get("sigma", 0.05), bool(e.get("sp")), {"BM3D": 0.85})
 
         m_cpu, m_wall = _timed(model, args.repeats)
         c_cpu, c_wall = _timed(classical, args.repeats)

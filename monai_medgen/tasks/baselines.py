@@ -108,8 +108,9 @@ def denoising_parameters(
 
 
 def denoising_baselines(noisy: torch.Tensor, sigma: float, salt_pepper: bool, params: dict[str, float]) -> dict:
-    """BM3D, NLM and TV (after a 3x3 median when the noise has impulses), each with the noise level given and the
-    parameters of :func:`denoising_parameters`; the median's time is counted in each."""
+    """``{name: (output, seconds)}``: BM3D, NLM and TV, those of them that ``params`` names (after a 3x3 median when
+    the noise has impulses), each with the noise level given and its parameter of :func:`denoising_parameters`; the
+    median's time is counted in each."""
     name = "median3 + " if salt_pepper else ""
 
     def run(fn, *args):
@@ -121,8 +122,10 @@ def denoising_baselines(noisy: torch.Tensor, sigma: float, salt_pepper: bool, pa
     out = {}
     if "BM3D" in params:
         out[f"{name}BM3D"] = run(_bm3d, params["BM3D"] * sigma)
-    out[f"{name}NLM"] = run(_nlm, params["NLM"] * sigma, sigma)
-    out[f"{name}TV"] = run(_tv, params["TV"])
+    if "NLM" in params:
+        out[f"{name}NLM"] = run(_nlm, params["NLM"] * sigma, sigma)
+    if "TV" in params:
+        out[f"{name}TV"] = run(_tv, params["TV"])
     return out
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from monai.data import Dataset
 from monai.transforms import MapTransform, Randomizable
 
+from monai_medgen.tasks.corpus import mni152_tissue_maps
 from monai_medgen.transforms import SplitComplex
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "contrast_image",
     "contrast_slices",
     "evaluate_contrasts",
+    "sample_contrasts",
     "smooth_phase",
     "tissue_signals",
     "train_contrast_classifier",
@@ -102,14 +104,9 @@ def contrast_image(
 
 @lru_cache(maxsize=1)
 def _tissue_volume() -> np.ndarray:
-    """(3, X, Y, Z) GM / WM / CSF probabilities of MNI152 (nilearn, offline), cropped to the brain."""
-    from nilearn import datasets
-
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32)
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32)
-    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(), np.float32)
-    csf = np.clip(mask - gm - wm, 0, 1)
-    maps = np.stack([gm, wm, csf]).clip(0, 1)
+    """(3, X, Y, Z) GM / WM / CSF probabilities of MNI152 (:func:`monai_medgen.tasks.corpus.mni152_tissue_maps`),
+    cropped to the brain."""
+    maps = mni152_tissue_maps()
     brain = maps.sum(0) > 0.5
     box = [np.nonzero(brain.any(tuple(a for a in range(3) if a != k)))[0] for k in range(3)]
     return maps[:, box[0][0] : box[0][-1] + 1, box[1][0] : box[1][-1] + 1, box[2][0] : box[2][-1] + 1]
@@ -211,13 +208,38 @@ def translate_contrast(
         raise ValueError(f"source must have shape (B, 2, H, W) or (B, 1, H, W), got {tuple(source.shape)}.")
     if source.shape[1] == 1:
         source = torch.cat([source, torch.zeros_like(source)], 1)
-    dev = next(network.parameters()).device
+    labels = torch.full((source.shape[0],), int(target), dtype=torch.long)
     g = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((source.shape[0], network.in_channels, *source.shape[2:]), generator=g).to(dev)
-    labels = torch.full((source.shape[0],), int(target), dtype=torch.long, device=dev)
+    return sample_contrasts(network, inferer, labels, source, num_steps=num_steps, sampler=sampler, generator=g)
+
+
+def sample_contrasts(
+    network,
+    inferer,
+    labels: torch.Tensor,
+    source: torch.Tensor | None = None,
+    size: int = 64,
+    num_steps: int = 25,
+    sampler: str = "dpm++",
+    guidance_scale: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One sample per label (B,) of contrast indices: generated from the class alone (``source`` None, at ``size``)
+    or translated from ``source`` (B, 2, H, W); the starting noise drawn on the CPU from ``generator``.  Returns
+    (B, 2, H, W) real / imaginary on the network's device."""
+    dev = next(network.parameters()).device
+    shape = (len(labels), network.in_channels, *(source.shape[2:] if source is not None else (size, size)))
+    noise = torch.randn(shape, generator=generator).to(dev)
+    cond = None if source is None else source.to(dev)
     with torch.no_grad():
         return inferer.sample(
-            noise, network, condition=source.to(dev), class_labels=labels, sampler=sampler, num_steps=num_steps
+            noise,
+            network,
+            condition=cond,
+            class_labels=torch.as_tensor(labels).to(dev),
+            sampler=sampler,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
         )
 
 
@@ -320,7 +342,6 @@ def evaluate_contrasts(
 
     from monai_medgen.metrics import ssim
 
-    dev = next(network.parameters()).device
     network.eval()
     classifier, clf_acc = train_contrast_classifier(size, classifier_iterations, seed=seed)
     out = {f"classifier_accuracy_{k}": v for k, v in clf_acc.items()}
@@ -336,11 +357,8 @@ def evaluate_contrasts(
     for w in guidance_scales:
         preds = []
         for lab in labels.split(batch_size):
-            noise = torch.randn((len(lab), network.in_channels, size, size), generator=g).to(dev)
+            x = sample_contrasts(network, inferer, lab, None, size, num_steps, sampler, w, g)
             with torch.no_grad():
-                x = inferer.sample(
-                    noise, network, class_labels=lab.to(dev), sampler=sampler, num_steps=num_steps, guidance_scale=w
-                )
                 preds.append(classifier(_magnitude(x.cpu())).argmax(1))
         hit = torch.cat(preds) == labels
         per = [float(hit[labels == c].float().mean()) for c in range(len(CONTRASTS))]
@@ -360,15 +378,14 @@ def evaluate_contrasts(
     truth, source = _draw(held.repeat(len(pairs), 1, 1, 1), tgt_l, rng, sources=src_l)
     results = {"model (1 sample)": [], "same network, t = 1 regression call": []}
     for sl in torch.arange(len(tgt_l)).split(batch_size):
-        cond, lab = source[sl].to(dev), tgt_l[sl].to(dev)
-        noise = torch.randn((len(sl), network.in_channels, size, size), generator=g).to(dev)
-        with torch.no_grad():
-            results["model (1 sample)"].append(
-                inferer.sample(noise, network, condition=cond, class_labels=lab, sampler=sampler, num_steps=num_steps)
-            )
-            results["same network, t = 1 regression call"].append(
-                inferer.sample(noise, network, condition=cond, class_labels=lab, sampler=sampler, num_steps=1)
-            )
+        state = g.get_state()  # the regression call starts from the same noise as the sample
+        results["model (1 sample)"].append(
+            sample_contrasts(network, inferer, tgt_l[sl], source[sl], size, num_steps, sampler, generator=g)
+        )
+        g.set_state(state)
+        results["same network, t = 1 regression call"].append(
+            sample_contrasts(network, inferer, tgt_l[sl], source[sl], size, 1, sampler, generator=g)
+        )
     t_mag = _magnitude(truth)
     rows = {"source contrast as is (no translation)": _magnitude(source)}
     rows.update({k: _magnitude(torch.cat(v).cpu()) for k, v in results.items()})

@@ -36,7 +36,7 @@ from monai.transforms import Randomizable, Transform
 
 from monai_medgen.data import datalist_from_path, load_volume, scale_intensity
 
-__all__ = ["SOURCES", "RandCorpusSliced", "TrainingCorpus"]
+__all__ = ["SOURCES", "RandCorpusSliced", "TrainingCorpus", "mni152_tissue_maps"]
 
 SOURCES = ("mni152_t1", "tissue_contrast", "atlas_contrast", "photographs")
 DEFAULT_WEIGHTS = {"mni152_t1": 0.25, "tissue_contrast": 0.25, "atlas_contrast": 0.2, "photographs": 0.3, "user": 1.0}
@@ -67,6 +67,19 @@ TRAINING_PHOTOGRAPHS = (
     "clock_motion.png",
     "motorcycle_left.png",
 )
+
+
+def mni152_tissue_maps() -> np.ndarray:
+    """(3, X, Y, Z) float32 probabilities of grey matter, white matter and CSF of the MNI152 2009a template (nilearn,
+    offline); CSF = brain mask minus GM and WM, all clipped to [0, 1].  The tissue maps of the synthetic contrasts here
+    and of the simulated MR contrasts (:mod:`monai_medgen.tasks.contrasts`)."""
+    from nilearn import datasets
+
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32)
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(), np.float32) > 0.5
+    csf = np.clip(mask.astype(np.float32) - gm - wm, 0, 1)
+    return np.stack([gm, wm, csf]).clip(0, 1)
 
 
 def _grey(a: np.ndarray) -> np.ndarray:
@@ -125,14 +138,10 @@ class TrainingCorpus:
         from nilearn import datasets
 
         t1 = scale_intensity(np.asarray(datasets.load_mni152_template(resolution=1).get_fdata(), np.float32))
-        mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).get_fdata(), np.float32) > 0.5
         if "mni152_t1" in sources:
             self.volumes["mni152_t1"] = [(t1, _valid_slices(t1 > 0.02))]
         if "tissue_contrast" in sources:
-            gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).get_fdata(), np.float32)
-            wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).get_fdata(), np.float32)
-            csf = np.clip(mask.astype(np.float32) - gm - wm, 0, 1)
-            maps = np.stack([gm, wm, csf]).clip(0, 1)
+            maps = mni152_tissue_maps()
             self.volumes["tissue_contrast"] = [(maps, _valid_slices(maps.sum(0) > 0.5))]
 
     def _load_atlases(self) -> None:
