@@ -895,7 +895,15 @@ def _score(args) -> int:
     if getattr(getattr(network, "module", network), "num_classes", None) is not None:
         print(f"{PROG} score: note: class-conditional model, scoring with the null class.", file=sys.stderr)
     size = int(bundle.get("image_size", 128))
-    threshold = ood.DEFAULT_THRESHOLDS[args.codec] if args.threshold is None else float(args.threshold)
+    layout = ood.load_layout_model(bundle) if args.score in (None, "layout") else None
+    if args.score == "layout" and layout is None:
+        raise CLIError(
+            f"--score layout: the bundle {args.bundle} ships no layout model (configs/inference.yaml "
+            "layout_network and models/layout_model.pt; train it with configs/train_layout.yaml), or use --score texture."
+        )
+    kind = "layout" if layout is not None else "texture"
+    defaults = ood.LAYOUT_THRESHOLDS if layout is not None else ood.DEFAULT_THRESHOLDS
+    threshold = defaults[args.codec] if args.threshold is None else float(args.threshold)
     # every input read and checked before any is scored: a bad one (or a degenerate one) fails the command at once
     inputs = [(path, _slices_of(path, size, args.num_slices)) for path in args.input]
     rows = []
@@ -908,6 +916,7 @@ def _score(args) -> int:
             num_time_samples=args.time_samples,
             seed=args.seed,
             device=bundle.device,
+            layout=layout,
         )
         row = {
             "input": path,
@@ -919,23 +928,37 @@ def _score(args) -> int:
             {f"per_slice_{k}" if k != "bpd" else "per_slice": [float(x) for x in v] for k, v in per_slice.items()}
         )
         rows.append(row)
+        detail = (
+            f"{row['layout_bpd']:.3f} - min({row['layout_codec_bpd']:.3f} {args.codec}, {row['layout_turned_bpd']:.3f} "
+            "turned) layout bits/dim"
+            if layout is not None
+            else f"{row['bpd']:.3f} - {row['codec_bpd']:.3f} ({args.codec}) bits/dim"
+        )
         print(
-            f"{PROG} score: {path}: score {row['score']:.3f} = {row['bpd']:.3f} - {row['codec_bpd']:.3f} ({args.codec}) "
-            f"bits/dim ({row['num_slices']} slice(s))",
-            file=sys.stderr,
+            f"{PROG} score: {path}: score {row['score']:.3f} = {detail} ({row['num_slices']} slice(s))", file=sys.stderr
         )
     codec = args.codec.upper() if args.codec == "png" else "JPEG-XL"
-    lines = [f"| input | bits/dim | {codec} bits/dim | score | flag |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {r['input']} | {r['bpd']:.3f} | {r['codec_bpd']:.3f} | {r['score']:.3f} | "
-        f"{'OUT OF DISTRIBUTION' if r['out_of_distribution'] else ''} |"
-        for r in rows
-    ]
+    head = f"| input | bits/dim | {codec} bits/dim | texture score |"
+    if layout is not None:
+        head += f" layout bits/dim | layout {codec} bits/dim | layout turned bits/dim |"
+    lines = [head + " score | flag |", "|---" * (head.count("|") + 1) + "|"]
+    for r in rows:
+        cells = [r["bpd"], r["codec_bpd"], r["texture_score"]]
+        if layout is not None:
+            cells += [r["layout_bpd"], r["layout_codec_bpd"], r["layout_turned_bpd"]]
+        flag = "OUT OF DISTRIBUTION" if r["out_of_distribution"] else ""
+        lines.append(f"| {r['input']} | " + " | ".join(f"{c:.3f}" for c in cells) + f" | {r['score']:.3f} | {flag} |")
     print("\n".join(lines))
     source = "--threshold" if args.threshold is not None else "default"
     n = sum(r["out_of_distribution"] for r in rows)
+    meaning = (
+        f"layout bits/dim (whole slice, {layout.size} x {layout.size}) - the fewer of lossless {codec} and the same "
+        "model on the slice turned 90 degrees either way or front to back"
+        if layout is not None
+        else f"model bits/dim - lossless {codec} bits/dim of the same 8-bit slices"
+    )
     print(
-        f"\nscore = model bits/dim - lossless {codec} bits/dim of the same 8-bit slices (lower = more typical). "
+        f"\nscore = {meaning} (lower = more typical); texture score = model bits/dim - {codec} bits/dim. "
         f"{n} of {len(rows)} input(s) flagged out of distribution (score > {threshold:g}, {source})."
     )
     if args.json:
@@ -945,7 +968,13 @@ def _score(args) -> int:
             "bundle": bundle.name,
             "bundle_version": bundle.version,
             "codec": args.codec,
-            "score": f"model bits/dim minus lossless {args.codec} bits/dim (Serra et al. 2020)",
+            "score_kind": kind,
+            "score": (
+                "layout bits/dim minus the fewer of lossless codec bits/dim and the layout bits/dim of the turned "
+                "slice (monai_medgen.ood.layout_scores)"
+                if layout is not None
+                else f"model bits/dim minus lossless {args.codec} bits/dim (Serra et al. 2020)"
+            ),
             "threshold": threshold,
             "threshold_source": source,
             "num_time_samples": args.time_samples,
@@ -1127,16 +1156,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "score",
         formatter_class=fmt,
-        help="out-of-distribution score of images under a VDM bundle (complexity-corrected bits/dim)",
-        description="Out-of-distribution / quality-assurance score of each input under a trained VDM bundle: "
-        "score = the model's bits/dim (variational bound) minus the bits/dim of a lossless codec (PNG by default) on "
-        "the same 8-bit slices, the complexity correction of Serra et al. 2020 (raw bits/dim alone rates constant, "
-        "smooth or simple images as typical). Lower = more typical of the training data. 2D images are scored whole, "
+        help="out-of-distribution score of images under a VDM bundle (likelihood ratios in bits/dim)",
+        description="Out-of-distribution / quality-assurance score of each input under a trained VDM bundle. "
+        "Texture score: the model's bits/dim (variational bound) minus the bits/dim of a lossless codec (PNG by "
+        "default) on the same 8-bit slices, the complexity correction of Serra et al. 2020 (raw bits/dim alone rates "
+        "constant, smooth or simple images as typical). Layout score (the default when the bundle ships a layout "
+        "model, as vdm_brain_mri_2d does): a VDM trained on whole 32 x 32 slices; its bits/dim minus the fewer of the "
+        "codec's and its own on the slice turned 90 degrees either way or front to back, so another species, a "
+        "bias field or a turned brain is caught as well as noise or a photograph. Lower = more typical of the "
+        "training data. 2D images are scored whole, "
         "volumes by their axial brain slices with the training preprocessing (mean over slices). Prints a markdown "
-        "table with the raw bits/dim, the codec's bits/dim and the score; inputs whose score is above the threshold "
-        "are flagged OUT OF DISTRIBUTION (exit status 0 either way). Default thresholds: "
+        "table with the raw bits/dim, the codec's bits/dim and the scores; inputs whose score is above the threshold "
+        "are flagged OUT OF DISTRIBUTION (exit status 0 either way). Default thresholds: texture "
         + ", ".join(f"{v:g} ({k})" for k, v in ood.DEFAULT_THRESHOLDS.items())
-        + f", the {ood.THRESHOLD_PERCENTILE:g}th percentile of the scores of the MNI152 axial slices "
+        + "; layout "
+        + ", ".join(f"{v:g} ({k})" for k, v in ood.LAYOUT_THRESHOLDS.items())
+        + f"; each the {ood.THRESHOLD_PERCENTILE:g}th percentile of the scores of the MNI152 axial slices "
         "bundles/vdm_brain_mri_2d trains on (never of evaluation images; scripts/evaluate_ood.py), so for another "
         "model calibrate with that script. Degenerate inputs (smaller than "
         f"{ood.MIN_INPLANE} x {ood.MIN_INPLANE} in-plane, constant or near-constant, no positive voxels) are refused.",
@@ -1150,7 +1185,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="T",
-        help="flag inputs whose score is above T bits/dim (default: the calibrated threshold of --codec, "
+        help="flag inputs whose score is above T bits/dim (default: the calibrated threshold of the score and "
+        "--codec, layout "
+        + ", ".join(f"{v:g} for {k}" for k, v in ood.LAYOUT_THRESHOLDS.items())
+        + "; texture "
         + ", ".join(f"{v:g} for {k}" for k, v in ood.DEFAULT_THRESHOLDS.items())
         + ")",
     )
@@ -1160,6 +1198,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=ood.DEFAULT_CODEC,
         help="lossless codec of the complexity correction: png (Pillow) or jpegxl (lossless, effort 9; "
         "needs imagecodecs; separates better on the evaluation panel)",
+    )
+    s.add_argument(
+        "--score",
+        choices=("layout", "texture"),
+        default=None,
+        help="layout: the whole-slice layout score (default when the bundle ships a layout model, "
+        "models/layout_model.pt); texture: the main model's complexity-corrected bits/dim (default otherwise)",
     )
     s.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     s.add_argument(

@@ -20,7 +20,8 @@ The panel (every image from a package the project already installs; nothing down
                       other one), each corrupted: strong Gaussian noise (sigma 15% of the range), a strong smooth
                       multiplicative bias field (a factor of 5 across the slice), motion-like ghosting (random
                       phase errors on a third of the k-space lines), each re-scaled the way ``score`` scales an
-                      input; and wrong orientation (turned 90 degrees, upside down), the slice itself turned.
+                      input; and wrong orientation (turned 90 degrees; upside down, i.e. flipped front to back,
+                      anterior-posterior: a left-right mirror is no error an image can show), the slice itself turned.
 
 The threshold (``--calibrate``) is chosen on MNI152 2009a axial slices (nilearn; the VDM's training data), never on
 the panel.  Images reserved for the project's independent evaluation are not used.
@@ -144,8 +145,8 @@ def corrupt(slice01: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndar
         return np.abs(np.fft.ifft2(np.fft.ifftshift(k))).astype(np.float32)
     if kind == "rotated 90":
         return np.rot90(slice01).copy()
-    if kind == "upside down":
-        return slice01[::-1].copy()
+    if kind == "upside down":  # anterior-posterior: axis 1 of the RAS-ordered slice (axis 0, left-right, would
+        return slice01[:, ::-1].copy()  # only mirror the brain, which no image content can tell apart)
     raise ValueError(f"kind must be one of {CORRUPTIONS}, got {kind!r}.")
 
 
@@ -231,34 +232,30 @@ def score_all(slices: np.ndarray, network, inferer, codecs, time_samples: int, s
 
 
 def orientation_ratio(slices: np.ndarray, network, inferer, time_samples: int, seed: int) -> np.ndarray:
-    """A likelihood ratio against other orientations: the slice's bits/dim minus the smallest bits/dim of its
-    turned copies (90 degrees either way, upside down), with the same diffusion times and the same (turned) noise
-    for all four, so that only the model's preference for an orientation remains.  Left-right flips are not
-    alternatives (the model trains with them).  > 0: the model finds the slice more typical turned."""
-    import torch
+    """A likelihood ratio against other orientations under the main (texture) model: the slice's bits/dim minus
+    the fewest bits/dim of its turned copies (:func:`monai_medgen.ood.turned_bits_per_dim`).  > 0: the model finds
+    the slice more typical turned."""
+    from monai_medgen.ood import turned_bits_per_dim
 
-    turns = (
-        lambda a: a,
-        lambda a: torch.rot90(a, 1, (-2, -1)),
-        lambda a: torch.rot90(a, -1, (-2, -1)),
-        lambda a: torch.flip(a, (-2,)),
-    )
-    x = torch.as_tensor(slices) * 2 - 1
-    bits = torch.zeros(x.shape[0], len(turns), dtype=torch.float64)
-    device = next(iter(network.parameters())).device
-    with torch.no_grad():
-        for start in range(0, x.shape[0], 16):
-            xb = x[start : start + 16].to(device)
-            g = torch.Generator(device=device).manual_seed(seed + start)
-            u0 = torch.rand(xb.shape[0], generator=g, device=device)
-            for i in range(time_samples):
-                times = torch.remainder(u0 + i / time_samples, 1.0)
-                eps = torch.randn(xb.shape, generator=g, device=device)
-                for j, turn in enumerate(turns):
-                    g0 = torch.Generator(device=device).manual_seed(seed + 7919 * (i + 1))  # same decoder noise
-                    out = inferer(turn(xb), network, times=times, noise=turn(eps), generator=g0)
-                    bits[start : start + 16, j] += out.bpd.double().cpu() / time_samples
-    return (bits[:, 0] - bits[:, 1:].min(1).values).numpy()
+    bits = turned_bits_per_dim(slices, network, inferer, time_samples, seed)
+    return bits[:, 0] - bits[:, 1:].min(1)
+
+
+def layout_all(slices: np.ndarray, layout, codecs, time_samples: int, seed: int) -> dict[str, np.ndarray]:
+    """The layout score of every slice for each codec, and its two parts: the layout model's complexity-corrected
+    bits/dim (codec only) and its orientation ratio (turned copies only)."""
+    from monai_medgen.ood import codec_bits_per_dim, layout_scores, layout_slices
+
+    first = layout_scores(slices, layout, codecs[0], time_samples, seed)
+    out = {k: first[k] for k in ("layout_bpd", "layout_turned_bpd")}
+    out["layout_orientation"] = out["layout_bpd"] - out["layout_turned_bpd"]
+    small = layout_slices(slices, layout.size)
+    for codec in codecs:
+        ref = first["layout_codec_bpd"] if codec == codecs[0] else codec_bits_per_dim(small, codec)
+        out[f"layout_{codec}_bpd"] = ref
+        out[f"layout_codec_{codec}"] = out["layout_bpd"] - ref
+        out[f"layout_score_{codec}"] = out["layout_bpd"] - np.minimum(ref, out["layout_turned_bpd"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,6 +280,13 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
     ]
     if "orientation" in scores:
         columns.append(("orientation ratio", "orientation"))
+    layout = "layout_bpd" in scores
+    if layout:
+        columns += [
+            (f"layout: {args.codecs[0].upper()} part only", f"layout_codec_{args.codecs[0]}"),
+            ("layout: turned part only", "layout_orientation"),
+        ] + [(f"layout score ({c.upper() if c == 'png' else 'JPEG-XL'})", f"layout_score_{c}") for c in args.codecs]
+    default_key = f"layout_score_{args.codecs[0]}" if layout else f"score_{args.codecs[0]}"
     lines = [
         "# Out-of-distribution score of `monai-medgen score`: panel AUROC",
         "",
@@ -292,11 +296,13 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
         "PYTHONPATH=. python scripts/evaluate_ood.py" + (" --orientation-ratio" if "orientation" in scores else ""),
         "```",
         "",
-        f"Model: `{_shown(args.bundle)}` (`models/model.pt` SHA-256 `{model_sha[:16]}...`), {args.time_samples} stratified "
+        f"Model: `{_shown(args.bundle)}` (`models/model.pt` SHA-256 `{model_sha[:16]}...`"
+        + (", layout model `models/layout_model.pt`" if layout else "")
+        + f"), {args.time_samples} stratified "
         f"diffusion times per slice, seed {args.seed}. Scores (bits/dim; higher = less typical):",
         "",
-        "- **raw bits/dim**: the VDM's variational bound on the slice (what `score` reported before);",
-        "- **PNG-corrected** (the default of `score`): raw bits/dim minus lossless PNG's bits/dim on the same 8-bit "
+        "- **raw bits/dim**: the VDM's variational bound on the slice;",
+        "- **PNG-corrected** (`score --score texture`): raw bits/dim minus lossless PNG's bits/dim on the same 8-bit "
         "slice (Serra et al. 2020);",
     ]
     if "jpegxl" in args.codecs:
@@ -310,6 +316,15 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
             "smallest raw bits/dim of the slice turned 90 degrees either way or upside down (same times and "
             "turned noise)."
         )
+    if layout:
+        lines.append(
+            "- **layout score** (the default of `score`; `monai_medgen.ood.layout_scores`): the layout model (the "
+            "same VDM trained on whole axial slices at 32 x 32, `configs/train_layout.yaml`) on the slice "
+            "area-resized to 32 x 32: its bits/dim minus the fewer of the codec's bits/dim and its own bits/dim on "
+            "the slice turned 90 degrees either way or front to back (same times, turned noise). Its two parts are "
+            "shown alone: the codec only (`layout: PNG part only`) and the turned copies only (`layout: turned part "
+            "only`)."
+        )
     lines += [
         "",
         "## AUROC (in: held-out Colin27 slices; out: every other row)",
@@ -322,7 +337,7 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
         row = [auroc(v[~label], v[label])] + [auroc(v[group == "in"], v[group == g]) for g in groups[1:]]
         lines.append(f"| {title} | **{row[0]:.3f}** | " + " | ".join(f"{r:.3f}" for r in row[1:]) + " |")
     lines += ["", f"{(~label).sum()} in, {label.sum()} out. Acceptance bar: AUROC >= 0.95 over all out images."]
-    for title, key in columns[1:2]:  # the score `score` reports by default
+    for title, key in [c for c in columns if c[1] == default_key]:  # the score `score` reports by default
         v = scores[key]
         total = auroc(v[~label], v[label])
         missed = [
@@ -341,7 +356,7 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
             for g in ("other species", "bias field", "rotated 90", "upside down")
             if auroc(v[group == "in"], v[group == g]) < 0.95
         ]
-        if texture:
+        if texture and not layout:
             lines += [
                 "",
                 f"The missed {', '.join(texture)} images keep brain texture: another brain, or this brain under "
@@ -450,8 +465,13 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle, args.device, kind="vdm", purpose="scoring")
     network, inferer = bundle.network, bundle.inferer
     model_sha = hashlib.sha256((Path(args.bundle) / "models" / "model.pt").read_bytes()).hexdigest()
-    keys = ["bpd"] + [f"score_{c}" for c in args.codecs]
-    calibration = score_all(mni152_slices(), network, inferer, args.codecs, args.time_samples, args.seed)
+    layout = ood.load_layout_model(bundle)
+    train_slices = mni152_slices()
+    calibration = score_all(train_slices, network, inferer, args.codecs, args.time_samples, args.seed)
+    if layout is not None:
+        calibration.update(layout_all(train_slices, layout, args.codecs, args.time_samples, args.seed))
+    keys = [k for k in calibration if k == "bpd" or k.startswith(("score_", "layout_score_", "layout_codec_"))]
+    keys += ["layout_orientation"] if layout is not None else []
     thresholds = {k: float(np.percentile(calibration[k], args.percentile)) for k in keys}
     listed = ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items())
     print(f"threshold ({args.percentile:g}th percentile of {len(calibration['bpd'])} MNI152 training slices): {listed}")
@@ -460,9 +480,11 @@ def main(argv=None) -> int:
     items = build_panel()
     slices = np.stack([it["slice"] for it in items])
     scores = score_all(slices, network, inferer, args.codecs, args.time_samples, args.seed)
+    if layout is not None:
+        scores.update(layout_all(slices, layout, args.codecs, args.time_samples, args.seed))
     if args.orientation_ratio:
         scores["orientation"] = orientation_ratio(slices, network, inferer, args.time_samples, args.seed)
-        calibration["orientation"] = orientation_ratio(mni152_slices(), network, inferer, args.time_samples, args.seed)
+        calibration["orientation"] = orientation_ratio(train_slices, network, inferer, args.time_samples, args.seed)
         thresholds["orientation"] = float(np.percentile(calibration["orientation"], args.percentile))
     seconds = time.time() - t0
     text = report(items, scores, calibration, thresholds, args, model_sha, seconds)

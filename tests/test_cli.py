@@ -601,7 +601,8 @@ def test_score_table_and_threshold(bundles, files, tmp_path, capsys):
     )
     assert rc == 0
     text = capsys.readouterr().out
-    assert "| input | bits/dim | PNG bits/dim | score | flag |" in text and "OUT OF DISTRIBUTION" not in text
+    head = "| input | bits/dim | PNG bits/dim | texture score | layout bits/dim | layout PNG bits/dim | layout turned"
+    assert head in text and "OUT OF DISTRIBUTION" not in text  # the bundle ships a layout model: the layout score
     rows = [line for line in text.splitlines() if line.startswith("| /")]
     assert len(rows) == 2
     values = [float(r.split("|")[2]) for r in rows]
@@ -609,6 +610,9 @@ def test_score_table_and_threshold(bundles, files, tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert [r["input"] for r in saved["results"]] == inputs
     np.testing.assert_allclose([r["bpd"] for r in saved["results"]], values, atol=1e-3)
+    assert saved["score_kind"] == "layout"
+    for r in saved["results"]:  # the mean over slices of the per-slice layout score
+        assert r["score"] == pytest.approx(np.mean(r["per_slice_score"])) and r["texture_score"] != r["score"]
 
     rc = cli.main(
         [

@@ -103,18 +103,22 @@ def test_score_is_model_minus_codec_bits(colin_slice, vdm):
 def test_cli_prints_and_writes_raw_codec_and_corrected(colin_slice, tmp_path, capsys):
     path = _save(tmp_path, "colin", colin_slice)
     report = tmp_path / "r.json"
-    rc = cli.main(["score", "--bundle", str(VDM), "--input", path, "--device", "cpu", "--json", str(report)])
+    rc = cli.main(
+        ["score", "--bundle", str(VDM), "--input", path, "--device", "cpu", "--json", str(report), "--score", "texture"]
+    )
     out = capsys.readouterr().out
     assert rc == 0
-    assert "| input | bits/dim | PNG bits/dim | score | flag |" in out
+    assert "| input | bits/dim | PNG bits/dim | texture score | score | flag |" in out
     saved = json.loads(report.read_text())
     row = saved["results"][0]
     assert saved["codec"] == "png" and saved["threshold"] == ood.DEFAULT_THRESHOLDS["png"]
-    assert saved["threshold_source"] == "default"
-    assert row["score"] == pytest.approx(row["bpd"] - row["codec_bpd"])
+    assert saved["threshold_source"] == "default" and saved["score_kind"] == "texture"
+    assert row["score"] == pytest.approx(row["bpd"] - row["codec_bpd"]) == row["texture_score"]
     assert row["out_of_distribution"] is False  # a held-out brain slice is not flagged
     cells = [c.strip() for c in next(line for line in out.splitlines() if line.startswith(f"| {path}")).split("|")]
-    assert [float(c) for c in cells[2:5]] == pytest.approx([row["bpd"], row["codec_bpd"], row["score"]], abs=1e-3)
+    assert [float(c) for c in cells[2:6]] == pytest.approx(
+        [row["bpd"], row["codec_bpd"], row["texture_score"], row["score"]], abs=1e-3
+    )
 
 
 @needs_colin
@@ -145,3 +149,86 @@ def test_codecs_on_a_brain_slice(colin_slice):
         ood.codec_bits_per_dim(slices, "gif")
     pytest.importorskip("imagecodecs")
     assert ood.codec_bits_per_dim(slices, "jpegxl")[0] < png[0]  # the stronger codec
+
+
+# ---------------------------------------------------------------------------------------------
+# the layout score (the bundle's whole-slice layout model)
+# ---------------------------------------------------------------------------------------------
+needs_layout = pytest.mark.skipif(
+    not (VDM / "models" / "layout_model.pt").is_file(), reason="no trained layout model in vdm_brain_mri_2d"
+)
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return ood.load_layout_model(load_bundle(VDM, "cpu", kind="vdm"))
+
+
+@needs_colin
+@needs_layout
+def test_layout_score_flags_turned_brains_and_photographs(colin_slice, layout):
+    """The held-out brain slice the right way round scores below the calibrated threshold; the same slice turned a
+    quarter or front to back (texture unchanged: the texture score cannot tell) and a photograph score above it."""
+    import skimage.data
+
+    assert layout is not None and layout.size == 32
+    brain = ood.prepare_slices(colin_slice, 128, name="colin")
+    images = {
+        "colin27": brain,
+        "quarter turn": np.rot90(brain, 1, (-2, -1)).copy(),
+        "front to back": np.flip(brain, -1).copy(),
+        "camera": ood.prepare_slices(skimage.data.camera(), 128, name="camera"),
+    }
+    scores = {k: ood.layout_scores(v, layout, num_time_samples=16) for k, v in images.items()}
+    for out in scores.values():
+        assert set(out) == {"layout_bpd", "layout_codec_bpd", "layout_turned_bpd", "layout_score"}
+        best_alternative = np.minimum(out["layout_codec_bpd"], out["layout_turned_bpd"])
+        np.testing.assert_allclose(out["layout_score"], out["layout_bpd"] - best_alternative)
+    threshold = ood.LAYOUT_THRESHOLDS["png"]
+    assert scores["colin27"]["layout_score"][0] < 0 and scores["colin27"]["layout_score"][0] < threshold
+    for name in ("quarter turn", "front to back", "camera"):
+        assert scores[name]["layout_score"][0] > threshold, (name, scores[name], threshold)
+    # a turned brain is best explained by the model turned back, a photograph by the codec
+    assert scores["quarter turn"]["layout_turned_bpd"][0] < scores["quarter turn"]["layout_codec_bpd"][0]
+    assert scores["camera"]["layout_codec_bpd"][0] < scores["camera"]["layout_turned_bpd"][0]
+
+
+def test_turned_bits_per_dim_shape_and_square_check():
+    from monai_medgen.inferers import VDMInferer
+    from monai_medgen.networks import ScoreUNet
+    from monai_medgen.schedules import LearnedLinearSchedule
+
+    net = ScoreUNet(spatial_dims=2, in_channels=1, channels=[8, 16], num_res_blocks=1, norm_num_groups=4)
+    inferer = VDMInferer(schedule=LearnedLinearSchedule())
+    x = np.random.default_rng(0).random((3, 1, 16, 16)).astype(np.float32)
+    bits = ood.turned_bits_per_dim(x, net, inferer, num_time_samples=2, seed=1, batch_size=2)
+    assert bits.shape == (3, 1 + len(ood.TURNS)) and np.isfinite(bits).all()
+    np.testing.assert_allclose(bits, ood.turned_bits_per_dim(x, net, inferer, num_time_samples=2, seed=1, batch_size=2))
+    with pytest.raises(ValueError, match="square"):
+        ood.turned_bits_per_dim(x[..., :8], net, inferer)
+
+
+@needs_colin
+@needs_layout
+def test_cli_layout_score_and_bundle_without_layout(colin_slice, tmp_path, capsys):
+    import shutil
+
+    path = _save(tmp_path, "colin", colin_slice)
+    report = tmp_path / "r.json"
+    rc = cli.main(["score", "--bundle", str(VDM), "--input", path, "--device", "cpu", "--json", str(report)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "| layout bits/dim | layout PNG bits/dim | layout turned bits/dim | score | flag |" in out
+    saved = json.loads(report.read_text())
+    row = saved["results"][0]
+    assert saved["score_kind"] == "layout" and saved["threshold"] == ood.LAYOUT_THRESHOLDS["png"]
+    assert row["num_slices"] == 1  # a 2D input: the row is its one slice
+    assert row["score"] == pytest.approx(row["layout_bpd"] - min(row["layout_codec_bpd"], row["layout_turned_bpd"]))
+    assert row["out_of_distribution"] is False
+    # a copy of the bundle without the layout weights: texture score by default, --score layout refused
+    bare = tmp_path / "bare"
+    shutil.copytree(VDM, bare, ignore=shutil.ignore_patterns("layout_model*", "runs", "outputs"))
+    assert cli.main(["score", "--bundle", str(bare), "--input", path, "--device", "cpu"]) == 0
+    assert "| input | bits/dim | PNG bits/dim | texture score | score | flag |" in capsys.readouterr().out
+    assert cli.main(["score", "--bundle", str(bare), "--input", path, "--device", "cpu", "--score", "layout"]) == 2
+    err = capsys.readouterr().err
+    assert "--score layout" in err and "ships no layout model" in err

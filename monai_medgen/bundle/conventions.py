@@ -24,8 +24,8 @@ from monai_medgen.bundle.workflow import convert_model_file, model_sidecars
 __all__ = ["WEIGHTS_FILES", "convert_bundle", "weights_files", "write_large_files"]
 
 #: the weights files a bundle can hold, in the order they are converted (the autoencoder before the latent model,
-#: whose information records the autoencoder's SHA-256)
-WEIGHTS_FILES = ("autoencoder.pt", "model.pt")
+#: whose information records the autoencoder's SHA-256; the 2D VDM's layout model of ``monai-medgen score`` last)
+WEIGHTS_FILES = ("autoencoder.pt", "model.pt", "layout_model.pt")
 
 
 def _bundle_dir(bundle_dir: str | os.PathLike) -> Path:
@@ -36,8 +36,8 @@ def _bundle_dir(bundle_dir: str | os.PathLike) -> Path:
 
 
 def weights_files(bundle_dir: str | os.PathLike) -> list[Path]:
-    """The bundle's weights files that exist: ``models/autoencoder.pt``, ``models/model.pt`` and the schedule files
-    beside them (``models/<stem>_schedule.pt``)."""
+    """The bundle's weights files that exist: ``models/autoencoder.pt``, ``models/model.pt``,
+    ``models/layout_model.pt`` and the schedule files beside them (``models/<stem>_schedule.pt``)."""
     models = _bundle_dir(bundle_dir) / "models"
     found = []
     for name in WEIGHTS_FILES:
