@@ -20,7 +20,7 @@
     python -m monai.bundle run --config_file $B/configs/evaluate.yaml --bundle_root $B \\
         --model_path $O/model.pt --output_file $O/evaluation.json
     python -m monai.bundle run --config_file $B/configs/inference.yaml --bundle_root $B \\
-        --model_path $O/model.pt --output_dir $O/samples --sampler dpm++ --num_steps 32
+        --model_path $O/model.pt --output_dir $O/samples --sampler dpm++ --num_steps 32 --cascade False
 
 Everything is written under ``--output-dir``; the bundles' committed weights are never touched.
 """
@@ -218,6 +218,7 @@ def train_demo(
         num_samples=num_samples,
         sampler="dpm++",
         num_steps=sample_steps,
+        cascade=False,  # samples of the model just trained, not the bundle's committed cascade (vdm_brain_mri_2d)
         **device,
         **extra,
     )

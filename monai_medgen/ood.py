@@ -338,26 +338,28 @@ def layout_scores(
     }
 
 
-def load_layout_model(bundle) -> LayoutModel | None:
+def load_layout_model(bundle, prefix: str = "layout") -> LayoutModel | None:
     """The layout model of an opened bundle (:class:`monai_medgen.pipelines.Bundle`): its inference config's
     ``layout_network``, ``layout_inferer`` (and ``layout_schedule``) with the weights of ``layout_model_path``; None
     when the bundle defines none or its weights file is absent (then only the texture score is available).
+    ``prefix`` reads another whole-slice model of the same form (``"coarse"``: the first stage of the cascaded
+    sampler, ``coarse_network`` ... ``coarse_model_path``).
 
     Raises:
         ValueError: when the weights exist but do not fit the network, or are corrupted (named).
     """
     from monai_medgen.bundle.workflow import load_model
 
-    if "layout_network" not in bundle.parser or "layout_model_path" not in bundle.parser:
+    if f"{prefix}_network" not in bundle.parser or f"{prefix}_model_path" not in bundle.parser:
         return None
-    path = Path(bundle.get("layout_model_path"))
+    path = Path(bundle.get(f"{prefix}_model_path"))
     if not path.is_file():
         return None
-    network = bundle.get("layout_network")
-    schedule = bundle.get("layout_schedule")
+    network = bundle.get(f"{prefix}_network")
+    schedule = bundle.get(f"{prefix}_schedule") if f"{prefix}_schedule" in bundle.parser else None
     try:
         load_model(path, network, schedule, map_location=bundle.device)
     except RuntimeError as e:  # state_dict mismatch
-        raise ValueError(f"{path}: the layout weights do not fit layout_network: {e}") from e
+        raise ValueError(f"{path}: the {prefix} weights do not fit {prefix}_network: {e}") from e
     network.eval()
-    return LayoutModel(network, bundle.get("layout_inferer"), int(bundle.get("layout_size", 32)))
+    return LayoutModel(network, bundle.get(f"{prefix}_inferer"), int(bundle.get(f"{prefix}_size", 32)))

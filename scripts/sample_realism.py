@@ -7,7 +7,9 @@ project trains itself, and nearest-neighbour SSIM, each beside the same figure f
 
 - training set: the MNI152 2009a axial slices the bundle trains on (nilearn, 128 x 128, every slice with brain);
 - real held-out: every Colin27 axial slice with brain (``ch2bet.nii.gz``, Debian ``mricron-data``), prepared alike;
-- samples: as many whole 128 x 128 slices from the bundle (``inference.yaml``'s sampler, ``--num-steps`` steps);
+- samples: as many whole 128 x 128 slices from the bundle as ``monai-medgen generate`` draws them: by default its
+  cascade (whole 32 x 32 slices from the layout model, ``--num-steps`` steps, then 4x super-resolution by
+  ``cddpm_super_resolution_2d``); ``--no-cascade``: the texture model (trained on 64 x 64 crops) at 128 x 128;
 - features: :class:`monai_medgen.realism.SliceFeatureNet` trained here on the MNI152 slices of all three planes
   (plane and relative position, augmented), never on Colin27 or on samples.
 
@@ -48,12 +50,12 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", default=str(REPO / "bundles" / "vdm_brain_mri_2d"))
     p.add_argument("--num-steps", type=int, default=None, help="sampling steps (default: the bundle's num_steps)")
     p.add_argument("--feature-iterations", type=int, default=800)
+    p.add_argument("--no-cascade", action="store_true", help="sample the texture model directly at 128 x 128")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=str(REPO / "docs" / "benchmarks" / "sample_realism.md"))
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from monai_medgen.bundle.workflow import draw_samples
-    from monai_medgen.pipelines import load_bundle
+    from monai_medgen.pipelines import GenerateOptions, generate, load_bundle
     from monai_medgen.realism import frechet_distance, nearest_neighbour_ssim, train_slice_features
 
     t0 = time.time()
@@ -65,20 +67,19 @@ def main(argv=None) -> int:
     t_feat = time.time() - t0
 
     bundle = load_bundle(args.bundle, "cpu", kind="vdm", purpose="sampling")
+    if args.no_cascade:
+        bundle.parser["cascade"] = False
     steps = int(args.num_steps or bundle.get("num_steps", 256))
     sampler = str(bundle.get("sampler", "ancestral"))
-    g = torch.Generator().manual_seed(args.seed)
-    samples = []
-    with torch.no_grad():
-        for n in torch.arange(colin.shape[0]).split(32):
-            s = draw_samples(bundle.inferer, bundle.network, (len(n), 1, 128, 128), steps, g, "cpu", sampler=sampler)
-            samples.append(((s.float() + 1) / 2).clamp(0, 1))
-    samples = torch.cat(samples)
+    options = GenerateOptions(num_samples=len(colin), num_steps=steps, seed=args.seed, batch_size=32, image_size=128)
+    generated = generate(bundle, options, verbose=False)
+    samples = generated.images
+    how = generated.provenance.extra.get("cascade", "the texture model at 128 x 128")
     t_sample = time.time() - t0 - t_feat
 
     f_train = features(train)
     rows = []
-    for name, x in (("real held-out Colin27 slices", colin), (f"samples ({steps} {sampler} steps)", samples)):
+    for name, x in (("real held-out Colin27 slices", colin), (f"samples ({steps} {sampler} steps; {how})", samples)):
         fx = features(x)
         nn = nearest_neighbour_ssim(x, train)
         rows.append((name, len(x), frechet_distance(fx, f_train), float(np.median(nn)), float(np.max(nn))))
@@ -92,7 +93,9 @@ def main(argv=None) -> int:
         f"{t_feat:.0f} s, sampling {t_sample:.0f} s):",
         "",
         "```bash",
-        "PYTHONPATH=. python scripts/sample_realism.py" + (f" --num-steps {args.num_steps}" if args.num_steps else ""),
+        "PYTHONPATH=. python scripts/sample_realism.py"
+        + (f" --num-steps {args.num_steps}" if args.num_steps else "")
+        + (" --no-cascade" if args.no_cascade else ""),
         "```",
         "",
         f"Training set: the {len(train)} MNI152 axial slices the bundle trains on. Features: "

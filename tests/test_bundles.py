@@ -358,6 +358,7 @@ def test_inference_writes_synthetic_nifti(trained, tmp_path):
         image_size=32,
         num_steps=4,
         device="cpu",
+        cascade=False,  # the model just trained, not the committed cascade
     )
     files = sorted(out.glob("*.nii.gz"))
     assert [f.name for f in files] == [f"sample_{i:03d}_synthetic.nii.gz" for i in range(3)]
@@ -385,6 +386,7 @@ def test_inference_writes_synthetic_nifti(trained, tmp_path):
         num_steps=2,
         image_size=32,
         reference_image=str(ref),
+        cascade=False,
     )
     img = nib.load(out2 / "sample_000_synthetic.nii.gz")
     assert img.shape == (32, 32)
@@ -393,6 +395,15 @@ def test_inference_writes_synthetic_nifti(trained, tmp_path):
     centre = img.affine[:3, :3] @ [15.5, 15.5, 0] + img.affine[:3, 3]
     np.testing.assert_allclose(centre, affine[:3, :3] @ [14.5, 17.5, 2] + affine[:3, 3], atol=1e-5)
     assert img.header["descrip"].item().decode().startswith("SYNTHETIC")
+
+    # the committed bundle samples with its cascade: whole 32 x 32 slices, then 4x super-resolution, 128 x 128 out
+    out3 = tmp_path / "cascade"
+    run_bundle("inference.yaml", tmp_path, VDM2D, output_dir=str(out3), num_samples=1, num_steps=2)
+    img = nib.load(out3 / "sample_000_synthetic.nii.gz")
+    assert img.shape == (128, 128)
+    np.testing.assert_allclose(np.linalg.norm(img.affine[:3, :3], axis=0)[:2], [181 / 128] * 2, atol=1e-6)
+    meta = json.loads((out3 / "sample_000_synthetic.nii.gz.json").read_text())
+    assert "super-resolution" in json.dumps(meta)
 
 
 @needs_demo

@@ -54,6 +54,9 @@ def bundles(tmp_path_factory):
     if (vdm / "models" / "model.pt").is_file():
         shutil.copytree(vdm / "configs", root / "vdm_brain_mri_2d" / "configs")
         shutil.copytree(vdm / "models", root / "vdm_brain_mri_2d" / "models")
+        sr = REPO / "bundles" / "cddpm_super_resolution_2d"  # the second stage of its cascaded sampler, beside it
+        for part in ("configs", "models"):
+            shutil.copytree(sr / part, root / sr.name / part)
         out["vdm"] = root / "vdm_brain_mri_2d"
     no_weights = root / "untrained"
     shutil.copytree(REPO / "bundles" / "cddpm_denoising_2d" / "configs", no_weights / "configs")

@@ -100,3 +100,31 @@ def test_generate_same_seed_same_samples_and_files(kind, tmp_path):
     sidecar = json.loads((tmp_path / "out" / "sample_000_synthetic.nii.gz.json").read_text())
     assert sidecar["model"] == "tiny" and sidecar["seed"] == 4 and len(sidecar["input_checksum"]) == 64
     assert written["gif"] is not None and (tmp_path / "out" / "samples.png").is_file()
+
+
+def test_cascade_of_the_2d_vdm_bundle_gives_whole_fine_slices_consistent_with_its_layout_sample():
+    """vdm_brain_mri_2d generates with its cascade: whole 32 x 32 slices from the layout model, then the shipped 4x
+    super-resolution bundle; area-downsampled, each output is the layout sample itself."""
+    from pathlib import Path
+
+    from monai_medgen.pipelines import Upsampler, load_bundle, model_of, sample_images
+
+    bundles = Path(__file__).resolve().parents[1] / "bundles"
+    model = model_of(load_bundle(bundles / "vdm_brain_mri_2d", "cpu", kind="generative"))
+    assert model.upsampler is not None and model.size == (32, 32) and model.output_size == (128, 128)
+    options = GenerateOptions(num_samples=2, num_steps=8, seed=3).with_defaults()
+    out = generate(model, options, verbose=False)
+    assert out.images.shape == (2, 1, 128, 128) and "super-resolution" in out.provenance.extra["cascade"]
+    np.testing.assert_allclose(np.linalg.norm(out.affine[:3, :3], axis=0)[:2], [model.spacing] * 2)
+    coarse, _ = sample_images(model.network, model.inferer, (32, 32), options, "cpu", verbose=False)
+    coarse = ((coarse + 1) / 2).clamp(0, 1)
+    down = torch.nn.functional.avg_pool2d(out.images, 4)
+    assert float((down - coarse).pow(2).mean().sqrt() / coarse.pow(2).mean().sqrt()) < 1e-3
+    fine_texture = out.images - torch.nn.functional.interpolate(down, scale_factor=4, mode="bicubic")
+    assert float(fine_texture.abs().mean()) > 1e-3  # the upsampler adds detail, not just interpolation
+    with pytest.raises(ValueError, match=r"image_size \[90, 90\] must be a multiple of 4"):
+        generate(model, GenerateOptions(num_samples=1, num_steps=2, image_size=90), verbose=False)
+    with pytest.raises(ValueError, match="upsampler_bundle"):
+        Upsampler.from_bundle(bundles / "vdm_brain_mri_2d", 4)  # a VDM, not a super-resolution bundle
+    with pytest.raises(ValueError, match="factor must be an integer"):
+        Upsampler(model.upsampler.network, model.upsampler.inferer, 2.5)

@@ -228,6 +228,7 @@ def test_generate_vdm(client, data, tmp_path):
     assert (
         result.medgen["provenance"]["task"] == "generate" and "class_label" not in result.medgen["provenance"]["extra"]
     )
+    assert "super-resolution" in result.medgen["provenance"]["extra"]["cascade"]  # the bundle's cascaded sampler
 
 
 def test_next_sample_generates_a_new_datastore_volume(client, tmp_path):

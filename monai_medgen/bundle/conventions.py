@@ -24,8 +24,9 @@ from monai_medgen.bundle.workflow import convert_model_file, model_sidecars
 __all__ = ["WEIGHTS_FILES", "convert_bundle", "weights_files", "write_large_files"]
 
 #: the weights files a bundle can hold, in the order they are converted (the autoencoder before the latent model,
-#: whose information records the autoencoder's SHA-256; the 2D VDM's layout model of ``monai-medgen score`` last)
-WEIGHTS_FILES = ("autoencoder.pt", "model.pt", "layout_model.pt")
+#: whose information records the autoencoder's SHA-256; the 2D VDM's layout model of ``monai-medgen score`` and the
+#: coarse model of its cascaded sampler last)
+WEIGHTS_FILES = ("autoencoder.pt", "model.pt", "layout_model.pt", "layout_sampler.pt")
 
 
 def _bundle_dir(bundle_dir: str | os.PathLike) -> Path:
@@ -37,7 +38,8 @@ def _bundle_dir(bundle_dir: str | os.PathLike) -> Path:
 
 def weights_files(bundle_dir: str | os.PathLike) -> list[Path]:
     """The bundle's weights files that exist: ``models/autoencoder.pt``, ``models/model.pt``,
-    ``models/layout_model.pt`` and the schedule files beside them (``models/<stem>_schedule.pt``)."""
+    ``models/layout_model.pt``, ``models/layout_sampler.pt`` and the schedule files beside them
+    (``models/<stem>_schedule.pt``)."""
     models = _bundle_dir(bundle_dir) / "models"
     found = []
     for name in WEIGHTS_FILES:

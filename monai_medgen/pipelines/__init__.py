@@ -27,11 +27,13 @@ from monai_medgen.pipelines.generate import (
     Generated,
     GenerateOptions,
     GenerativeModel,
+    Upsampler,
     generate,
     generate_files,
     generation_affine,
     model_of,
     sample_images,
+    sample_model,
     write_generated,
 )
 from monai_medgen.pipelines.restore import RestoreOptions, restoration_provenance, restore
@@ -44,6 +46,7 @@ __all__ = [
     "GenerativeModel",
     "LoadedBundle",
     "RestoreOptions",
+    "Upsampler",
     "class_names",
     "data_dims",
     "default_bundles_dir",
@@ -57,5 +60,6 @@ __all__ = [
     "restoration_provenance",
     "restore",
     "sample_images",
+    "sample_model",
     "write_generated",
 ]

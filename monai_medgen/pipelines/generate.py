@@ -11,6 +11,10 @@ bundles' ``inference.yaml``:
   reference's centre; a 2D model's slices are one reference slice apart around its middle slice;
 - without one they lie in the training geometry when the model recorded it (the latent model: its training
   volume's affine), else ``spacing`` mm voxels centred on the origin.
+
+A model may be a **cascade** (Ho et al. 2021, cascaded diffusion models): its network samples whole images at a
+coarse size and an :class:`Upsampler` (a residual super-resolution diffusion model, data-consistent) brings them to
+``factor`` times that size; the output size and ``spacing`` are then those of the fine grid.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from monai_medgen.restoration import peak_memory_mb
 
 __all__ = [
     "GenerateOptions",
+    "Upsampler",
     "Generated",
     "GenerativeModel",
     "generate",
@@ -43,6 +48,7 @@ __all__ = [
     "generation_affine",
     "model_of",
     "sample_images",
+    "sample_model",
     "write_generated",
 ]
 
@@ -102,6 +108,74 @@ class GenerateOptions:
 
 
 @dataclasses.dataclass
+class Upsampler:
+    """The second stage of a cascaded generator: ``factor`` x super-resolution of whole coarse samples by a residual
+    super-resolution diffusion model (a ``cddpm_super_resolution_2d`` bundle), consistent with the coarse sample: the
+    output, area-downsampled by ``factor``, equals it (range-null-space projection after every step).
+
+    Attributes:
+        network, inferer: the super-resolution model (family ``"sr"``).
+        factor: integer upsampling factor per axis.
+        num_steps, start_time: its residual sampler (:class:`~monai_medgen.tasks.ResidualRestorer`).
+        name: the super-resolution bundle, for the provenance.
+    """
+
+    network: torch.nn.Module
+    inferer: object
+    factor: int
+    num_steps: int = 2
+    start_time: float = 0.5
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factor, bool) or int(self.factor) != self.factor or int(self.factor) < 2:
+            raise ValueError(f"factor must be an integer >= 2, got {self.factor!r}.")
+        self.factor = int(self.factor)
+
+    @classmethod
+    def from_bundle(cls, folder: str | os.PathLike, factor: int, device: str | torch.device = "cpu") -> Upsampler:
+        """The super-resolution bundle in ``folder`` (its weights, network, inferer and sampler settings).
+
+        Raises:
+            ValueError: naming ``upsampler_bundle`` when ``folder`` is not a super-resolution bundle."""
+        from monai_medgen.tasks.loading import load_restoration_bundle
+
+        try:
+            b = load_restoration_bundle(folder, device=device)
+        except (OSError, KeyError) as e:  # no such folder or weights; a config without a restoration family
+            raise ValueError(
+                f"upsampler_bundle {str(folder)!r}: the cascade needs a super-resolution bundle there "
+                f"(cddpm_super_resolution_2d, shipped beside this bundle): {e}"
+            ) from e
+        if b.family != "sr":
+            raise ValueError(
+                f"upsampler_bundle {str(folder)!r} restores {b.family!r}; expected a super-resolution bundle."
+            )
+        return cls(b.network, b.inferer, factor, b.num_steps, b.start_time, b.name)
+
+    def __call__(self, coarse: torch.Tensor, seed: int = 0, batch_size: int = 16) -> torch.Tensor:
+        """(N, 1, h, w) coarse samples in [0, 1] -> (N, 1, factor h, factor w) in [0, 1]; the same ``seed`` gives
+        the same result, each sample independent of the batching."""
+        from monai_medgen.tasks.operators import SuperResolution
+        from monai_medgen.tasks.sampling import ResidualRestorer
+
+        op = SuperResolution(float(self.factor))
+        restorer = ResidualRestorer(self.inferer, self.network, "sr", self.num_steps, self.start_time)
+        device = next(self.network.parameters()).device
+        fine = [s * self.factor for s in coarse.shape[2:]]
+        out = []
+        for start in range(0, len(coarse), int(batch_size)):
+            low = coarse[start : start + int(batch_size)].to(device).float()
+            g = [torch.Generator(device=device).manual_seed(int(seed) * 100003 + start + k) for k in range(len(low))]
+            with torch.no_grad():
+                hi, _ = restorer(
+                    op.base(low, fine), project=lambda x, y=low: op.project(x, y), generator=g, value_range=(0.0, 1.0)
+                )
+            out.append(hi.clamp(0, 1).cpu())
+        return torch.cat(out)
+
+
+@dataclasses.dataclass
 class GenerativeModel:
     """What generation needs of a model: a bundle's (:func:`model_of`) or one a bundle config builds.
 
@@ -113,6 +187,8 @@ class GenerativeModel:
         spacing: mm per voxel of the training data, for samples without a reference or ``trained_affine``.
         trained_affine: the training data's affine when the model recorded it (the latent model).
         device: where the network is.
+        upsampler: a cascade's second stage (:class:`Upsampler`): ``network`` samples at ``image_size``, the
+            output is ``upsampler.factor`` times larger; ``spacing`` is then the output's.
     """
 
     network: torch.nn.Module
@@ -123,11 +199,18 @@ class GenerativeModel:
     trained_affine: np.ndarray | None = None
     version: str = ""
     device: str | torch.device = "cpu"
+    upsampler: Upsampler | None = None
 
     @property
     def size(self) -> tuple[int, ...]:
         """The trained size, one value per spatial axis of the network."""
         return _sizes(self.image_size, int(getattr(unwrap_network(self.network), "spatial_dims", 2)))
+
+    @property
+    def output_size(self) -> tuple[int, ...]:
+        """The size of the samples: the trained size, times the upsampler's factor for a cascade."""
+        f = self.upsampler.factor if self.upsampler is not None else 1
+        return tuple(s * f for s in self.size)
 
     @property
     def num_classes(self) -> int | None:
@@ -251,11 +334,62 @@ def sample_images(
     return torch.cat(samples), frames
 
 
+def sample_model(
+    model: GenerativeModel, size: Sequence[int], options: GenerateOptions, verbose: bool = True
+) -> tuple[torch.Tensor, list[torch.Tensor] | None, str]:
+    """``(images (N, C, *size) in [0, 1], frames or None, how)`` from ``model`` (``options`` with defaults filled):
+    :func:`sample_images`, and for a cascade the coarse samples at ``size / factor`` brought to ``size`` by its
+    upsampler (``how`` says so; "" otherwise).  The frames of a cascade are the coarse chain shown at ``size``
+    (nearest) followed by the final samples."""
+    up = model.upsampler
+    factor = up.factor if up is not None else 1
+    if any(int(s) % factor for s in size):
+        raise ValueError(
+            f"image_size {list(size)} must be a multiple of {factor}: {model.name} samples whole images at 1/{factor} "
+            "of the size and super-resolves them."
+        )
+    coarse = tuple(int(s) // factor for s in size)
+    images, frames = sample_images(model.network, model.inferer, coarse, options, model.device, verbose)
+    images = ((images.clamp(-1, 1) + 1) / 2).clamp(0, 1)
+    if up is None:
+        return images, frames, ""
+    images = up(images, seed=int(options.seed))
+    if frames is not None:
+        frames = [torch.nn.functional.interpolate(f, scale_factor=factor, mode="nearest") for f in frames]
+        frames.append(images[: frames[0].shape[0]] * 2 - 1)
+    how = (
+        f"whole {'x'.join(map(str, coarse))} samples, then {factor}x super-resolution by {up.name or 'an SR model'} "
+        f"({up.num_steps} network calls, start time {up.start_time:g}; area-downsampled it gives the coarse sample)"
+    )
+    return images, frames, how
+
+
 def model_of(bundle: LoadedBundle) -> GenerativeModel:
     """A generative bundle's model and its training geometry (a latent bundle's ``model_info``, read with its state:
-    the latents' scale factor)."""
+    the latents' scale factor).  A bundle whose inference config sets ``cascade: true`` generates with its coarse
+    model (``coarse_network`` with the weights of ``coarse_model_path``: whole images at ``coarse_size``) and its
+    ``upsampler`` (:class:`Upsampler`)."""
     if not bundle.generative:
         raise ValueError(f"bundle {bundle.name} restores images; it does not generate them.")
+    if "cascade" in bundle.parser and bool(bundle.get("cascade")):
+        from monai_medgen.ood import load_layout_model
+
+        layout = load_layout_model(bundle, "coarse")
+        if layout is None:
+            raise ValueError(
+                f"bundle {bundle.name} sets cascade: true but has no coarse model (coarse_network and the weights "
+                f"{bundle.get('coarse_model_path') if 'coarse_model_path' in bundle.parser else 'coarse_model_path'})."
+            )
+        return GenerativeModel(
+            network=layout.network,
+            inferer=layout.inferer,
+            name=bundle.name,
+            image_size=layout.size,
+            spacing=float(bundle.get("spacing", 1.0)),
+            version=bundle.version,
+            device=bundle.device,
+            upsampler=bundle.get("upsampler"),
+        )
     info = bundle.get("model_info") if "model_info" in bundle.parser else None
     info = info if isinstance(info, dict) else {}
     return GenerativeModel(
@@ -298,15 +432,17 @@ def generate(
         raise ValueError(f"class_label {o.class_label} is not a class of {model.name}: expected {expected}.")
     if o.guidance_scale > 0 and o.class_label is None:
         raise ValueError("guidance_scale > 0 needs class_label (the class to guide towards).")
-    size = model.size if o.image_size is None else _sizes(o.image_size, len(model.size))
-    images, frames = sample_images(model.network, model.inferer, size, o, model.device, verbose)
-    affine = generation_affine(reference, size, 1, model.spacing, model.trained_affine, model.size)
-    extra = {"size": list(size), "reference": "its field of view" if reference is not None else "none"}
+    out_size = model.output_size if o.image_size is None else _sizes(o.image_size, len(model.size))
+    images, frames, how = sample_model(model, out_size, o, verbose)
+    extra = {"size": list(out_size), "reference": "its field of view" if reference is not None else "none"}
+    if how:
+        extra["cascade"] = how
+    affine = generation_affine(reference, out_size, 1, model.spacing, model.trained_affine, model.output_size)
     if o.class_label is not None:
         extra.update(class_label=int(o.class_label), guidance_scale=float(o.guidance_scale))
     if hasattr(model.inferer, "latent_shape"):  # a latent model: the latents it sampled and the autoencoder
         extra.update(
-            latent_shape=list(model.inferer.noise_shape((1, 1, *_padded(model.network, model.inferer, size)))[1:]),
+            latent_shape=list(model.inferer.noise_shape((1, 1, *_padded(model.network, model.inferer, out_size)))[1:]),
             scale_factor=model.inferer.scale_factor,
             autoencoder_sha256=getattr(model.inferer.autoencoder, "sha256", ""),
         )
@@ -320,7 +456,7 @@ def generate(
         input_checksum=reference_checksum,
         extra=extra,
     )
-    return Generated(((images + 1) / 2).clamp(0, 1), affine, frames, provenance)
+    return Generated(images, affine, frames, provenance)
 
 
 def generate_files(

@@ -34,6 +34,7 @@ from monai_medgen.limits import MAX_SLICE_PIXELS, MAX_VOXELS, SAMPLERS, TASK_NAM
 from monai_medgen.pipelines import (
     BundleError,
     GenerateOptions,
+    GenerativeModel,
     LoadedBundle,
     RestoreOptions,
     class_names,
@@ -41,9 +42,11 @@ from monai_medgen.pipelines import (
     find_bundles,
     generation_affine,
     load_bundle,
+    model_of,
     restoration_provenance,
     restore,
     sample_images,
+    sample_model,
 )
 
 __all__ = [
@@ -188,6 +191,7 @@ class ServedModel:
     description: str = ""
     max_voxels: int = MAX_VOXELS
     bundle: LoadedBundle | None = None
+    generative_model: GenerativeModel | None = None
 
     @property
     def generative(self) -> bool:
@@ -468,8 +472,12 @@ class ServedModel:
             guidance_scale=float(options.get("guidance", 0.0)),
             batch_size=1 if volume_model else n,
         )
-        x, _ = sample_images(self.network, self.inferer, (size,) * self.spatial_dims, chosen, self.device, False)
-        x = (x.clamp(-1, 1) + 1) / 2
+        how = ""
+        if self.generative_model is not None:  # the bundle's own sampler (a cascade for vdm_brain_mri_2d)
+            x, _, how = sample_model(self.generative_model, (size,) * self.spatial_dims, chosen, False)
+        else:
+            x, _ = sample_images(self.network, self.inferer, (size,) * self.spatial_dims, chosen, self.device, False)
+            x = (x.clamp(-1, 1) + 1) / 2
         volume = (x[0] if volume_model else x[:, 0].permute(1, 2, 0)[None]).contiguous()
         affine = generation_affine(reference, (size,) * self.spatial_dims, n, self.spacing)
         extra = {
@@ -477,6 +485,8 @@ class ServedModel:
             "reference": "the input image's field of view" if reference is not None else "none (centred on the origin)",
             "served_by": "monai_medgen MONAI Label app",
         }
+        if how:
+            extra["cascade"] = how
         if not volume_model:
             extra["num_slices"] = n
         if self.class_names:
@@ -550,6 +560,10 @@ def load_served_model(folder: str | os.PathLike, device: str = "cpu") -> ServedM
     if task == "generate":
         model.image_size = int(bundle.get("image_size", 64))
         model.spacing = float(bundle.get("spacing", 1.0))
+        try:
+            model.generative_model = model_of(bundle)
+        except ValueError as e:
+            raise ValueError(f"bundle {bundle.name}: {e}") from e
         if num_classes is not None:
             model.class_names = class_names(folder, int(num_classes), bundle.get("class_names", None))
             model.guidance_scale = float(bundle.get("guidance_scale", 0.0) or 0.0)
