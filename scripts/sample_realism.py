@@ -8,7 +8,7 @@ project trains itself, and nearest-neighbour SSIM, each beside the same figure f
 - training set: the MNI152 2009a axial slices the bundle trains on (nilearn, 128 x 128, every slice with brain);
 - real held-out: every Colin27 axial slice with brain (``ch2bet.nii.gz``, Debian ``mricron-data``), prepared alike;
 - samples: as many whole 128 x 128 slices from the bundle as ``monai-medgen generate`` draws them: by default its
-  cascade (whole 32 x 32 slices from the layout model, ``--num-steps`` steps, then 4x super-resolution by
+  cascade (whole 32 x 32 slices from its coarse model, ``--num-steps`` steps, then 4x super-resolution by
   ``cddpm_super_resolution_2d``); ``--no-cascade``: the texture model (trained on 64 x 64 crops) at 128 x 128;
 - features: :class:`monai_medgen.realism.SliceFeatureNet` trained here on the MNI152 slices of all three planes
   (plane and relative position, augmented), never on Colin27 or on samples.

@@ -40,9 +40,9 @@ from monai_medgen.restoration import peak_memory_mb
 
 __all__ = [
     "GenerateOptions",
-    "Upsampler",
     "Generated",
     "GenerativeModel",
+    "Upsampler",
     "generate",
     "generate_files",
     "generation_affine",
@@ -374,17 +374,17 @@ def model_of(bundle: LoadedBundle) -> GenerativeModel:
     if "cascade" in bundle.parser and bool(bundle.get("cascade")):
         from monai_medgen.ood import load_layout_model
 
-        layout = load_layout_model(bundle, "coarse")
-        if layout is None:
+        coarse = load_layout_model(bundle, "coarse")  # a whole-slice VDM read like the score's layout model
+        if coarse is None:
             raise ValueError(
                 f"bundle {bundle.name} sets cascade: true but has no coarse model (coarse_network and the weights "
                 f"{bundle.get('coarse_model_path') if 'coarse_model_path' in bundle.parser else 'coarse_model_path'})."
             )
         return GenerativeModel(
-            network=layout.network,
-            inferer=layout.inferer,
+            network=coarse.network,
+            inferer=coarse.inferer,
             name=bundle.name,
-            image_size=layout.size,
+            image_size=coarse.size,
             spacing=float(bundle.get("spacing", 1.0)),
             version=bundle.version,
             device=bundle.device,

@@ -6,7 +6,7 @@
   ``models/model.pt``).
 - :class:`ServedModel`: one bundle as an infer task: its options for ``/info/`` (:meth:`~ServedModel.config`),
   the checks of a request's options (:meth:`~ServedModel.parse_options`), and the work itself through the
-  package's own functions (:func:`monai_medgen.pipelines.restore`, :func:`monai_medgen.pipelines.sample_images`).
+  package's own functions (:func:`monai_medgen.pipelines.restore`, :func:`monai_medgen.pipelines.sample_model`).
 - :func:`read_upload`, :func:`read_mask`: uploaded images read with :func:`monai_medgen.io.read_image`, with
   errors that name the upload (not the server's temporary file).
 - :func:`generation_affine` (from :mod:`monai_medgen.pipelines`, the one rule of every front-end): where a generated
@@ -45,7 +45,6 @@ from monai_medgen.pipelines import (
     model_of,
     restoration_provenance,
     restore,
-    sample_images,
     sample_model,
 )
 
@@ -472,12 +471,11 @@ class ServedModel:
             guidance_scale=float(options.get("guidance", 0.0)),
             batch_size=1 if volume_model else n,
         )
-        how = ""
-        if self.generative_model is not None:  # the bundle's own sampler (a cascade for vdm_brain_mri_2d)
-            x, _, how = sample_model(self.generative_model, (size,) * self.spatial_dims, chosen, False)
-        else:
-            x, _ = sample_images(self.network, self.inferer, (size,) * self.spatial_dims, chosen, self.device, False)
-            x = (x.clamp(-1, 1) + 1) / 2
+        # the bundle's own sampler (a cascade for vdm_brain_mri_2d), else the served network itself
+        model = self.generative_model or GenerativeModel(
+            self.network, self.inferer, self.name, size, device=self.device
+        )
+        x, _, how = sample_model(model, (size,) * self.spatial_dims, chosen, False)
         volume = (x[0] if volume_model else x[:, 0].permute(1, 2, 0)[None]).contiguous()
         affine = generation_affine(reference, (size,) * self.spatial_dims, n, self.spacing)
         extra = {
@@ -560,10 +558,7 @@ def load_served_model(folder: str | os.PathLike, device: str = "cpu") -> ServedM
     if task == "generate":
         model.image_size = int(bundle.get("image_size", 64))
         model.spacing = float(bundle.get("spacing", 1.0))
-        try:
-            model.generative_model = model_of(bundle)
-        except ValueError as e:
-            raise ValueError(f"bundle {bundle.name}: {e}") from e
+        model.generative_model = model_of(bundle)
         if num_classes is not None:
             model.class_names = class_names(folder, int(num_classes), bundle.get("class_names", None))
             model.guidance_scale = float(bundle.get("guidance_scale", 0.0) or 0.0)
