@@ -8,7 +8,8 @@ A restoration model here is trained for a *family* of degradations, not one fixe
 - ``"denoise"``: Gaussian, Rician or Poisson noise of level 0.01..0.2, plus salt-and-pepper 0..10% on half of the
   images; the model is told a noise level estimated from the image (:func:`estimate_noise_sigma`), so it runs
   blind on user data;
-- ``"inpaint"``: boxes, free-form strokes, irregular blobs and large holes.
+- ``"inpaint"``: boxes, free-form strokes, irregular blobs and large holes; the network also sees the holes filled by
+  a thin plate (:func:`~monai_medgen.tasks.operators.biharmonic_fill`), the classical biharmonic estimate.
 
 The network never predicts the image itself but the residual to the classical estimate ``base`` (bicubic for SR,
 the noisy image for denoising, a membrane fill for inpainting), in [-1, 1] image units:
@@ -26,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable
 
-from monai_medgen.tasks.operators import Noise, SuperResolution, estimate_noise_sigma, fill_holes, median3
+from monai_medgen.tasks.operators import (
+    Noise,
+    SuperResolution,
+    biharmonic_fill,
+    estimate_noise_sigma,
+    fill_holes,
+    median3,
+)
 from monai_medgen.transforms import RandInpaintingMask
 
 __all__ = [
@@ -50,12 +58,16 @@ def check_family(family: str) -> str:
 
 def cond_channels_of(family: str) -> int:
     """Condition channels of a family's network: SR 1 (base), denoising 3 (noisy, median, noise level),
-    inpainting 2 (filled image, mask)."""
-    return {"sr": 1, "denoise": 3, "inpaint": 2}[check_family(family)]
+    inpainting 3 (membrane fill, mask, biharmonic fill)."""
+    return {"sr": 1, "denoise": 3, "inpaint": 3}[check_family(family)]
 
 
 def make_condition(
-    family: str, measured: torch.Tensor, mask: torch.Tensor | None = None, sigma: torch.Tensor | None = None
+    family: str,
+    measured: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    sigma: torch.Tensor | None = None,
+    thin_plate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(condition in [-1, 1] units, base in [0, 1] units)`` for a batch.
 
@@ -66,6 +78,8 @@ def make_condition(
             with anything in the holes.
         mask: inpainting only, (B, 1, *spatial), 1 = missing.
         sigma: denoising only, (B,) noise level; None: estimated from ``measured``.
+        thin_plate: inpainting only: append the biharmonic fill (:func:`biharmonic_fill`, clipped to [-0.5, 1.5])
+            as the third channel; False gives the two channels of inpainting networks trained before it.
     """
     check_family(family)
     if family == "sr":
@@ -79,7 +93,10 @@ def make_condition(
         raise ValueError("mask is required for inpainting (1 = missing).")
     mask = mask.to(measured)
     base = fill_holes(measured, mask)
-    return torch.cat([base * 2 - 1, mask], 1), base
+    channels = [base * 2 - 1, mask]
+    if thin_plate:
+        channels.append(biharmonic_fill(measured, mask).clamp(-0.5, 1.5) * 2 - 1)
+    return torch.cat(channels, 1), base
 
 
 def residual_target(truth: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

@@ -148,7 +148,10 @@ def evaluate_panel(
             "| image | method | PSNR | SSIM | sharpness | consistency | seconds | NFE |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for i, (name, truth) in enumerate(panel.items()):
+        for name, truth in panel.items():
+            # the seeds (degradation, samples) belong to the image (its place in the whole panel), not to its place in the
+            # images asked for: a subset sees the same masks and noise as the full panel
+            i = PANEL.index(name) if name in PANEL else len(PANEL) + list(panel).index(name)
             measured, extra = degrade(scenario, truth, seed=100 + i)
             mask = extra.get("mask")
             results = {

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from monai_medgen.engines import unwrap_network
 from monai_medgen.inferers.conditional import short_chain_times
 from monai_medgen.inferers.options import ConditionalSamplingOptions
 from monai_medgen.networks import size_multiple
@@ -192,7 +193,9 @@ class ResidualRestorer:
         if any(pads):
             measured = F.pad(measured, pads, mode="replicate")
             mask = None if mask is None else F.pad(mask.to(measured), pads, mode="constant", value=0.0)
-        cond, base = make_condition(self.family, measured, mask=mask)
+        # an inpainting network trained before the thin-plate channel (2 condition channels) gets the leading two
+        thin_plate = getattr(unwrap_network(self.network), "cond_channels", 3) >= 3
+        cond, base = make_condition(self.family, measured, mask=mask, thin_plate=thin_plate)
         known = None if mask is None else (mask.to(measured) < 0.5)
 
         def hook(r: torch.Tensor) -> torch.Tensor:
