@@ -213,6 +213,18 @@ def estimate_noise_sigma(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # inpainting
 # ---------------------------------------------------------------------------------------------
+def _laplacian_kernel(nd: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    kernel = torch.zeros((1, 1) + (3,) * nd, dtype=dtype, device=device)
+    centre = (0, 0) + (1,) * nd
+    kernel[centre] = -2.0 * nd
+    for axis in range(nd):
+        for off in (0, 2):
+            idx = list(centre)
+            idx[2 + axis] = off
+            kernel[tuple(idx)] = 1.0
+    return kernel
+
+
 def fill_holes(x: torch.Tensor, mask: torch.Tensor, smoothing: int = 20) -> torch.Tensor:
     """A smooth membrane fill of the holes (``mask`` 1 = missing) of ``x`` (B, C, *spatial): known voxels are
     pulled down a mask-weighted average pyramid, the coarsest estimate pushed back up, and the holes relaxed
@@ -241,13 +253,9 @@ def fill_holes(x: torch.Tensor, mask: torch.Tensor, smoothing: int = 20) -> torc
         mean = v / k.clamp_min(1e-6)
         est = torch.where(k > 0, mean, up)
     out = torch.where(known > 0, x, est)
-    kernel = torch.zeros((1, 1) + (3,) * nd, dtype=x.dtype, device=x.device)
-    centre = (0, 0) + (1,) * nd
-    for axis in range(nd):
-        for off in (0, 2):
-            idx = list(centre)
-            idx[2 + axis] = off
-            kernel[tuple(idx)] = 1.0 / (2 * nd)
+    kernel = _laplacian_kernel(nd, x.dtype, x.device)
+    kernel[(0, 0) + (1,) * nd] = 0.0
+    kernel /= 2 * nd  # the mean of the 2 nd face neighbours
     conv = F.conv2d if nd == 2 else F.conv3d
     hole = known < 1
     for _ in range(int(smoothing)):
@@ -257,34 +265,24 @@ def fill_holes(x: torch.Tensor, mask: torch.Tensor, smoothing: int = 20) -> torc
     return out
 
 
-def _laplacian_kernel(nd: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    kernel = torch.zeros((1, 1) + (3,) * nd, dtype=dtype, device=device)
-    centre = (0, 0) + (1,) * nd
-    kernel[centre] = -2.0 * nd
-    for axis in range(nd):
-        for off in (0, 2):
-            idx = list(centre)
-            idx[2 + axis] = off
-            kernel[tuple(idx)] = 1.0
-    return kernel
-
-
 def _biharmonic_level(x: torch.Tensor, hole: torch.Tensor, init: torch.Tensor, iterations: int) -> torch.Tensor:
     """Conjugate gradients on ``min ||L u||^2`` over the hole voxels (``L``: the Laplacian with replicated
     borders, so every voxel takes part), ``u = x`` on known voxels, starting from ``init`` in the holes.
 
     Only the holes' bounding box and a margin of 3 voxels enter (the Laplacians that involve a hole voxel reach 2
     voxels beyond it): the same solution as on the whole image, at a fraction of the cost for a compact hole."""
+    nd = x.ndim - 2
+    occupied = hole.amax(dim=(0, 1)) > 0  # any hole at this position, over the batch and channels
     box = []
-    for axis in range(2, x.ndim):
-        present = torch.nonzero(hole.flatten(0, 1).amax(dim=tuple(a - 1 for a in range(2, x.ndim) if a != axis)))
-        box.append(slice(max(int(present.min()) - 3, 0), min(int(present.max()) + 4, x.shape[axis])))
+    for axis in range(nd):
+        present = torch.nonzero(occupied.amax(dim=tuple(a for a in range(nd) if a != axis))).flatten()
+        box.append(slice(max(int(present.min()) - 3, 0), min(int(present.max()) + 4, x.shape[2 + axis])))
+    if all(b.stop - b.start == n for b, n in zip(box, x.shape[2:])):
+        return _thin_plate_cg(x, hole, init, iterations)
     inner = (slice(None), slice(None), *box)
-    if any(b.stop - b.start < n for b, n in zip(box, x.shape[2:])):
-        out = x.clone()
-        out[inner] = _thin_plate_cg(x[inner], hole[inner], init[inner], iterations)
-        return torch.where(hole > 0, out, x)
-    return _thin_plate_cg(x, hole, init, iterations)
+    out = x.clone()
+    out[inner] = _thin_plate_cg(x[inner], hole[inner], init[inner], iterations)
+    return out
 
 
 def _thin_plate_cg(x: torch.Tensor, hole: torch.Tensor, init: torch.Tensor, iterations: int) -> torch.Tensor:
