@@ -183,6 +183,31 @@ def test_corpus_uses_no_held_out_source():
     assert all(i.shape == (48, 48) and i.min() >= 0 and i.max() <= 1 and i.std() > 0.03 for i in imgs)
 
 
+
+def test_corpus_zoom_and_acquisition_noise():
+    """Wider zoom (whole heads in a small draw, anti-aliased) and synthetic acquisition noise: same draws as the
+    default without noise where both are off, noisier draws with it, and bad settings refused by name."""
+    plain = TrainingCorpus(sources=("mni152_t1",))
+    wide = TrainingCorpus(sources=("mni152_t1",), zoom_range=(3.9, 4.0), acquisition_noise=0.1)
+    a = [plain.draw(np.random.RandomState(s), 48) for s in range(6)]
+    b = [wide.draw(np.random.RandomState(s), 48) for s in range(6)]
+    assert all(i.shape == (48, 48) and i.min() >= 0 and i.max() <= 1 for i in a + b)
+
+    def roughness(imgs):  # mean absolute difference of neighbouring pixels
+        return float(np.mean([np.abs(np.diff(i, axis=1)).mean() for i in imgs]))
+
+    assert roughness(b) > roughness(a)
+    # a whole slice at 4x zoom leaves background on the border; the default 0.6-1.6x crop of the brain mostly does not
+    border = lambda imgs: float(np.mean([np.r_[i[0], i[-1], i[:, 0], i[:, -1]].mean() for i in imgs]))  # noqa: E731
+    quiet = TrainingCorpus(sources=("mni152_t1",), zoom_range=(3.9, 4.0))
+    c = [quiet.draw(np.random.RandomState(s), 48) for s in range(6)]
+    assert border(c) < border(a)
+    with pytest.raises(ValueError, match="zoom_range"):
+        TrainingCorpus(sources=("mni152_t1",), zoom_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="acquisition_noise"):
+        TrainingCorpus(sources=("mni152_t1",), acquisition_noise=-0.1)
+
+
 def test_restoration_times():
     t = restoration_times(4, 0.5, 2000)
     assert float(t[0]) == 1.0 and float(t[-1]) == 0.0 and len(t) == 5 and float(t[1]) == 0.5

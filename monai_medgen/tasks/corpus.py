@@ -17,8 +17,12 @@ images (all in the unseen panel, :mod:`monai_medgen.tasks.panel`), and any image
 independent evaluation.
 
 Each draw is then randomised: orientation (flips, 90-degree turns), affine (rotation, shear) and elastic
-deformation, field of view and pixel size (zoom), gamma, a smooth multiplicative bias field, occasional contrast
-inversion and slight blur, a random crop, and scaling so that a random 98-100th percentile maps to 1.
+deformation, field of view and pixel size (zoom, ``zoom_range``; anti-aliased when the draw is coarser than its
+source), gamma, a smooth multiplicative bias field, occasional contrast inversion and slight blur, a random crop, and
+scaling so that a random 98-100th percentile maps to 1.  With ``acquisition_noise`` half of the draws also carry
+**synthetic** acquisition noise (Gaussian or Rician, standard deviation up to that value) in the image itself, so
+that a model whose target is the image learns that such noise cannot be predicted (the templates and atlases are
+noise-free, the scans users bring are not).
 """
 
 from __future__ import annotations
@@ -109,12 +113,29 @@ class TrainingCorpus:
         dataset_dir: your own images (a folder of NIfTI / NRRD / MHA files or DICOM series, or a datalist JSON),
             added as the source ``"user"`` (2D images and volumes, each scaled by its 99.5th percentile, volumes
             sliced along all three axes); with ``sources=()`` they are the only training data.
+        zoom_range: (low, high) of the log-uniform zoom: how much of the source one draw covers relative to its own
+            pixel size (4: a draw of 64 pixels spans 256 source pixels, e.g. a whole head at 4 mm, as in small
+            clinical images).
+        acquisition_noise: largest standard deviation of the synthetic noise added to half of the draws (0: none).
     """
 
-    def __init__(self, sources: Sequence[str] = SOURCES, weights: dict | None = None, dataset_dir: str | None = None):
+    def __init__(
+        self,
+        sources: Sequence[str] = SOURCES,
+        weights: dict | None = None,
+        dataset_dir: str | None = None,
+        zoom_range: Sequence[float] = (0.6, 1.6),
+        acquisition_noise: float = 0.0,
+    ):
         unknown = set(sources) - set(SOURCES)
         if unknown:
             raise ValueError(f"sources must be among {SOURCES}, got {sorted(unknown)}.")
+        zoom_range = tuple(float(z) for z in zoom_range)
+        if len(zoom_range) != 2 or not 0 < zoom_range[0] <= zoom_range[1]:
+            raise ValueError(f"zoom_range must be (low, high) with 0 < low <= high, got {zoom_range}.")
+        if not 0 <= float(acquisition_noise) < 1:
+            raise ValueError(f"acquisition_noise must be in [0, 1), got {acquisition_noise}.")
+        self.zoom_range, self.acquisition_noise = zoom_range, float(acquisition_noise)
         self.notes: list[str] = []
         self.volumes: dict[str, list] = {}
         if "mni152_t1" in sources or "tissue_contrast" in sources:
@@ -233,7 +254,7 @@ class TrainingCorpus:
         """One randomised training image (size, size) in [0, 1]."""
         for _ in range(10):
             source = self.sources[int(R.choice(len(self.sources), p=self.probabilities))]
-            img = _augment(self._render(source, R), R, size)
+            img = _augment(self._render(source, R), R, size, self.zoom_range, self.acquisition_noise)
             if float(img.std()) > 0.03:
                 return img
         return img
@@ -252,16 +273,22 @@ def _gauss(t: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(t, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def _augment(img: np.ndarray, R: np.random.RandomState, size: int) -> np.ndarray:
-    """Orientation, zoom (field of view and pixel size), affine + elastic deformation, crop, gamma, bias field,
-    inversion, slight blur and percentile scaling of one image."""
+def _augment(
+    img: np.ndarray,
+    R: np.random.RandomState,
+    size: int,
+    zoom_range: Sequence[float] = (0.6, 1.6),
+    noise: float = 0.0,
+) -> np.ndarray:
+    """Orientation, zoom (field of view and pixel size, anti-aliased), affine + elastic deformation, crop, gamma,
+    bias field, inversion, slight blur, percentile scaling and (``noise`` > 0) acquisition noise of one image."""
     img = np.rot90(img, int(R.randint(4)))
     if R.uniform() < 0.5:
         img = img[:, ::-1]
     t = torch.as_tensor(np.ascontiguousarray(img), dtype=torch.float32)[None, None]
     h, w = t.shape[2:]
-    # zoom: the crop covers between 0.6x and 1.6x of what it would at the source's pixel size
-    zoom = math.exp(R.uniform(math.log(0.6), math.log(1.6)))
+    # zoom: the crop covers between zoom_range[0] and zoom_range[1] times what it would at the source's pixel size
+    zoom = math.exp(R.uniform(math.log(zoom_range[0]), math.log(zoom_range[1])))
     out = max(size, int(round(size * zoom)))
     # crop window on the source (a little larger than needed, so rotation does not bring in padding)
     win = min(min(h, w), int(math.ceil(out * 1.45)))
@@ -272,6 +299,9 @@ def _augment(img: np.ndarray, R: np.random.RandomState, size: int) -> np.ndarray
     shear = R.uniform(-0.1, 0.1)
     c, s = math.cos(angle), math.sin(angle)
     extent = min(1.0, out / win)  # fraction of the window the output covers
+    step = extent * win / size  # source pixels per output pixel
+    if step > 1.0:  # anti-aliasing: a coarser pixel integrates what a finer one resolves
+        t = _gauss(t, 0.5 * math.sqrt(step**2 - 1.0))
     theta = torch.tensor([[c, -s + shear, 0.0], [s, c, 0.0]], dtype=torch.float32)
     theta[:, :2] *= extent
     grid = F.affine_grid(theta[None], (1, 1, size, size), align_corners=False)
@@ -294,6 +324,10 @@ def _augment(img: np.ndarray, R: np.random.RandomState, size: int) -> np.ndarray
         x = x / max(float(x.max()), 1e-6)
     if R.uniform() < 0.1:
         x = 1 - x
+    if noise > 0 and R.uniform() < 0.5:  # synthetic acquisition noise (Gaussian, or Rician as in MR magnitude)
+        sigma = float(R.uniform(0, noise))
+        n = torch.as_tensor(R.standard_normal((2, size, size)), dtype=torch.float32) * sigma
+        x = torch.sqrt((x + n[0]) ** 2 + n[1] ** 2) if R.uniform() < 0.5 else x + n[0]
     return x.clamp(0, 1).numpy().astype(np.float32)
 
 
