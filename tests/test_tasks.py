@@ -183,7 +183,6 @@ def test_corpus_uses_no_held_out_source():
     assert all(i.shape == (48, 48) and i.min() >= 0 and i.max() <= 1 and i.std() > 0.03 for i in imgs)
 
 
-
 def test_corpus_zoom_and_acquisition_noise():
     """Wider zoom (whole heads in a small draw, anti-aliased) and synthetic acquisition noise: same draws as the
     default without noise where both are off, noisier draws with it, and bad settings refused by name."""
