@@ -184,8 +184,8 @@ def test_corpus_uses_no_held_out_source():
 
 
 def test_corpus_zoom_and_acquisition_noise():
-    """Wider zoom (whole heads in a small draw, anti-aliased) and synthetic acquisition noise: same draws as the
-    default without noise where both are off, noisier draws with it, and bad settings refused by name."""
+    """Wider zoom (whole heads in a small draw, anti-aliased) and synthetic acquisition noise: more background at
+    4x zoom, rougher draws with noise than without at the same zoom, and bad settings refused by name."""
     plain = TrainingCorpus(sources=("mni152_t1",))
     wide = TrainingCorpus(sources=("mni152_t1",), zoom_range=(3.9, 4.0), acquisition_noise=0.1)
     a = [plain.draw(np.random.RandomState(s), 48) for s in range(6)]
@@ -201,6 +201,7 @@ def test_corpus_zoom_and_acquisition_noise():
     quiet = TrainingCorpus(sources=("mni152_t1",), zoom_range=(3.9, 4.0))
     c = [quiet.draw(np.random.RandomState(s), 48) for s in range(6)]
     assert border(c) < border(a)
+    assert roughness(b) > roughness(c)  # the same zoom, noise on or off
     with pytest.raises(ValueError, match="zoom_range"):
         TrainingCorpus(sources=("mni152_t1",), zoom_range=(2.0, 1.0))
     with pytest.raises(ValueError, match="acquisition_noise"):

@@ -43,6 +43,7 @@ from monai_medgen.data import datalist_from_path, load_volume, scale_intensity
 __all__ = ["SOURCES", "RandCorpusSliced", "TrainingCorpus", "mni152_tissue_maps"]
 
 SOURCES = ("mni152_t1", "tissue_contrast", "atlas_contrast", "photographs")
+DEFAULT_ZOOM_RANGE = (0.6, 1.6)  # log-uniform zoom of a draw against its source's pixel size
 DEFAULT_WEIGHTS = {"mni152_t1": 0.25, "tissue_contrast": 0.25, "atlas_contrast": 0.2, "photographs": 0.3, "user": 1.0}
 MRICRON_TEMPLATES = Path(os.environ.get("MONAI_MEDGEN_MRICRON", "/usr/share/mricron/templates"))
 TRAINING_ATLASES = (
@@ -124,7 +125,7 @@ class TrainingCorpus:
         sources: Sequence[str] = SOURCES,
         weights: dict | None = None,
         dataset_dir: str | None = None,
-        zoom_range: Sequence[float] = (0.6, 1.6),
+        zoom_range: Sequence[float] = DEFAULT_ZOOM_RANGE,
         acquisition_noise: float = 0.0,
     ):
         unknown = set(sources) - set(SOURCES)
@@ -277,7 +278,7 @@ def _augment(
     img: np.ndarray,
     R: np.random.RandomState,
     size: int,
-    zoom_range: Sequence[float] = (0.6, 1.6),
+    zoom_range: Sequence[float] = DEFAULT_ZOOM_RANGE,
     noise: float = 0.0,
 ) -> np.ndarray:
     """Orientation, zoom (field of view and pixel size, anti-aliased), affine + elastic deformation, crop, gamma,

@@ -33,8 +33,9 @@ def training_dataset(
     (:class:`~monai_medgen.tasks.BlindDegradationd`; ``degradation`` are its keyword arguments).
     Items: ``image`` = residual target, ``cond``, ``base``, ``truth``, all (C, crop, crop).  ``dataset_dir``: your
     own images (folder or datalist JSON) added to the corpus; ``corpus_options``: further
-    :class:`~monai_medgen.tasks.TrainingCorpus` arguments (``zoom_range``, ``acquisition_noise``, ...).  The corpus is loaded here, once: DataLoader workers
-    forked from this process share it instead of each loading it again at every epoch."""
+    :class:`~monai_medgen.tasks.TrainingCorpus` arguments (``zoom_range``, ``acquisition_noise``, ...).  The corpus
+    is loaded here, once: DataLoader workers forked from this process share it instead of each loading it again at
+    every epoch."""
     check_family(family)
     if corpus is None:
         corpus = TrainingCorpus(dataset_dir=dataset_dir or None, **(corpus_options or {}))
