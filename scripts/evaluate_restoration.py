@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, evaluate_panel
-from monai_medgen.tasks.loading import load_restoration_bundle
+from monai_medgen.tasks.loading import load_restoration_bundle, newest_checkpoint
 from monai_medgen.tasks.panel import PANEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,10 +51,8 @@ def main(argv=None) -> int:
     text_all, rows_all = [], []
     for family in dict.fromkeys(SCENARIOS[s] for s in args.scenarios):
         folder = Path(args.bundles_dir) / BUNDLES[family]
-        weights = None
-        if args.from_checkpoints:
-            weights = max((folder / "runs" / "checkpoints").glob("*.pt"), key=lambda f: f.stat().st_mtime)
-        bundle = load_restoration_bundle(folder, weights=weights)
+        weights = newest_checkpoint(folder) if args.from_checkpoints else None
+        bundle = load_restoration_bundle(folder, weights)
         if args.self_ensemble != "bundle":
             bundle.inferer.self_ensemble = args.self_ensemble == "on"
         text, rows, _ = evaluate_panel(

@@ -16,7 +16,7 @@ import torch
 
 from monai_medgen.metrics import ssim
 from monai_medgen.tasks.evaluation import BUNDLES, SCENARIOS, degrade, psnr_db
-from monai_medgen.tasks.loading import load_restoration_bundle
+from monai_medgen.tasks.loading import load_restoration_bundle, newest_checkpoint
 from monai_medgen.tasks.panel import tuning_image
 from monai_medgen.tasks.sampling import ResidualRestorer
 
@@ -28,10 +28,16 @@ def main(argv=None) -> int:
     p.add_argument("--scenario", default="sr4", choices=list(SCENARIOS))
     p.add_argument("--start-times", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.35, 0.5])
     p.add_argument("--steps", type=int, nargs="+", default=[2, 4])
+    p.add_argument(
+        "--from-checkpoints",
+        action="store_true",
+        help="use the newest training checkpoint under <bundle>/runs/checkpoints (EMA) instead of models/model.pt",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     family = SCENARIOS[args.scenario]
-    bundle = load_restoration_bundle(ROOT / "bundles" / BUNDLES[family])
+    folder = ROOT / "bundles" / BUNDLES[family]
+    bundle = load_restoration_bundle(folder, newest_checkpoint(folder) if args.from_checkpoints else None)
     truth = tuning_image()
     measured, extra = degrade(args.scenario, truth, seed=7)
     project = (lambda x: extra["op"].project(x, extra["low"])) if args.scenario == "sr4" else None

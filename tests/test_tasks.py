@@ -264,15 +264,33 @@ def test_residual_restorer_consistency_and_known_voxels(mni_slice):
     masked = truth * (1 - mask)
     out, std = ResidualRestorer(inferer, net, "inpaint", num_steps=2)(masked, mask=mask, num_samples=2)
     assert torch.equal(out[mask == 0], masked[mask == 0]) and float(std[mask == 0].abs().max()) == 0
-    # the condition: membrane fill, mask, thin-plate fill; a network trained before the thin-plate channel (two
-    # condition channels) still restores, from the leading two
+    # the condition: membrane fill, mask, thin-plate fill, their difference; the base is the thin plate. Networks
+    # trained with the earlier layouts (2 and 3 channels, base the membrane fill) get the leading channels
     cond, base = make_condition("inpaint", masked, mask=mask)
-    assert cond.shape[1] == 3 and torch.equal(cond[:, 1:2], mask) and torch.equal(base[mask == 0], masked[mask == 0])
-    assert torch.allclose(cond[:, 2:3], biharmonic_fill(masked, mask).clamp(-0.5, 1.5) * 2 - 1)
-    assert torch.equal(make_condition("inpaint", masked, mask=mask, thin_plate=False)[0], cond[:, :2])
-    old, _ = _tiny("inpaint", cond_channels=2)
-    out2, _ = ResidualRestorer(inferer, old, "inpaint", num_steps=2)(masked, mask=mask)
-    assert out2.shape == truth.shape and torch.equal(out2[mask == 0], masked[mask == 0])
+    thin = biharmonic_fill(masked, mask).clamp(-0.5, 1.5)
+    assert cond.shape[1] == 4 and torch.equal(cond[:, 1:2], mask) and torch.equal(base, thin)
+    assert torch.equal(base[mask == 0], masked[mask == 0])
+    assert torch.allclose(cond[:, 2:3], thin * 2 - 1) and torch.allclose(
+        cond[:, 3:4], cond[:, 2:3] - cond[:, 0:1], atol=1e-6
+    )
+    for channels in (2, 3):
+        earlier, membrane = make_condition("inpaint", masked, mask=mask, channels=channels)
+        assert torch.equal(earlier, cond[:, :channels]) and torch.allclose(membrane, (cond[:, :1] + 1) / 2, atol=1e-6)
+        old, _ = _tiny("inpaint", cond_channels=channels)
+        out2, _ = ResidualRestorer(inferer, old, "inpaint", num_steps=2)(masked, mask=mask)
+        assert out2.shape == truth.shape and torch.equal(out2[mask == 0], masked[mask == 0])
+    with pytest.raises(ValueError, match="channels must be one of"):
+        make_condition("inpaint", masked, mask=mask, channels=5)
+    # what lies under the mask never matters, also for a hole at the border the U-Net pads (61 rows: one more)
+    edge = torch.zeros_like(truth)
+    edge[..., 45:, 20:40] = 1
+    outs = [
+        ResidualRestorer(inferer, net, "inpaint", num_steps=2)(
+            truth * (1 - edge) + fill * edge, mask=edge, generator=torch.Generator().manual_seed(0)
+        )[0]
+        for fill in (0.0, 1.0)
+    ]
+    assert torch.equal(outs[0], outs[1])
 
 
 def test_self_ensemble_frames_consistency_and_known_voxels(mni_slice):

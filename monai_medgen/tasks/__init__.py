@@ -13,7 +13,7 @@ classical baselines and the unseen evaluation panel.
 - :mod:`~monai_medgen.tasks.panel`: the unseen evaluation panel.
 """
 
-from monai_medgen.tasks.blind import FAMILIES, BlindDegradationd, cond_channels_of, make_condition
+from monai_medgen.tasks.blind import FAMILIES, INPAINT_LAYOUTS, BlindDegradationd, cond_channels_of, make_condition
 from monai_medgen.tasks.corpus import RandCorpusSliced, TrainingCorpus
 from monai_medgen.tasks.operators import (
     Inpainting,
@@ -39,6 +39,7 @@ __all__ = [
     "TrainingCorpus",
     "biharmonic_fill",
     "cond_channels_of",
+    "INPAINT_LAYOUTS",
     "estimate_noise_sigma",
     "fill_holes",
     "make_condition",

@@ -8,11 +8,12 @@ A restoration model here is trained for a *family* of degradations, not one fixe
 - ``"denoise"``: Gaussian, Rician or Poisson noise of level 0.01..0.2, plus salt-and-pepper 0..10% on half of the
   images; the model is told a noise level estimated from the image (:func:`estimate_noise_sigma`), so it runs
   blind on user data;
-- ``"inpaint"``: boxes, free-form strokes, irregular blobs and large holes; the network also sees the holes filled by
-  a thin plate (:func:`~monai_medgen.tasks.operators.biharmonic_fill`), the classical biharmonic estimate.
+- ``"inpaint"``: boxes, free-form strokes, irregular blobs and large holes; the network sees the holes filled by a
+  membrane (:func:`~monai_medgen.tasks.operators.fill_holes`) and by a thin plate
+  (:func:`~monai_medgen.tasks.operators.biharmonic_fill`, the classical biharmonic estimate).
 
 The network never predicts the image itself but the residual to the classical estimate ``base`` (bicubic for SR,
-the noisy image for denoising, a membrane fill for inpainting), in [-1, 1] image units:
+the noisy image for denoising, the thin-plate fill for inpainting), in [-1, 1] image units:
 ``residual = 2 (x - base)``.  :func:`make_condition` builds the condition channels and ``base`` from a measurement
 for training and inference alike, so both see exactly the same inputs.
 """
@@ -58,8 +59,19 @@ def check_family(family: str) -> str:
 
 def cond_channels_of(family: str) -> int:
     """Condition channels of a family's network: SR 1 (base), denoising 3 (noisy, median, noise level),
-    inpainting 3 (membrane fill, mask, biharmonic fill)."""
-    return {"sr": 1, "denoise": 3, "inpaint": 3}[check_family(family)]
+    inpainting 4 (see :data:`INPAINT_LAYOUTS`)."""
+    return {"sr": 1, "denoise": 3, "inpaint": 4}[check_family(family)]
+
+
+INPAINT_LAYOUTS = {
+    2: "membrane fill, mask; base: membrane fill",
+    3: "membrane fill, mask, thin-plate fill; base: membrane fill",
+    4: "membrane fill, mask, thin-plate fill, 2 (thin plate - membrane); base: thin-plate fill",
+}
+"""An inpainting network's condition layout by its number of condition channels.  Each layout extends the one
+before, so weights trained with fewer channels initialise the next (their new input channels starting at zero);
+2 and 3 are the layouts of networks trained before the thin plate became the base, still restored exactly as
+they were trained."""
 
 
 def make_condition(
@@ -67,7 +79,7 @@ def make_condition(
     measured: torch.Tensor,
     mask: torch.Tensor | None = None,
     sigma: torch.Tensor | None = None,
-    thin_plate: bool = True,
+    channels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(condition in [-1, 1] units, base in [0, 1] units)`` for a batch.
 
@@ -78,8 +90,8 @@ def make_condition(
             with anything in the holes.
         mask: inpainting only, (B, 1, *spatial), 1 = missing.
         sigma: denoising only, (B,) noise level; None: estimated from ``measured``.
-        thin_plate: inpainting only: append the biharmonic fill (:func:`biharmonic_fill`, clipped to [-0.5, 1.5])
-            as the third channel; False gives the two channels of inpainting networks trained before it.
+        channels: inpainting only: the network's condition channels, one of :data:`INPAINT_LAYOUTS`
+            (None: :func:`cond_channels_of`, the current layout).
     """
     check_family(family)
     if family == "sr":
@@ -91,12 +103,20 @@ def make_condition(
         return cond, measured
     if mask is None:
         raise ValueError("mask is required for inpainting (1 = missing).")
+    channels = cond_channels_of(family) if channels is None else int(channels)
+    if channels not in INPAINT_LAYOUTS:
+        raise ValueError(f"channels must be one of {sorted(INPAINT_LAYOUTS)} for inpainting, got {channels}.")
     mask = mask.to(measured)
-    base = fill_holes(measured, mask)
-    channels = [base * 2 - 1, mask]
-    if thin_plate:
-        channels.append(biharmonic_fill(measured, mask).clamp(-0.5, 1.5) * 2 - 1)
-    return torch.cat(channels, 1), base
+    membrane = fill_holes(measured, mask)
+    cond = [membrane * 2 - 1, mask]
+    if channels == 2:
+        return torch.cat(cond, 1), membrane
+    thin = biharmonic_fill(measured, mask).clamp(-0.5, 1.5)
+    cond.append(thin * 2 - 1)
+    if channels == 3:
+        return torch.cat(cond, 1), membrane
+    cond.append(2 * (thin - membrane))
+    return torch.cat(cond, 1), thin
 
 
 def residual_target(truth: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser
 from monai_medgen.bundle.configs import train_config_files
 from monai_medgen.bundle.workflow import load_model
 
-__all__ = ["RestorationBundle", "load_restoration_bundle"]
+__all__ = ["RestorationBundle", "load_restoration_bundle", "newest_checkpoint"]
 
 DEFAULT_NUM_STEPS, DEFAULT_START_TIME = 4, 0.5
 
@@ -52,3 +52,16 @@ def load_restoration_bundle(
     start = float(parser.get("start_time", DEFAULT_START_TIME)) if inference.is_file() else DEFAULT_START_TIME
     network = network.to(device).eval()
     return RestorationBundle(folder.name, network, inferer, family, steps, start)
+
+
+def newest_checkpoint(folder: str | os.PathLike) -> Path:
+    """The newest training checkpoint (``*.pt``) under ``folder/runs/checkpoints``, to score a run before its
+    weights are adopted (:func:`load_restoration_bundle` takes its EMA weights).
+
+    Raises:
+        FileNotFoundError: naming the folder, when it holds no checkpoint.
+    """
+    found = sorted((Path(folder) / "runs" / "checkpoints").glob("*.pt"), key=lambda f: f.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no training checkpoint (*.pt) under {str(Path(folder) / 'runs' / 'checkpoints')!r}.")
+    return found[-1]

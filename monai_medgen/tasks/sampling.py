@@ -1,7 +1,7 @@
 """Residual diffusion sampling with data consistency at every step.
 
 The network generates the residual ``r = 2 (x - base)`` to the classical estimate (bicubic, the noisy image, a
-membrane fill; :mod:`monai_medgen.tasks.blind`).  The reverse process is the conditional inferer's own
+thin-plate fill of the holes; :mod:`monai_medgen.tasks.blind`).  The reverse process is the conditional inferer's own
 ``sample(input_noise, network, condition=..., x0_hook=...)`` (:class:`~monai_medgen.inferers.ConditionalDiffusionInferer`,
 ``start_time`` in its options) on the shared core (:func:`monai_medgen.samplers.sample_loop`), along a short time list
 ``[1, t_start, ..., 0]``: the first network call
@@ -192,10 +192,12 @@ class ResidualRestorer:
         inner = (slice(None), slice(None), *inner)
         if any(pads):
             measured = F.pad(measured, pads, mode="replicate")
-            mask = None if mask is None else F.pad(mask.to(measured), pads, mode="constant", value=0.0)
-        # an inpainting network trained before the thin-plate channel (2 condition channels) gets the leading two
-        thin_plate = getattr(unwrap_network(self.network), "cond_channels", 3) >= 3
-        cond, base = make_condition(self.family, measured, mask=mask, thin_plate=thin_plate)
+            # the margin continues the mask: beyond a hole at the border nothing is known (a margin copied from
+            # the hole's content would be a made-up measurement the output then depended on)
+            mask = None if mask is None else F.pad(mask.to(measured), pads, mode="replicate")
+        # an inpainting network gets the condition layout it was trained with (INPAINT_LAYOUTS by channel count)
+        channels = getattr(unwrap_network(self.network), "cond_channels", None)
+        cond, base = make_condition(self.family, measured, mask=mask, channels=channels)
         known = None if mask is None else (mask.to(measured) < 0.5)
 
         def hook(r: torch.Tensor) -> torch.Tensor:
