@@ -61,7 +61,8 @@ def newest_checkpoint(folder: str | os.PathLike) -> Path:
     Raises:
         FileNotFoundError: naming the folder, when it holds no checkpoint.
     """
-    found = sorted((Path(folder) / "runs" / "checkpoints").glob("*.pt"), key=lambda f: f.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no training checkpoint (*.pt) under {str(Path(folder) / 'runs' / 'checkpoints')!r}.")
-    return found[-1]
+    folder = Path(folder) / "runs" / "checkpoints"
+    newest = max(folder.glob("*.pt"), key=lambda f: f.stat().st_mtime, default=None)
+    if newest is None:
+        raise FileNotFoundError(f"no training checkpoint (*.pt) under {str(folder)!r}.")
+    return newest
