@@ -428,6 +428,24 @@ def test_prepare_batch_eps_target_is_noise():
     assert ((kw["timesteps"] >= 0) & (kw["timesteps"] < 100)).all()
 
 
+def test_prepare_batch_focus_times():
+    """focus_times train a fixed short sampler's network calls: t = k / T is MONAI timestep k - 1 (t = 1: the
+    pure-noise timestep, the one the restoration chain's first call reads); the other items stay uniform."""
+    inf = ConditionalDiffusionInferer(DiscreteSchedule.linear_betas(2000), network_input="gamma")
+    prep = ConditionalPrepareBatch(condition_key=None, inferer=inf, focus_times=[1.0, 0.5], focus_fraction=1.0)
+    torch.manual_seed(0)
+    _, _, _, kw = prep({"image": torch.zeros(64, 1, 4, 4)})
+    assert set(kw["timesteps"].tolist()) == {1999, 999}
+    assert torch.allclose(inf.gamma(torch.tensor([1999])), inf.schedule.gammas[-1:])  # gamma at t = 1
+    mixed = ConditionalPrepareBatch(condition_key=None, inferer=inf, focus_times=[1.0], focus_fraction=0.5)
+    _, _, _, kw = mixed({"image": torch.zeros(400, 1, 4, 4)})
+    share = float((kw["timesteps"] == 1999).float().mean())
+    assert 0.35 < share < 0.65 and int((kw["timesteps"] != 1999).sum()) > 100  # the rest uniform
+    for bad in (dict(focus_times=[0.0], focus_fraction=0.5), dict(focus_fraction=0.5), dict(focus_fraction=1.5)):
+        with pytest.raises(ValueError, match="focus"):
+            ConditionalPrepareBatch(inferer=inf, **bad)
+
+
 # ---------------------------------------------------------------------------------------------
 # argument checks
 # ---------------------------------------------------------------------------------------------

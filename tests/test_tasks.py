@@ -25,6 +25,7 @@ from monai_medgen.tasks import (
     fill_holes,
     make_condition,
     median3,
+    switching_median,
 )
 from monai_medgen.tasks.corpus import TRAINING_ATLASES, TRAINING_PHOTOGRAPHS, TrainingCorpus
 from monai_medgen.tasks.restore import ResidualDiffusionInferer, restore_residual
@@ -117,6 +118,50 @@ def test_biharmonic_fill_is_a_thin_plate(mni_slice):
     out3 = biharmonic_fill(vol * (1 - hole3), hole3)
     assert out3.shape == vol.shape and torch.equal(out3[hole3 == 0], vol[hole3 == 0])
     assert torch.isfinite(out3).all()
+
+
+def test_switching_median_replaces_impulses_only(mni_slice):
+    """Salt-and-pepper at the ends of the range goes, every other voxel stays; a flat region at the range's end
+    (the black background) is not an impulse; a user's range ends (here HU) are the impulse values."""
+    g = torch.Generator().manual_seed(4)
+    noisy = Noise(0.05, salt_pepper=0.05).degrade(mni_slice, g)
+    out = switching_median(noisy)
+    ends = (noisy == 0) | (noisy == 1)
+    assert torch.equal(out[~ends], noisy[~ends])
+    hits = ends & ((mni_slice - noisy).abs() > 0.2)  # impulses far from the truth
+    assert int(hits.sum()) > 100
+    assert float((out - mni_slice)[hits].abs().mean()) < 0.1 < float((noisy - mni_slice)[hits].abs().mean())
+    flat = torch.zeros(1, 1, 16, 16)
+    flat[..., 4:12, 4:12] = 0.5
+    flat[..., 1, 1] = 1.0  # a hot pixel on the black background
+    fixed = switching_median(flat)
+    assert float(fixed[..., 1, 1]) == 0.0 and torch.equal(fixed[..., 2:, :], flat[..., 2:, :])
+    hu = mni_slice * 2000 - 1000
+    hu[..., 64, 64] = 3071.0
+    fixed = switching_median(hu, (float(hu.min()), 3071.0), threshold=200.0)
+    assert float(fixed[..., 64, 64]) < 1100 and float((fixed != hu).float().sum()) == 1
+    with pytest.raises(ValueError, match="threshold"):
+        switching_median(flat, threshold=-1.0)
+
+
+def test_denoising_baselines_offer_the_switching_median(mni_slice):
+    """With impulses, each Gaussian denoiser runs after both prefilters, each tuned on another slice; on real MRI the
+    switching median (impulses only) is the stronger prefilter, so it sets the bar the model must pass."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("bm3d")
+    from monai_medgen.data import demo_slices
+    from monai_medgen.tasks.baselines import denoising_baselines, denoising_parameters, psnr_db
+
+    other = torch.as_tensor(np.asarray(demo_slices("mni152", size=128, num_slices=3)[2]["image"]))[None]
+    noise = Noise(0.1, salt_pepper=0.05)
+    params = denoising_parameters(0.1, True, (noise.degrade(other, torch.Generator().manual_seed(1)), other))
+    assert {"median3 + BM3D", "switching median + BM3D", "switching median + TV", "median3 + NLM"} <= set(params)
+    noisy = noise.degrade(mni_slice, torch.Generator().manual_seed(2))
+    out = denoising_baselines(noisy, 0.1, True, params)
+    assert set(out) == set(params)
+    score = {k: psnr_db(v, mni_slice) for k, (v, _seconds) in out.items()}
+    assert score["switching median + BM3D"] > score["median3 + BM3D"] + 1.0
+    assert set(denoising_parameters(0.05, False, (other, other))) >= {"BM3D", "TV", "NLM"}
 
 
 def test_inpainting_baselines_fill_thin_strokes(mni_slice):
@@ -359,6 +404,27 @@ def test_restore_residual_thick_slices_units_and_geometry(mni_slice):
         restore_residual(net, inferer, MetaTensor(mni_slice[0]), factor=2)
     out, unc = restore_residual(net, inferer, MetaTensor(mni_slice[0] * 4095), num_steps=1, num_samples=2)
     assert out.shape == mni_slice[0].shape and unc is not None and float(out.max()) <= 4095 + 1e-3
+
+    # salt-and-pepper of a user's image sits at the ends of what was measured (a hot pixel at the 12-bit maximum):
+    # the condition the network sees has it replaced by its median
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(make_condition(*args, **kwargs))
+        return seen[-1]
+
+    import monai_medgen.tasks.sampling as sampling
+
+    image = mni_slice[0] * 3000
+    image[:, 40, 40] = 4095.0
+    orig = sampling.make_condition
+    sampling.make_condition = spy
+    try:
+        restore_residual(net, inferer, MetaTensor(image), num_steps=1)
+    finally:
+        sampling.make_condition = orig
+    base = seen[0][1]
+    assert float(base.max()) < float(RobustIntensity().fit(image).forward(torch.tensor(4095.0))) - 0.1
 
 
 def test_corpus_takes_the_users_folder(tmp_path):

@@ -542,6 +542,10 @@ class ConditionalPrepareBatch(DiffusionPrepareBatch):
             :class:`monai_medgen.engines.DiffusionPrepareBatch`; ``condition_key=None`` for no condition,
             ``label_key=None`` for no labels (then ``label_dropout`` is not used).
         inferer: the :class:`ConditionalDiffusionInferer` whose ``target`` (eps or v) and T to use.
+        focus_times: times t in (0, 1] (the network's calls of a fixed short sampler, e.g. ``[1.0, 0.5]`` for the
+            restoration chain ``[1, start_time, 0]``) that ``focus_fraction`` of the items are trained at, drawn
+            among them at random; the other items keep uniform timesteps, so every time stays trained.
+        focus_fraction: share of the items at ``focus_times`` (0: uniform timesteps only).
     """
 
     def __init__(
@@ -553,6 +557,8 @@ class ConditionalPrepareBatch(DiffusionPrepareBatch):
         label_dropout: float = 0.1,
         null_class: int | None = None,
         inferer: ConditionalDiffusionInferer | None = None,
+        focus_times: Sequence[float] = (),
+        focus_fraction: float = 0.0,
     ):
         if inferer is not None:
             if num_train_timesteps is not None and num_train_timesteps != inferer.num_train_timesteps:
@@ -574,11 +580,27 @@ class ConditionalPrepareBatch(DiffusionPrepareBatch):
         )
         self.num_train_timesteps = num_train_timesteps
         self.inferer = inferer
+        focus = [float(t) for t in focus_times]
+        if any(not 0.0 < t <= 1.0 for t in focus):
+            raise ValueError(f"focus_times must lie in (0, 1], got {list(focus_times)!r}.")
+        if not 0.0 <= float(focus_fraction) <= 1.0 or (focus_fraction > 0 and not focus):
+            raise ValueError(
+                f"focus_fraction must be in [0, 1] (and needs focus_times when > 0), got {focus_fraction!r}."
+            )
+        # time t = k / T is MONAI timestep k - 1 (t = 1: the last, pure-noise timestep)
+        self.focus_timesteps = torch.tensor(
+            [min(num_train_timesteps - 1, max(0, round(t * num_train_timesteps) - 1)) for t in focus], dtype=torch.long
+        )
+        self.focus_fraction = float(focus_fraction)
 
     def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
         images, _, _, call_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
         noise = torch.randn(images.shape, device=images.device, dtype=images.dtype)
         timesteps = torch.randint(0, self.num_train_timesteps, (images.shape[0],), device=images.device)
+        if self.focus_fraction > 0:
+            at_focus = torch.rand(images.shape[0], device=images.device) < self.focus_fraction
+            pick = torch.randint(0, len(self.focus_timesteps), (images.shape[0],), device=images.device)
+            timesteps = torch.where(at_focus, self.focus_timesteps.to(images.device)[pick], timesteps)
         target = noise if self.inferer is None else self.inferer.target(images, noise, timesteps)
         return (
             images,

@@ -24,6 +24,7 @@ from monai_medgen.tasks.operators import (
     estimate_noise_sigma,
     fill_holes,
     median3,
+    switching_median,
 )
 from monai_medgen.tasks.sampling import ResidualRestorer
 
@@ -44,4 +45,5 @@ __all__ = [
     "fill_holes",
     "make_condition",
     "median3",
+    "switching_median",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monai_medgen.tasks.operators import median3
+from monai_medgen.tasks.operators import median3, switching_median
 
 __all__ = ["denoising_baselines", "denoising_parameters", "inpainting_baselines", "sr_baselines", "tune"]
 
@@ -90,48 +90,71 @@ def _nlm(x: torch.Tensor, h: float, sigma: float) -> torch.Tensor:
     return _t(denoise_nl_means(_np(x), h=h, sigma=sigma, patch_size=5, patch_distance=6, fast_mode=True))
 
 
+# salt-and-pepper is removed before the Gaussian denoiser: by a 3x3 median of every voxel, or by a switching
+# median of the impulses alone (the voxels at the ends of the range that differ from their median), which keeps
+# every other voxel and is much the stronger of the two; both are offered, and the panel's best baseline is the
+# better of them per image
+IMPULSE_PREFILTERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "median3": median3,
+    "switching median": switching_median,
+}
+
+
+def _denoisers(sigma: float) -> dict[str, tuple[Callable[[torch.Tensor, float], torch.Tensor], Sequence[float]]]:
+    """``{name: (fn(image, parameter), grid)}`` of the Gaussian denoisers, the noise level given."""
+    out = {
+        "NLM": (lambda a, v: _nlm(a, v * sigma, sigma), NLM_H),
+        "TV": (_tv, TV_WEIGHTS),
+    }
+    try:
+        import bm3d  # noqa: F401
+
+        out["BM3D"] = (lambda a, v: _bm3d(a, v * sigma), BM3D_SCALES)
+    except ImportError:
+        pass
+    return out
+
+
+def _methods(salt_pepper: bool) -> list[tuple[str, str | None]]:
+    """``(prefix of the method name, prefilter)`` pairs: the impulse prefilters, or none for noise without impulses."""
+    return [(f"{p} + ", p) for p in IMPULSE_PREFILTERS] if salt_pepper else [("", None)]
+
+
 def denoising_parameters(
     sigma: float, salt_pepper: bool, tuning: tuple[torch.Tensor, torch.Tensor]
 ) -> dict[str, float]:
-    """Each denoiser's parameter tuned on ``tuning`` = (noisy, clean) of another image with the same noise
-    (after the 3x3 median when the noise has impulses)."""
-    tune_in = median3(tuning[0]) if salt_pepper else tuning[0]
-    params = {
-        "NLM": tune(lambda a, v: _nlm(a, v * sigma, sigma), NLM_H, tune_in, tuning[1]),
-        "TV": tune(_tv, TV_WEIGHTS, tune_in, tuning[1]),
-    }
-    try:
-        params["BM3D"] = tune(lambda a, v: _bm3d(a, v * sigma), BM3D_SCALES, tune_in, tuning[1])
-    except ImportError:
-        pass
+    """``{method: parameter}``: each denoiser (BM3D, NLM, TV), after each impulse prefilter when the noise has
+    impulses (``"median3 + BM3D"``, ``"switching median + BM3D"``, ...), its parameter tuned on ``tuning`` =
+    (noisy, clean) of another image with the same noise."""
+    params = {}
+    for prefix, pre in _methods(salt_pepper):
+        tune_in = IMPULSE_PREFILTERS[pre](tuning[0]) if pre else tuning[0]
+        for name, (fn, grid) in _denoisers(sigma).items():
+            params[prefix + name] = tune(fn, grid, tune_in, tuning[1])
     return params
 
 
 def denoising_baselines(noisy: torch.Tensor, sigma: float, salt_pepper: bool, params: dict[str, float]) -> dict:
-    """``{name: (output, seconds)}``: BM3D, NLM and TV, those of them that ``params`` names (after a 3x3 median when
-    the noise has impulses), each with the noise level given and its parameter of :func:`denoising_parameters`; the
-    median's time is counted in each."""
-    name = "median3 + " if salt_pepper else ""
-
-    def run(fn, *args):
-        def both(x):
-            return fn(median3(x) if salt_pepper else x, *args)
-
-        return _timed(both, noisy)
-
+    """``{name: (output, seconds)}`` of the methods ``params`` names (:func:`denoising_parameters`), each with the
+    noise level given; an impulse prefilter's time is counted in its method's."""
+    denoisers = _denoisers(sigma)
     out = {}
-    if "BM3D" in params:
-        out[f"{name}BM3D"] = run(_bm3d, params["BM3D"] * sigma)
-    if "NLM" in params:
-        out[f"{name}NLM"] = run(_nlm, params["NLM"] * sigma, sigma)
-    if "TV" in params:
-        out[f"{name}TV"] = run(_tv, params["TV"])
+    for prefix, pre in _methods(salt_pepper):
+        for name, (fn, _) in denoisers.items():
+            if prefix + name not in params:
+                continue
+
+            def run(x, fn=fn, pre=pre, v=params[prefix + name]):
+                return fn(IMPULSE_PREFILTERS[pre](x) if pre else x, v)
+
+            out[prefix + name] = _timed(run, noisy)
     return out
 
 
 # ---- inpainting ------------------------------------------------------------------------------------
 def inpainting_baselines(masked: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Biharmonic (scikit-image) and Telea's fast marching (OpenCV, radius 5); known pixels kept."""
+    """Biharmonic (scikit-image), Telea's fast marching and the Navier-Stokes method (Bertalmio et al.; both
+    OpenCV, radius 5); known pixels kept."""
     from skimage.restoration import inpaint_biharmonic
 
     hole = _np(mask) > 0.5
@@ -140,15 +163,16 @@ def inpainting_baselines(masked: torch.Tensor, mask: torch.Tensor) -> dict[str, 
     try:
         import cv2
 
-        def telea():
-            # OpenCV's float32 path of Telea's method returns noise inside the hole (opencv-python 4.x / 5.0,
-            # measured: mean absolute error 0.86 on a smooth [0, 1] image against 0.028 for 16-bit input); the
-            # image is therefore quantised to 16 bits (step 1.5e-5) and filled there
+        def opencv(method):
+            # OpenCV's float32 path returns noise inside the hole (Telea, opencv-python 4.x / 5.0, measured: mean
+            # absolute error 0.86 on a smooth [0, 1] image against 0.028 for 16-bit input); the image is therefore
+            # quantised to 16 bits (step 1.5e-5) and filled there
             image16 = np.round(np.clip(_np(masked), 0.0, 1.0) * 65535.0).astype(np.uint16)
-            filled = cv2.inpaint(image16, hole.astype(np.uint8), 5, cv2.INPAINT_TELEA) / 65535.0
+            filled = cv2.inpaint(image16, hole.astype(np.uint8), 5, method) / 65535.0
             return torch.where(keep, masked, _t(filled))
 
-        out["telea"] = _timed(telea)
+        out["telea"] = _timed(opencv, cv2.INPAINT_TELEA)
+        out["navier-stokes"] = _timed(opencv, cv2.INPAINT_NS)
     except ImportError:
         pass
     return out

@@ -13,7 +13,7 @@ A restoration model here is trained for a *family* of degradations, not one fixe
   (:func:`~monai_medgen.tasks.operators.biharmonic_fill`, the classical biharmonic estimate).
 
 The network never predicts the image itself but the residual to the classical estimate ``base`` (bicubic for SR,
-the noisy image for denoising, the thin-plate fill for inpainting), in [-1, 1] image units:
+the noisy image, its salt-and-pepper impulses replaced by their median, for denoising, the thin-plate fill for inpainting), in [-1, 1] image units:
 ``residual = 2 (x - base)``.  :func:`make_condition` builds the condition channels and ``base`` from a measurement
 for training and inference alike, so both see exactly the same inputs.
 """
@@ -35,6 +35,7 @@ from monai_medgen.tasks.operators import (
     estimate_noise_sigma,
     fill_holes,
     median3,
+    switching_median,
 )
 from monai_medgen.transforms import RandInpaintingMask
 
@@ -80,6 +81,7 @@ def make_condition(
     mask: torch.Tensor | None = None,
     sigma: torch.Tensor | None = None,
     channels: int | None = None,
+    impulse_values: tuple[float, ...] = (0.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(condition in [-1, 1] units, base in [0, 1] units)`` for a batch.
 
@@ -92,11 +94,15 @@ def make_condition(
         sigma: denoising only, (B,) noise level; None: estimated from ``measured``.
         channels: inpainting only: the network's condition channels, one of :data:`INPAINT_LAYOUTS`
             (None: :func:`cond_channels_of`, the current layout).
+        impulse_values: denoising only: the values salt-and-pepper takes (the ends of the measurement's intensity
+            range, 0 and 1 in [0, 1] units); impulses at them are replaced by their median first
+            (:func:`~monai_medgen.tasks.operators.switching_median`), and the result is the condition and the base.
     """
     check_family(family)
     if family == "sr":
         return measured * 2 - 1, measured
     if family == "denoise":
+        measured = switching_median(measured, impulse_values)
         level = estimate_noise_sigma(measured) if sigma is None else torch.as_tensor(sigma).to(measured).reshape(-1)
         level_map = (level * SIGMA_SCALE).reshape(-1, *([1] * (measured.ndim - 1))).expand_as(measured)
         cond = torch.cat([measured * 2 - 1, median3(measured) * 2 - 1, level_map], 1)

@@ -31,6 +31,7 @@ __all__ = [
     "estimate_noise_sigma",
     "fill_holes",
     "median3",
+    "switching_median",
 ]
 
 
@@ -194,6 +195,32 @@ def median3(x: torch.Tensor) -> torch.Tensor:
     for axis in range(nd):
         patches = patches.unfold(2 + axis, 3, 1)
     return patches.reshape(*x.shape, -1).median(dim=-1).values
+
+
+IMPULSE_THRESHOLD = 0.1  # chosen on the MNI152 tuning slice (0.05 and 0.1 equal, docs of cddpm_denoising_2d)
+
+
+def switching_median(
+    x: torch.Tensor, impulse_values: Sequence[float] = (0.0, 1.0), threshold: float = IMPULSE_THRESHOLD
+) -> torch.Tensor:
+    """Replace impulse voxels of ``x`` (B, C, *spatial) by their 3x3 (3x3x3) median, leaving every other voxel as
+    it is (a decision-based, "switching" median filter).
+
+    A voxel is an impulse when it holds exactly one of ``impulse_values`` (salt-and-pepper drives voxels to the
+    ends of the intensity range: dead and hot detector pixels, saturated samples) and differs from its median by
+    more than ``threshold`` (intensity units), so a flat region at the range's end (air at the minimum) stays.
+    Gaussian, Rician and Poisson noise are left to the denoiser: they almost never hit these exact values.
+    """
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}.")
+    values = [float(v) for v in impulse_values]
+    if not values:
+        return x
+    med = median3(x)
+    at_end = torch.zeros_like(x, dtype=torch.bool)
+    for v in values:
+        at_end |= x == v
+    return torch.where(at_end & ((x - med).abs() > threshold), med, x)
 
 
 def estimate_noise_sigma(x: torch.Tensor) -> torch.Tensor:

@@ -211,6 +211,8 @@ def restore_residual(
         sampler=sampler,
         patch_size=tile,
         speed=speed,
+        # salt-and-pepper sits at the ends of what was measured (dead and hot pixels, saturation)
+        impulse_values=(float(y.min()), float(y.max())),
     )
     network.eval()
     m = None

@@ -19,7 +19,7 @@ before they are averaged, so the mean also averages out what the network does di
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,8 @@ class ResidualRestorer:
             :func:`monai_medgen.samplers.accelerated`), all off by default.
         self_ensemble: draw sample k of a multi-sample call in frame k (flips / transposes) and map it back;
             None: the inferer's ``self_ensemble`` attribute (a bundle setting), else off.
+        impulse_values: denoising: the values salt-and-pepper impulses take in the measurement's units (the ends of
+            its intensity range; 0 and 1 for images in [0, 1]); see :func:`~monai_medgen.tasks.make_condition`.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class ResidualRestorer:
         overlap: float = 0.25,
         speed: dict | None = None,
         self_ensemble: bool | None = None,
+        impulse_values: Sequence[float] = (0.0, 1.0),
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -101,6 +104,7 @@ class ResidualRestorer:
         self.num_steps, self.start_time = int(num_steps), float(start_time)
         self.speed = dict(speed or {})
         self.self_ensemble = bool(getattr(inferer, "self_ensemble", False) if self_ensemble is None else self_ensemble)
+        self.impulse_values = tuple(float(v) for v in impulse_values)
 
     def _options(self, spatial: tuple[int, ...], verbose: bool) -> ConditionalSamplingOptions:
         """The inferer's sampling options of one chain: the short time list from ``num_steps`` and ``start_time``,
@@ -197,7 +201,9 @@ class ResidualRestorer:
             mask = None if mask is None else F.pad(mask.to(measured), pads, mode="replicate")
         # an inpainting network gets the condition layout it was trained with (INPAINT_LAYOUTS by channel count)
         channels = getattr(unwrap_network(self.network), "cond_channels", None)
-        cond, base = make_condition(self.family, measured, mask=mask, channels=channels)
+        cond, base = make_condition(
+            self.family, measured, mask=mask, channels=channels, impulse_values=self.impulse_values
+        )
         known = None if mask is None else (mask.to(measured) < 0.5)
 
         def hook(r: torch.Tensor) -> torch.Tensor:
