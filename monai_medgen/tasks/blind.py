@@ -12,9 +12,9 @@ A restoration model here is trained for a *family* of degradations, not one fixe
   membrane (:func:`~monai_medgen.tasks.operators.fill_holes`) and by a thin plate
   (:func:`~monai_medgen.tasks.operators.biharmonic_fill`, the classical biharmonic estimate).
 
-The network never predicts the image itself but the residual to the classical estimate ``base`` (bicubic for SR,
-the noisy image, its salt-and-pepper impulses replaced by their median, for denoising, the thin-plate fill for inpainting), in [-1, 1] image units:
-``residual = 2 (x - base)``.  :func:`make_condition` builds the condition channels and ``base`` from a measurement
+The network never predicts the image itself but the residual to the classical estimate ``base`` (bicubic for SR;
+for denoising the noisy image with its salt-and-pepper impulses replaced by their median; the thin-plate fill for
+inpainting), in [-1, 1] image units: ``residual = 2 (x - base)``.  :func:`make_condition` builds the condition channels and ``base`` from a measurement
 for training and inference alike, so both see exactly the same inputs.
 """
 

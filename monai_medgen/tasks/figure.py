@@ -25,14 +25,6 @@ COLUMNS = ("input", "best classical", "ours (1 sample)", "truth")
 _LABEL_HEIGHT = 14
 
 
-# method names short enough for a tile's label strip
-_SHORT = {
-    "switching median + BM3D": "sw-median + BM3D",
-    "switching median + NLM": "sw-median + NLM",
-    "switching median + TV": "sw-median + TV",
-}
-
-
 def _tile(image: torch.Tensor, size: int, label: str) -> np.ndarray:
     """``image`` (1, 1, H, W) in [0, 1] resized to ``size`` x ``size`` under a strip holding ``label``."""
     pixels = F.interpolate(image.clamp(0, 1).float(), size=(size, size), mode="bilinear", align_corners=False)
@@ -102,7 +94,7 @@ def restoration_figure(
         results.append(result)
         labels = [
             f"input {result['input_psnr']:.2f} dB",
-            f"{_SHORT.get(best_name, best_name)} {result['classical_psnr']:.2f} dB",
+            f"{best_name.replace('switching median', 'sw-median')} {result['classical_psnr']:.2f} dB",  # fits the strip
             f"ours {result['ours_psnr']:.2f} dB",
             f"truth: {name}",
         ]
