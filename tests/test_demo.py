@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+import torch
 
 from monai_medgen import demo
 from monai_medgen.demo import bundle_dir, main
@@ -60,6 +61,10 @@ def test_quick_start_runs_the_bundle(tmp_path, monkeypatch):
     assert summary["heldout"] == "colin27"
     assert json.loads((out / "summary.json").read_text())["bpd"] == summary["bpd"]
     assert (out / "model.pt").is_file() and (out / "samples" / "samples.png").is_file()
+    # the quick recipe: the bundle's smaller network (16 channels at the top level), not train.yaml's 32
+    weights = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    first = next(v for k, v in weights.items() if v.ndim == 4)
+    assert first.shape[0] == demo.QUICK_RECIPES["vdm_brain_mri_2d"]["network_def#channels"][0] == 16, first.shape
     sample = nib.load(out / "samples" / "sample_001_synthetic.nii.gz")
     assert sample.shape[:2] == (32, 32) and sample.header["descrip"].item().decode().startswith("SYNTHETIC")
     assert _sha(committed) == before  # the bundle's own weights are never overwritten
