@@ -86,7 +86,7 @@ MIN_LEVEL_STD = 2.0
 CODECS = ("png", "jpegxl")
 DEFAULT_CODEC = "png"
 # flag thresholds (bits/dim) on an input's mean score, per codec: the THRESHOLD_PERCENTILE-th percentile of the
-# scores of the training data of bundles/vdm_brain_mri_2d (its MNI152 2009a axial slices), never of evaluation
+# scores of training data of bundles/vdm_brain_mri_2d (its 121 MNI152 2009a axial slices), never of evaluation
 # images; recalibrate for other weights with `python scripts/evaluate_ood.py --calibrate`
 THRESHOLD_PERCENTILE = 99.0
 DEFAULT_THRESHOLDS = {"png": -0.340, "jpegxl": -0.046}

@@ -14,8 +14,8 @@ A restoration model here is trained for a *family* of degradations, not one fixe
 
 The network never predicts the image itself but the residual to the classical estimate ``base`` (bicubic for SR;
 for denoising the noisy image with its salt-and-pepper impulses replaced by their median; the thin-plate fill for
-inpainting), in [-1, 1] image units: ``residual = 2 (x - base)``.  :func:`make_condition` builds the condition channels and ``base`` from a measurement
-for training and inference alike, so both see exactly the same inputs.
+inpainting), in [-1, 1] image units: ``residual = 2 (x - base)``.  :func:`make_condition` builds the condition
+channels and ``base`` from a measurement for training and inference alike, so both see exactly the same inputs.
 """
 
 from __future__ import annotations
