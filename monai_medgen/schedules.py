@@ -137,6 +137,16 @@ class LearnedLinearSchedule(Schedule):
         t = self._check_t(t).to(self.b)
         return self.b + self.w.abs() * t
 
+    @torch.no_grad()
+    def set_gamma_min(self, gamma_min: float) -> None:
+        """Move the lower endpoint gamma(0) to ``gamma_min`` and keep gamma(1) (e.g. to the value
+        :meth:`monai_medgen.inferers.VDMInferer.gamma_min_scan` finds best on training images)."""
+        gamma_1 = float(self.b + self.w.abs())
+        if not gamma_min < gamma_1:
+            raise ValueError(f"gamma_min must lie below gamma(1) = {gamma_1:.3f}, got {gamma_min}.")
+        self.b.fill_(float(gamma_min))
+        self.w.fill_(gamma_1 - float(gamma_min))
+
 
 class _PositiveLinear(nn.Linear):
     """Linear layer whose weights are used through abs(), so it is monotone non-decreasing."""

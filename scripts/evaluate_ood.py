@@ -271,7 +271,7 @@ def _shown(path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
-def report(items, scores, calibration, thresholds, args, model_sha: str, seconds: float) -> str:
+def report(items, scores, calibration, thresholds, args, model_sha: str, seconds: float, gammas=None) -> str:
     groups = list(dict.fromkeys(it["group"] for it in items))
     label = np.array([it["label"] for it in items], dtype=bool)
     group = np.array([it["group"] for it in items])
@@ -297,6 +297,7 @@ def report(items, scores, calibration, thresholds, args, model_sha: str, seconds
         "```",
         "",
         f"Model: `{_shown(args.bundle)}` (`models/model.pt` SHA-256 `{model_sha[:16]}...`"
+        + (f", schedule gamma_0 {gammas[0]:.2f}, gamma_1 {gammas[1]:.2f}" if gammas else "")
         + (", layout model `models/layout_model.pt`" if layout else "")
         + f"), {args.time_samples} stratified "
         f"diffusion times per slice, seed {args.seed}. Scores (bits/dim; higher = less typical):",
@@ -456,6 +457,7 @@ def main(argv=None) -> int:
             args,
             data["model_sha256"],
             data["seconds"],
+            data.get("gammas"),
         )
         Path(args.output).write_text(text)
         print(text)
@@ -465,6 +467,9 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle, args.device, kind="vdm", purpose="scoring")
     network, inferer = bundle.network, bundle.inferer
     model_sha = hashlib.sha256((Path(args.bundle) / "models" / "model.pt").read_bytes()).hexdigest()
+    gammas = [
+        float(g.detach()) for g in inferer.schedule.endpoints()
+    ]  # the main model's schedule (scores depend on it)
     layout = ood.load_layout_model(bundle)
     train_slices = mni152_slices()
     calibration = score_all(train_slices, network, inferer, args.codecs, args.time_samples, args.seed)
@@ -487,7 +492,7 @@ def main(argv=None) -> int:
         calibration["orientation"] = orientation_ratio(train_slices, network, inferer, args.time_samples, args.seed)
         thresholds["orientation"] = float(np.percentile(calibration["orientation"], args.percentile))
     seconds = time.time() - t0
-    text = report(items, scores, calibration, thresholds, args, model_sha, seconds)
+    text = report(items, scores, calibration, thresholds, args, model_sha, seconds, gammas)
     print(text)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)
@@ -496,6 +501,7 @@ def main(argv=None) -> int:
             {
                 "args": {k: getattr(args, k) for k in ("bundle", "codecs", "time_samples", "seed", "percentile")},
                 "model_sha256": model_sha,
+                "gammas": gammas,
                 "seconds": seconds,
                 "thresholds": thresholds,
                 "names": [it["name"] for it in items],

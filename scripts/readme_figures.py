@@ -47,6 +47,7 @@ VAL_METRICS = ("val_bpd", "val_latent_bpd", "val_psnr")  # the key metric of eac
 
 _TRAIN = re.compile(r"Epoch: (\d+)/\d+, Iter: (\d+)/(\d+) -- (\w+): ([-+0-9.eE]+)")
 _VAL = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)")
+_INIT = re.compile(r"init_from: .*, iterations counted from (\d+)")  # a run started from trained weights
 
 
 def parse_log(path: Path) -> dict:
@@ -55,20 +56,26 @@ def parse_log(path: Path) -> dict:
     Returns:
         ``{"train": (name, iterations, values), "val": (name, iterations, values) or None}``; iterations count
         from the start of training (epoch lengths read from the log); a run resumed from an earlier checkpoint
-        replaces the points of the run before it from that checkpoint on.
+        replaces the points of the run before it from that checkpoint on; a run started from trained weights
+        (``init_from``, its "iterations counted from N" line) goes on from their N iterations, and so do the runs
+        that resume it.
 
     Raises:
         ValueError: when the log has no training loss line.
     """
-    train_name, train_it, train_v, epoch_length = None, [], [], None
+    train_name, train_it, train_v, epoch_length, offset = None, [], [], None, 0
     val = {}
     for line in path.read_text(errors="replace").splitlines():
+        m = _INIT.search(line)
+        if m:
+            offset = int(m[1])
+            continue
         m = _TRAIN.search(line)
         if m:
             epoch, it, epoch_length, name, value = int(m[1]), int(m[2]), int(m[3]), m[4], float(m[5])
             train_name = train_name or name
             if name == train_name:
-                step = (epoch - 1) * epoch_length + it
+                step = offset + (epoch - 1) * epoch_length + it
                 while train_it and train_it[-1] >= step:  # a resumed run replaces what its checkpoint did not keep
                     train_it.pop()
                     train_v.pop()
@@ -79,9 +86,10 @@ def parse_log(path: Path) -> dict:
         if m and epoch_length:
             for key, value in re.findall(r"(\w+): ([-+0-9.eE]+)", m[2]):
                 points = val.setdefault(key, [])
-                while points and points[-1][0] >= int(m[1]) * epoch_length:
+                step = offset + int(m[1]) * epoch_length
+                while points and points[-1][0] >= step:
                     points.pop()
-                points.append((int(m[1]) * epoch_length, float(value)))
+                points.append((step, float(value)))
     if not train_it:
         raise ValueError(f"{path} holds no training loss line ('Epoch: E/N, Iter: I/M -- name: value').")
     key = next((k for k in VAL_METRICS if k in val), None)

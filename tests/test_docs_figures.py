@@ -49,6 +49,20 @@ def test_training_logs_parse_into_curves():
     assert vdm["val"][2][-1] == pytest.approx(2.0545, abs=1e-3)  # the README's held-out bits/dim at epoch 40
 
 
+def test_parse_log_continues_a_run_started_from_trained_weights(tmp_path):
+    """A run started with init_from counts on from the weights' iterations, and so does a later resume of it."""
+    log = tmp_path / "train_log.txt"
+    lines = [f"t - INFO - Epoch: {e}/2, Iter: {i}/10 -- train_bpd: {e + i / 10}" for e in (1, 2) for i in (5, 10)]
+    lines += ["t - INFO - Epoch[2] Metrics -- val_bpd: 3.0", "t - INFO - init_from: m.pt, iterations counted from 20"]
+    lines += [f"t - INFO - Epoch: 1/3, Iter: {i}/10 -- train_bpd: 2.5" for i in (5, 10)]
+    lines += ["t - INFO - Epoch[1] Metrics -- val_bpd: 2.5", "t - INFO - Epoch: 2/3, Iter: 10/10 -- train_bpd: 2.0"]
+    lines += ["t - INFO - Epoch: 3/3, Iter: 10/10 -- train_bpd: 1.5"]  # a resumed invocation: no init_from line
+    log.write_text("\n".join(lines) + "\n")
+    parsed = readme_figures.parse_log(log)
+    assert parsed["train"][1] == [5, 10, 15, 20, 25, 30, 40, 50]
+    assert parsed["val"] == ("val_bpd", [20, 30], [3.0, 2.5])
+
+
 def test_parse_log_rejects_a_log_without_training_lines(tmp_path):
     log = tmp_path / "train_log.txt"
     log.write_text("2026-01-01 - INFO - nothing here\n")

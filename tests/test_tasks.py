@@ -475,6 +475,30 @@ def test_transfer_weights_across_families(tmp_path):
         transfer_weights(tmp_path / "missing.pt", inpaint)
 
 
+def test_transfer_weights_brings_the_learned_schedule(tmp_path):
+    """init_from for a VDM: the network and its learned noise schedule start from the file; a file without the
+    schedule is refused for a schedule with learned parameters, accepted for a fixed one."""
+    from monai_medgen.bundle import save_model, transfer_weights
+    from monai_medgen.networks import ScoreUNet
+    from monai_medgen.schedules import FixedLinearSchedule, LearnedLinearSchedule
+
+    kw = dict(spatial_dims=2, in_channels=1, channels=(8, 16, 16), num_res_blocks=1, norm_num_groups=8)
+    torch.manual_seed(0)
+    trained, schedule = ScoreUNet(**kw), LearnedLinearSchedule()
+    with torch.no_grad():
+        schedule.b.fill_(-11.5)
+        schedule.w.fill_(17.0)
+    save_model(tmp_path / "vdm.pt", trained, schedule)
+    fresh, fresh_schedule = ScoreUNet(**kw), LearnedLinearSchedule()
+    assert transfer_weights(tmp_path / "vdm.pt", fresh, schedule=fresh_schedule) == []
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in fresh.state_dict().items())
+    assert float(fresh_schedule.b) == -11.5 and float(fresh_schedule.w) == 17.0
+    save_model(tmp_path / "plain.pt", trained)
+    with pytest.raises(ValueError, match="init_from.*schedule"):
+        transfer_weights(tmp_path / "plain.pt", fresh, schedule=LearnedLinearSchedule())
+    assert transfer_weights(tmp_path / "plain.pt", fresh, schedule=FixedLinearSchedule()) == []
+
+
 def test_evaluate_panel_rows_and_verdicts():
     """The panel table of the committed SR weights on pydicom's MR slice: classical baselines, the network's own t = 1
     regression estimate, one sample; only the model rows get a verdict, always against a classical method."""

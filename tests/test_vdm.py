@@ -244,3 +244,29 @@ def test_windowed_reconstruction_equals_full_softmax(gamma_0):
     logits = -0.5 * ((z.unsqueeze(-1) - v) / math.exp(gamma_0 / 2)) ** 2
     full = -torch.gather(torch.log_softmax(logits, -1), -1, k.unsqueeze(-1)).squeeze(-1).flatten(1).sum(1)
     assert torch.allclose(reconstruction_nll(k, g0, noise), full, rtol=1e-4, atol=1e-4)
+
+
+def test_gamma_min_scan_matches_the_closed_form_for_a_zero_network():
+    """With eps_hat = 0 the diffusion integrand is ||eps||^2 at every noise level (the same noise at each), so the
+    change of the bound is recon(g) - recon(gamma_0) + 0.5 ||eps||^2 (gamma_0 - g), exactly what the scan returns."""
+    schedule = LearnedLinearSchedule()
+    schedule.set_gamma_min(-12.0)
+    inferer = VDMInferer(schedule=schedule)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    scan = inferer.gamma_min_scan(
+        x, lambda z, g: torch.zeros_like(z), [-13.0, -12.5, -11.0], step=0.1, generator=torch.Generator().manual_seed(4)
+    )
+    gen = torch.Generator().manual_seed(4)
+    levels = to_levels(x)
+    noise, noise_0 = torch.randn(x.shape, generator=gen), torch.randn(x.shape, generator=gen)
+    recon = {g: reconstruction_nll(levels, torch.tensor(g), noise_0) for g in (-13.0, -12.5, -12.0, -11.0)}
+    to_bpd = 1 / (64 * math.log(2))
+    for g, delta in zip(scan["gamma_min"].tolist(), scan["delta_bpd"].tolist()):
+        expected = (recon[g] - recon[-12.0] + 0.5 * noise.flatten(1).pow(2).sum(1) * (-12.0 - g)) * to_bpd
+        assert delta == pytest.approx(float(expected.mean()), rel=1e-4, abs=1e-6)
+    assert scan["reconstruction"].tolist() == sorted(scan["reconstruction"].tolist())  # less noise, fewer bits
+    assert float(schedule.endpoints()[1].detach()) == pytest.approx(5.0, abs=1e-5)  # set_gamma_min kept gamma_1
+    with pytest.raises(ValueError, match="gamma_mins must lie below gamma_1"):
+        inferer.gamma_min_scan(x, lambda z, g: torch.zeros_like(z), [6.0])
+    with pytest.raises(ValueError, match="gamma_min must lie below"):
+        schedule.set_gamma_min(5.5)

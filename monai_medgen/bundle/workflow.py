@@ -480,23 +480,36 @@ class _StateHolder(nn.Module):
         return dict(self._state)
 
 
-def transfer_weights(path: str | os.PathLike, network: nn.Module, map_location="cpu") -> list[str]:
+def transfer_weights(
+    path: str | os.PathLike, network: nn.Module, map_location="cpu", schedule: nn.Module | None = None
+) -> list[str]:
     """Start ``network`` from the weights of a related network (another task family of the same architecture):
     every tensor of the same name and shape is copied; a tensor whose shapes differ only in the second (input
     channel) dimension, such as the first convolution of a model with a different number of condition channels,
     gets the shared leading input channels copied and the others set to zero, so the new inputs start without
     effect.  Returns the names that could not be transferred (left as initialised).
 
+    ``schedule``: a learned noise schedule (a VDM's) to start from the file's stored one as well; a schedule
+    without parameters, or None, is left alone.
+
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file holds no network weights.
+        ValueError: when the file holds no network weights, or ``schedule`` has learned parameters and the file
+            stores no schedule.
     """
     if not os.path.isfile(str(path)):
         raise FileNotFoundError(f"init_from: weights file {str(path)!r} not found.")
     try:
-        source = read_model_file(path, map_location=map_location)[0]
+        source, schedule_state, info = read_model_file(path, map_location=map_location)
     except ValueError as e:
         raise ValueError(f"init_from: {e}") from e
+    if schedule is not None and any(True for _ in schedule.parameters()):
+        if not schedule_state:
+            raise ValueError(
+                f"init_from: {str(path)!r} stores no noise schedule, but the schedule being trained has learned "
+                "parameters: start from a file saved with its schedule (save_model writes it beside the weights)."
+            )
+        schedule.load_state_dict(schedule_state)
     target = unwrap_network(network).state_dict()
     skipped = []
     with torch.no_grad():
@@ -515,8 +528,11 @@ def transfer_weights(path: str | os.PathLike, network: nn.Module, map_location="
             else:
                 skipped.append(name)
     unwrap_network(network).load_state_dict(target)
+    log = logging.getLogger(__name__)
     if skipped:
-        logging.getLogger(__name__).warning("init_from: %d tensors not transferred: %s", len(skipped), skipped[:5])
+        log.warning("init_from: %d tensors not transferred: %s", len(skipped), skipped[:5])
+    # the line scripts/readme_figures.py reads to continue a training curve from the weights' own iterations
+    log.info("init_from: %s, iterations counted from %d", path, int(info.get("iteration") or 0))
     return skipped
 
 
