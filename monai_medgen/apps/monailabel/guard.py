@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,12 +80,27 @@ DATASTORE_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
 # ---------------------------------------------------------------------------------------------
 # the datastore
 # ---------------------------------------------------------------------------------------------
+def _serialized(method):
+    """Run a datastore method under the datastore's lock (see :class:`ConfinedDatastore`)."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class ConfinedDatastore(LocalDatastore):
     """MONAI Label's local datastore with ids and tags checked as names and every file it resolves kept inside
     the studies folder (a symbolic link that leads out of it counts as missing).
 
     Adding an image whose id exists is refused (409): delete it first. Errors are
     :class:`~monai_medgen.apps.monailabel.served.RequestError` (400 bad name, 404 unknown id, 409 existing id).
+
+    MONAI Label's file watcher refreshes the datastore from its own thread, rebuilding the table of images while a
+    request may be reading or changing it ("dictionary changed size during iteration" on a delete); here refreshes,
+    writes and the lookups requests make hold one lock.
 
     Args:
         studies: the studies folder.
@@ -93,6 +109,7 @@ class ConfinedDatastore(LocalDatastore):
 
     def __init__(self, studies: str, **kwargs):
         self.root = os.path.realpath(studies)
+        self._mutex = threading.RLock()  # before the base class starts its watcher
         super().__init__(studies, extensions=tuple(f"*{s}" for s in DATASTORE_SUFFIXES), **kwargs)
 
     def inside(self, path: str) -> bool:
@@ -105,22 +122,31 @@ class ConfinedDatastore(LocalDatastore):
             return ""
         return path
 
+    @_serialized
+    def refresh(self) -> None:
+        super().refresh()
+
     # ---- reads ------------------------------------------------------------------------------
+    @_serialized
     def get_image_uri(self, image_id: str) -> str:
         return self._confined(super().get_image_uri(check_name(image_id, "image")), f"image {image_id!r}")
 
+    @_serialized
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         uri = super().get_label_uri(check_name(label_id, "label"), check_name(label_tag, "tag"))
         return self._confined(uri, f"label {label_id!r} ({label_tag})")
 
+    @_serialized
     def get_image_info(self, image_id: str) -> dict:
         info = super().get_image_info(check_name(image_id, "image"))
         info.pop("path", None)  # no server path in an answer
         return info
 
+    @_serialized
     def get_label_info(self, label_id: str, label_tag: str) -> dict:
         return super().get_label_info(check_name(label_id, "label"), check_name(label_tag, "tag"))
 
+    @_serialized
     def get_labels_by_image_id(self, image_id: str) -> dict:
         return super().get_labels_by_image_id(check_name(image_id, "image"))
 
@@ -138,6 +164,7 @@ class ConfinedDatastore(LocalDatastore):
                 f"{what}: the datastore keeps {list(DATASTORE_SUFFIXES)} files, got {os.path.basename(filename)!r}."
             )
 
+    @_serialized
     def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
         check_name(image_id, "image")
         self._check_file(image_filename, "image")
@@ -150,6 +177,7 @@ class ConfinedDatastore(LocalDatastore):
             raise RequestError(f"image: {image_id!r} would be stored outside the studies folder.")
         return super().add_image(image_id, image_filename, image_info)
 
+    @_serialized
     def remove_image(self, image_id: str) -> None:
         uri = self.get_image_uri(check_name(image_id, "id"))
         if not uri or not os.path.isfile(uri):
@@ -157,6 +185,7 @@ class ConfinedDatastore(LocalDatastore):
         super().remove_image(image_id)
         self.refresh()  # at once, not when the file watcher gets to it
 
+    @_serialized
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict) -> str:
         check_name(image_id, "image")
         check_name(label_tag, "tag")
@@ -168,6 +197,7 @@ class ConfinedDatastore(LocalDatastore):
             raise RequestError(f"tag: {label_tag!r} would store the label outside the studies folder.")
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
+    @_serialized
     def remove_label(self, label_id: str, label_tag: str) -> None:
         uri = self.get_label_uri(label_id, label_tag)
         if not uri or not os.path.isfile(uri):
@@ -175,16 +205,19 @@ class ConfinedDatastore(LocalDatastore):
         super().remove_label(label_id, label_tag)
         self.refresh()
 
+    @_serialized
     def update_image_info(self, image_id: str, info: dict) -> None:
         if check_name(image_id, "image") not in self._datastore.objects:
             raise RequestError(f"image: no image {image_id!r} in the datastore.", 404)
         super().update_image_info(image_id, info)
 
+    @_serialized
     def update_label_info(self, label_id: str, label_tag: str, info: dict) -> None:
         if not self._datastore.label(check_name(label_id, "label"), check_name(label_tag, "tag")):
             raise RequestError(f"label: no label {label_id!r} with tag {label_tag!r} in the datastore.", 404)
         super().update_label_info(label_id, label_tag, info)
 
+    @_serialized
     def datalist(self, full_path=True) -> list:
         """Image / label pairs with tag ``final``; relative to the studies folder unless ``full_path``."""
         pairs = super().datalist(full_path=True)
