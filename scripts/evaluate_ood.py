@@ -467,9 +467,8 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.bundle, args.device, kind="vdm", purpose="scoring")
     network, inferer = bundle.network, bundle.inferer
     model_sha = hashlib.sha256((Path(args.bundle) / "models" / "model.pt").read_bytes()).hexdigest()
-    gammas = [
-        float(g.detach()) for g in inferer.schedule.endpoints()
-    ]  # the main model's schedule (scores depend on it)
+    # the main model's schedule endpoints: its scores depend on them as much as on the weights
+    gammas = [float(g.detach()) for g in inferer.schedule.endpoints()]
     layout = ood.load_layout_model(bundle)
     train_slices = mni152_slices()
     calibration = score_all(train_slices, network, inferer, args.codecs, args.time_samples, args.seed)

@@ -59,7 +59,11 @@ def main(argv=None) -> None:
     config.read_config(str(args.bundle / "configs" / "evaluate.yaml"))
     config["device"] = "$torch.device('cpu')"
     network = config.get_parsed_content("network").eval()
-    schedule = LearnedLinearSchedule()
+    schedule = config.get_parsed_content("schedule")  # the bundle's own schedule definition
+    if args.write and not isinstance(schedule, LearnedLinearSchedule):
+        parser.error(
+            f"--write moves the endpoint of a LearnedLinearSchedule; this bundle's is {type(schedule).__name__}."
+        )
     model_path = args.bundle / args.model
     load_model(model_path, network, schedule)
     spatial_dims = int(config.get_parsed_content("network_def#spatial_dims"))
@@ -84,6 +88,8 @@ def main(argv=None) -> None:
     best = int(torch.argmin(scan["delta_bpd"]))
     gamma_best, gain = float(scan["gamma_min"][best]), float(scan["delta_bpd"][best])
     print(f"best gamma_0 on the training images: {gamma_best:.3f} ({gain:+.4f} bits/dim against the learned one)")
+    if args.write and gain >= 0:
+        print("nothing written: no candidate lowers the bound on the training images")
     if args.write and gain < 0:
         info = read_model_info(model_path)
         for key in ("weights", "weights_sha256"):
