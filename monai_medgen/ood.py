@@ -89,7 +89,7 @@ DEFAULT_CODEC = "png"
 # scores of training data of bundles/vdm_brain_mri_2d (its 121 MNI152 2009a axial slices), never of evaluation
 # images; recalibrate for other weights with `python scripts/evaluate_ood.py --calibrate`
 THRESHOLD_PERCENTILE = 99.0
-DEFAULT_THRESHOLDS = {"png": -0.452, "jpegxl": -0.171}
+DEFAULT_THRESHOLDS = {"png": -0.495, "jpegxl": -0.195}
 # the same percentile of the layout score (:func:`layout_scores`) of those training slices, per codec
 LAYOUT_THRESHOLDS = {"png": -0.320, "jpegxl": -0.189}
 # the alternatives of the layout score: the slice turned a quarter either way and front to back (the slices are

@@ -147,6 +147,15 @@ class LearnedLinearSchedule(Schedule):
         self.b.fill_(float(gamma_min))
         self.w.fill_(gamma_1 - float(gamma_min))
 
+    @torch.no_grad()
+    def set_gamma_max(self, gamma_max: float) -> None:
+        """Move the upper endpoint gamma(1) to ``gamma_max`` and keep gamma(0)
+        (:meth:`monai_medgen.inferers.VDMInferer.gamma_max_scan`)."""
+        gamma_0 = float(self.b)
+        if not gamma_max > gamma_0:
+            raise ValueError(f"gamma_max must lie above gamma(0) = {gamma_0:.3f}, got {gamma_max}.")
+        self.w.fill_(float(gamma_max) - gamma_0)
+
 
 class _PositiveLinear(nn.Linear):
     """Linear layer whose weights are used through abs(), so it is monotone non-decreasing."""

@@ -307,6 +307,26 @@ def test_resume_continues_iterations(trained, tmp_path):
 @needs_demo
 @needs_colin27
 @needs_tensorboard
+def test_augmented_stage_starts_from_the_trained_weights(trained, tmp_path):
+    """configs/train_augment.yaml (the second stage of the committed weights) runs on the bundle's models/model.pt:
+    the log says where it started, and the new file counts its iterations on from the starting weights'."""
+    root = tmp_path / "bundle"
+    shutil.copytree(trained[0], root, ignore=shutil.ignore_patterns("runs"))
+    files = train_run_args(VDM2D, extra=["train_augment.yaml"])  # after train.yaml, as the README runs it
+    assert files["config_file"][-2:] == [
+        str(VDM2D / "configs" / "train.yaml"),
+        str(VDM2D / "configs" / "train_augment.yaml"),
+    ]
+    tiny = {**TINY_TRAIN, "val_interval": 0, "sample_interval": 0}
+    proc = bundle_cli("run", tmp_path, **files, bundle_root=str(root), **tiny)
+    assert f"init_from: {root}/models/model.pt, iterations counted from 2" in proc.stdout + proc.stderr
+    state = read_model_info(root / "models" / "model.pt")
+    assert state["iteration"] == 4 and state["epoch"] == 1  # 2 of the first run, 2 of this one
+
+
+@needs_demo
+@needs_colin27
+@needs_tensorboard
 def test_train_multigpu_override(tmp_path):
     """train.yaml + train_multigpu.yaml under torch.distributed.run: two processes, DistributedDataParallel
     (gloo on the CPU), rank 0 writes checkpoints and the model."""

@@ -45,8 +45,11 @@ def test_training_logs_parse_into_curves():
         assert name.startswith("train_") and len(its) == len(values) >= 5
         assert its == sorted(its), f"{bundle}: iterations must grow through resumed runs"
     vdm = readme_figures.parse_log(REPO / "bundles" / "vdm_brain_mri_2d" / "docs" / "train_log.txt")
-    assert vdm["val"][0] == "val_bpd" and vdm["val"][1] == list(range(400, 4001, 400))
-    assert vdm["val"][2][-1] == pytest.approx(2.0545, abs=1e-3)  # the README's held-out bits/dim at epoch 40
+    # 4000 iterations of train.yaml, then 2200 of train_augment.yaml started from them (init_from)
+    assert vdm["val"][0] == "val_bpd" and vdm["val"][1] == list(range(400, 6001, 400))
+    assert vdm["val"][2][9] == pytest.approx(2.0545, abs=1e-3)  # the README's held-out bits/dim at epoch 40
+    assert vdm["val"][2][-1] == pytest.approx(1.9457, abs=1e-3)  # and after 2000 augmented iterations
+    assert vdm["train"][1][-1] == 6200
 
 
 def test_parse_log_continues_a_run_started_from_trained_weights(tmp_path):

@@ -270,3 +270,27 @@ def test_gamma_min_scan_matches_the_closed_form_for_a_zero_network():
         inferer.gamma_min_scan(x, lambda z, g: torch.zeros_like(z), [6.0])
     with pytest.raises(ValueError, match="gamma_min must lie below"):
         schedule.set_gamma_min(5.5)
+
+
+def test_gamma_max_scan_matches_the_closed_form_for_a_zero_network():
+    """The upper endpoint: with eps_hat = 0 the change of the bound for gamma_1 -> g is
+    prior(g) - prior(gamma_1) + 0.5 ||eps||^2 (g - gamma_1); set_gamma_max keeps gamma_0."""
+    schedule = LearnedLinearSchedule()
+    schedule.set_gamma_max(6.0)
+    inferer = VDMInferer(schedule=schedule)
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    zero = lambda z, g: torch.zeros_like(z)  # noqa: E731
+    scan = inferer.gamma_max_scan(x, zero, [5.0, 7.5, 9.0], step=0.1, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    xc = from_levels(to_levels(x))
+    to_bpd = 1 / (64 * math.log(2))
+    for g, delta in zip(scan["gamma_max"].tolist(), scan["delta_bpd"].tolist()):
+        change = prior_kl(xc, torch.tensor(g)) - prior_kl(xc, torch.tensor(6.0))
+        expected = (change + 0.5 * noise.flatten(1).pow(2).sum(1) * (g - 6.0)) * to_bpd
+        assert delta == pytest.approx(float(expected.mean()), rel=1e-4, abs=1e-6)
+    assert scan["prior"].tolist() == sorted(scan["prior"].tolist(), reverse=True)  # more noise, smaller prior term
+    assert float(schedule.endpoints()[0].detach()) == pytest.approx(-13.3, abs=1e-5)  # set_gamma_max kept gamma_0
+    with pytest.raises(ValueError, match="gamma_maxs must lie above gamma_0"):
+        inferer.gamma_max_scan(x, zero, [-14.0])
+    with pytest.raises(ValueError, match="gamma_max must lie above"):
+        schedule.set_gamma_max(-14.0)

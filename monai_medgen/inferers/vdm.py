@@ -357,23 +357,47 @@ class VDMInferer(Inferer):
         Returns ``{"gamma_min": (K,), "delta_bpd": (K,), "reconstruction": (K,)}``: candidates in increasing order,
         the mean change of the bound and the mean reconstruction term at each, bits/dim.
         """
+        return self._endpoint_scan(inputs, network, gamma_mins, "min", class_labels, step, batch_size, generator)
+
+    def gamma_max_scan(
+        self, inputs: torch.Tensor, network: Callable, gamma_maxs: Sequence[float], **options
+    ) -> dict[str, torch.Tensor]:
+        """The same as :meth:`gamma_min_scan` (the same ``class_labels``, ``step``, ``batch_size`` and ``generator``
+        options) for the upper endpoint gamma_1 (gamma_0 kept): moving it to g changes
+        the prior term and the diffusion integral between gamma_1 and g, per image in nats
+        ``delta(g) = prior(g) - prior(gamma_1) + 0.5 * integral_gamma_1^g E||eps - eps_hat(z_gamma, gamma)||^2 dgamma``.
+        A network that predicts the image's mean from almost pure noise gains a little from a higher gamma_1.
+
+        Returns ``{"gamma_max": (K,), "delta_bpd": (K,), "prior": (K,)}`` in bits/dim, candidates in increasing order.
+        """
+        return self._endpoint_scan(inputs, network, gamma_maxs, "max", **options)
+
+    @torch.no_grad()
+    def _endpoint_scan(
+        self, inputs, network, candidates, which, class_labels=None, step=0.05, batch_size=16, generator=None
+    ):
+        """The shared core of :meth:`gamma_min_scan` (``which="min"``) and :meth:`gamma_max_scan` (``"max"``)."""
+        name = f"gamma_{which}s"
         if step <= 0:
             raise ValueError(f"step must be > 0, got {step}.")
-        candidates = sorted({float(g) for g in gamma_mins})
+        candidates = sorted({float(g) for g in candidates})
         if not candidates:
-            raise ValueError("gamma_mins must hold at least one value.")
+            raise ValueError(f"{name} must hold at least one value.")
         gamma_0, gamma_1 = (float(g) for g in self.schedule.endpoints())
-        if candidates[-1] >= gamma_1:
-            raise ValueError(f"gamma_mins must lie below gamma_1 = {gamma_1:.3f}, got {candidates[-1]}.")
-        lo, hi = min(candidates[0], gamma_0), max(candidates[-1], gamma_0)
+        if which == "min" and candidates[-1] >= gamma_1:
+            raise ValueError(f"{name} must lie below gamma_1 = {gamma_1:.3f}, got {candidates[-1]}.")
+        if which == "max" and candidates[0] <= gamma_0:
+            raise ValueError(f"{name} must lie above gamma_0 = {gamma_0:.3f}, got {candidates[0]}.")
+        kept = gamma_0 if which == "min" else gamma_1
+        lo, hi = min(candidates[0], kept), max(candidates[-1], kept)
         fine = torch.linspace(lo, hi, max(2, int(math.ceil((hi - lo) / step)) + 1)).tolist()
-        grid = sorted(set(fine) | set(candidates) | {gamma_0})
+        grid = sorted(set(fine) | set(candidates) | {kept})
         device = inputs.device
         x_levels = to_levels(inputs, self.vocab_size)
         x = from_levels(x_levels, self.vocab_size)
         noise = torch.randn(x.shape, device=device, generator=generator, dtype=x.dtype)
         noise_0 = torch.randn(x.shape, device=device, generator=generator, dtype=x.dtype)
-        mse, recon = [], []  # per grid point: (B,) sums over dims, nats
+        mse, end_term = [], []  # per grid point: (B,) sums over dims, nats
         for g in grid:
             gamma = torch.tensor(g, device=device, dtype=x.dtype)
             alpha, sigma = torch.exp(0.5 * log_alpha2(gamma)), torch.exp(0.5 * log_sigma2(gamma))
@@ -384,18 +408,22 @@ class VDMInferer(Inferer):
                 eps_hat = self._call_network(network, alpha * xb + sigma * nb, gamma.expand(xb.shape[0]), labels)
                 sq.append(_sum_dims((nb - eps_hat) ** 2))
             mse.append(torch.cat(sq).float())
-            recon.append(reconstruction_nll(x_levels, gamma, noise_0, self.vocab_size).float())
-        mse, recon = torch.stack(mse), torch.stack(recon)  # (G, B)
+            if which == "min":
+                end_term.append(reconstruction_nll(x_levels, gamma, noise_0, self.vocab_size).float())
+            else:
+                end_term.append(prior_kl(x, gamma).float())
+        mse, end_term = torch.stack(mse), torch.stack(end_term)  # (G, B)
         widths = torch.diff(torch.tensor(grid, device=device, dtype=mse.dtype)).unsqueeze(1)
         integral = torch.cat([torch.zeros_like(mse[:1]), torch.cumsum(0.25 * widths * (mse[1:] + mse[:-1]), 0)])
-        ref = grid.index(gamma_0)
+        ref = grid.index(kept)
         to_bpd = 1.0 / (x[0].numel() * math.log(2.0))
         rows = [grid.index(g) for g in candidates]
-        delta = (recon[rows] - recon[ref] + integral[ref] - integral[rows]) * to_bpd
+        sign = 1.0 if which == "min" else -1.0  # the integral between the candidate and the kept endpoint
+        delta = (end_term[rows] - end_term[ref] + sign * (integral[ref] - integral[rows])) * to_bpd
         return {
-            "gamma_min": torch.tensor(candidates, dtype=torch.float64),
+            f"gamma_{which}": torch.tensor(candidates, dtype=torch.float64),
             "delta_bpd": delta.mean(1).cpu(),
-            "reconstruction": (recon[rows] * to_bpd).mean(1).cpu(),
+            ("reconstruction" if which == "min" else "prior"): (end_term[rows] * to_bpd).mean(1).cpu(),
         }
 
     def noise_shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
