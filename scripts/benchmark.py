@@ -876,7 +876,7 @@ def section_3d(args, device: torch.device) -> str:
         f"volume, the network over 64^3 patches with overlap 0.25 and 2 patches per call (the bundle's settings), "
         f"blended at every step; **DPM-Solver++ {steps} steps** (the time of the network part grows linearly with "
         f"the steps: the bundle's default is 10). Sample: `VDMInferer.sample` of one whole volume with the 3D VDM "
-        f"bundle's network (`vdm_brain_mri_3d`, ScoreUNet 3D (16, 32, 64)), DPM-Solver++ {steps} steps. Every row "
+        f"bundle's network (`vdm_brain_mri_3d`'s 3D ScoreUNet as its configs define it), DPM-Solver++ {steps} steps. Every row "
         f"is its own process (peak resident memory = the process's high-water mark, model loading included; "
         f"`torch.cuda.max_memory_allocated` on a GPU); median of {repeats} process(es); torch threads {threads}.",
         "",

@@ -324,6 +324,25 @@ def test_augmented_stage_starts_from_the_trained_weights(trained, tmp_path):
     assert state["iteration"] == 4 and state["epoch"] == 1  # 2 of the first run, 2 of this one
 
 
+def test_3d_stage_starts_from_the_2d_weights(trained, tmp_path):
+    """vdm_brain_mri_3d's configs/train_from_2d.yaml (how its committed weights are made) on a 2D model.pt of
+    vdm_brain_mri_2d's network: the 2D kernels are inflated into the 3D network, which counts its own iterations."""
+    bundle = BUNDLES / "vdm_brain_mri_3d"
+    root = tmp_path / "bundle"
+    files = train_run_args(bundle, extra=["train_from_2d.yaml"])
+    assert files["config_file"][-1] == str(bundle / "configs" / "train_from_2d.yaml")
+    source = trained[0] / "models" / "model.pt"
+    tiny = dict(max_epochs=1, epoch_length=2, image_size=32, crop_size=16, batch_size=2, val_interval=0)
+    proc = bundle_cli(
+        "run", tmp_path, **files, bundle_root=str(root), init_from=str(source), sample_interval=0, device="cpu", **tiny
+    )
+    log = proc.stdout + proc.stderr
+    assert f"init_from: {source}, iterations counted from 0 (" in log and "2D kernels inflated to 3D" in log
+    assert "tensors not transferred" not in log
+    state = read_model_info(root / "models" / "model.pt")
+    assert state["iteration"] == 2  # the 3D network's own two, not the 2D file's
+
+
 @needs_demo
 @needs_colin27
 @needs_tensorboard

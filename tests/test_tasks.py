@@ -475,6 +475,38 @@ def test_transfer_weights_across_families(tmp_path):
         transfer_weights(tmp_path / "missing.pt", inpaint)
 
 
+def test_transfer_weights_inflates_a_2d_network_to_3d(tmp_path):
+    """init_from a 2D file for the same network in 3D: every kernel lands on the middle plane of the last axis, so on
+    a volume that is constant along that axis the 3D network gives the 2D network's output on every slice."""
+    from monai_medgen.bundle import save_model, transfer_weights
+    from monai_medgen.networks import ScoreUNet
+
+    kw = dict(in_channels=1, channels=(8, 16, 16), num_res_blocks=1, norm_num_groups=8, num_head_channels=8)
+    torch.manual_seed(0)
+    net2d, net3d = ScoreUNet(spatial_dims=2, **kw), ScoreUNet(spatial_dims=3, **kw)
+    with torch.no_grad():  # as after training: MONAI starts some output convolutions at zero
+        for p in net2d.parameters():
+            if not p.any():
+                p.add_(0.05 * torch.randn_like(p))
+    save_model(tmp_path / "vdm2d.pt", net2d)
+    assert transfer_weights(tmp_path / "vdm2d.pt", net3d) == []
+    conv = next(n for n, v in net3d.state_dict().items() if v.dim() == 5 and v.shape[-1] == 3)
+    kernel = net3d.state_dict()[conv]
+    assert torch.equal(kernel[..., 1], net2d.state_dict()[conv]) and not kernel[..., [0, 2]].any()
+    image = torch.rand(2, 1, 16, 16)
+    volume = image[..., None].expand(2, 1, 16, 16, 8).contiguous()
+    gamma = torch.tensor([-4.0, 2.0])
+    with torch.no_grad():
+        out2d, out3d = net2d(image, gamma), net3d(volume, gamma)
+    assert torch.allclose(out3d, out2d[..., None].expand_as(out3d), atol=1e-5)
+    # training learns the through-plane context: the planes that start at zero get gradients
+    bumped = volume.clone()
+    bumped[..., 4] += 0.5
+    net3d(bumped, gamma).square().mean().backward()
+    grad = dict(net3d.named_parameters())[conv].grad
+    assert grad[..., 0].abs().sum() > 0 and grad[..., 2].abs().sum() > 0
+
+
 def test_transfer_weights_brings_the_learned_schedule(tmp_path):
     """init_from for a VDM: the network and its learned noise schedule start from the file; a file without the
     schedule is refused for a schedule with learned parameters, accepted for a fixed one."""

@@ -487,7 +487,10 @@ def transfer_weights(
     every tensor of the same name and shape is copied; a tensor whose shapes differ only in the second (input
     channel) dimension, such as the first convolution of a model with a different number of condition channels,
     gets the shared leading input channels copied and the others set to zero, so the new inputs start without
-    effect.  Returns the names that could not be transferred (left as initialised).
+    effect.  A 3D network can start from the 2D network of the same architecture: each 2D kernel becomes the
+    middle plane of the 3D kernel along the last axis (zero elsewhere; "inflation"), every other tensor is copied,
+    so before training the 3D network codes each slice as the 2D one did and training adds the third axis.
+    Returns the names that could not be transferred (left as initialised).
 
     ``schedule``: a learned noise schedule (a VDM's) to start from the file's stored one as well; a schedule
     without parameters, or None, is left alone.
@@ -511,7 +514,7 @@ def transfer_weights(
             )
         schedule.load_state_dict(schedule_state)
     target = unwrap_network(network).state_dict()
-    skipped = []
+    skipped, inflated = [], 0
     with torch.no_grad():
         for name, tensor in target.items():
             src = source.get(name)
@@ -525,14 +528,30 @@ def transfer_weights(
                 shared = min(src.shape[1], tensor.shape[1])
                 tensor.zero_()
                 tensor[:, :shared].copy_(src[:, :shared])
+            elif src.dim() == 4 and tensor.dim() == 5 and src.shape == tensor.shape[:4]:
+                # a 2D convolution kernel into a 3D one: on the middle plane of the last axis, zero elsewhere, so
+                # the 3D network starts as the 2D one applied to each slice of that axis (axial in RAS order)
+                tensor.zero_()
+                tensor[..., tensor.shape[-1] // 2].copy_(src)
+                inflated += 1
             else:
                 skipped.append(name)
     unwrap_network(network).load_state_dict(target)
     log = logging.getLogger(__name__)
     if skipped:
         log.warning("init_from: %d tensors not transferred: %s", len(skipped), skipped[:5])
-    # the line scripts/readme_figures.py reads to continue a training curve from the weights' own iterations
-    log.info("init_from: %s, iterations counted from %d", path, int(info.get("iteration") or 0))
+    # the line scripts/readme_figures.py reads to continue a training curve from the weights' own iterations; a 3D
+    # network inflated from 2D weights counts its own iterations (set init_iterations: 0 beside such an init_from)
+    if inflated:
+        log.info(
+            "init_from: %s, iterations counted from 0 (%d 2D kernels inflated to 3D; the file's %d iterations are "
+            "the 2D network's)",
+            path,
+            inflated,
+            int(info.get("iteration") or 0),
+        )
+    else:
+        log.info("init_from: %s, iterations counted from %d", path, int(info.get("iteration") or 0))
     return skipped
 
 
