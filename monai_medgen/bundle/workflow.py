@@ -542,16 +542,11 @@ def transfer_weights(
         log.warning("init_from: %d tensors not transferred: %s", len(skipped), skipped[:5])
     # the line scripts/readme_figures.py reads to continue a training curve from the weights' own iterations; a 3D
     # network inflated from 2D weights counts its own iterations (set init_iterations: 0 beside such an init_from)
-    if inflated:
-        log.info(
-            "init_from: %s, iterations counted from 0 (%d 2D kernels inflated to 3D; the file's %d iterations are "
-            "the 2D network's)",
-            path,
-            inflated,
-            int(info.get("iteration") or 0),
-        )
-    else:
-        log.info("init_from: %s, iterations counted from %d", path, int(info.get("iteration") or 0))
+    iterations = int(info.get("iteration") or 0)
+    note = f" ({inflated} 2D kernels inflated to 3D; the file's {iterations} iterations are the 2D network's)"
+    log.info(
+        "init_from: %s, iterations counted from %d%s", path, 0 if inflated else iterations, note if inflated else ""
+    )
     return skipped
 
 
