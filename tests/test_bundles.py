@@ -564,6 +564,28 @@ def test_restoration_train_two_iterations(trained_restoration):
     assert "val_psnr" in log and "train_loss" in log
 
 
+def test_denoising_masked_stage_fine_tunes_the_weights(trained_restoration, tmp_path):
+    """cddpm_denoising_2d's configs/train_masked.yaml (how its committed 0.5.0 weights are made) after train.yaml:
+    starts from a model.pt (init_from) and counts on from its iterations, with hard-masked corpus draws."""
+    from monai.bundle import ConfigParser
+
+    bundle, source_root, _ = trained_restoration
+    if bundle.name != "cddpm_denoising_2d":
+        pytest.skip("the hard-masked stage is the denoising bundle's")
+    files = train_run_args(bundle, extra=["train_masked.yaml"])
+    assert files["config_file"][-1] == str(bundle / "configs" / "train_masked.yaml")
+    parser = ConfigParser()
+    parser.read_config(files["config_file"])
+    assert parser.get_parsed_content("corpus_options") == {"hard_mask": 0.3}
+    source = source_root / "models" / "model.pt"
+    root = tmp_path / "bundle"
+    tiny = {**TINY_RESTORATION, "val_interval": 0, "sample_interval": 0}
+    proc = bundle_cli("run", tmp_path, **files, bundle_root=str(root), init_from=str(source), **tiny)
+    log = proc.stdout + proc.stderr
+    assert f"init_from: {source}, iterations counted from 2" in log
+    assert read_model_info(root / "models" / "model.pt")["iteration"] == 4
+
+
 def test_restoration_inference_on_demo_and_user_file(trained_restoration, nifti_folder, tmp_path):
     import nibabel as nib
 

@@ -253,6 +253,28 @@ def test_corpus_zoom_and_acquisition_noise():
         TrainingCorpus(sources=("mni152_t1",), acquisition_noise=-0.1)
 
 
+def test_corpus_hard_mask_cuts_draws_to_exact_zero():
+    """hard_mask: draws cut by a binary mask on their own grid (skull-stripped scans): a large exact-zero region meeting
+    tissue without any partial-volume ramp; without it a draw of the tissue contrasts has no such staircase; bad
+    fractions refused by name."""
+    sources = ("tissue_contrast",)
+    cut = TrainingCorpus(sources=sources, hard_mask=1.0)
+    plain = TrainingCorpus(sources=sources)
+
+    def hard_edges(img):  # neighbours where one is exactly 0 and the other holds clear tissue (> 0.1)
+        n = 0
+        for a, b in ((img[:, :-1], img[:, 1:]), (img[:-1], img[1:])):
+            n += int((((a == 0) & (b > 0.1)) | ((b == 0) & (a > 0.1))).sum())
+        return n
+
+    cuts = [cut.draw(np.random.RandomState(seed), 48) for seed in range(8)]
+    assert all(i.shape == (48, 48) and i.min() >= 0 and i.max() <= 1 and (i == 0).mean() > 0.05 for i in cuts)
+    plains = [plain.draw(np.random.RandomState(seed), 48) for seed in range(8)]
+    assert sum(map(hard_edges, cuts)) > 2 * sum(map(hard_edges, plains)) + 20
+    with pytest.raises(ValueError, match="hard_mask"):
+        TrainingCorpus(sources=sources, hard_mask=1.5)
+
+
 def test_restoration_times():
     t = restoration_times(4, 0.5, 2000)
     assert float(t[0]) == 1.0 and float(t[-1]) == 0.0 and len(t) == 5 and float(t[1]) == 0.5

@@ -22,7 +22,9 @@ source), gamma, a smooth multiplicative bias field, occasional contrast inversio
 scaling so that a random 98-100th percentile maps to 1.  With ``acquisition_noise`` half of the draws also carry
 **synthetic** acquisition noise (Gaussian or Rician, standard deviation up to that value) in the image itself, so
 that a model whose target is the image learns that such noise cannot be predicted (the templates and atlases are
-noise-free, the scans users bring are not).
+noise-free, the scans users bring are not).  With ``hard_mask`` a fraction of the draws is cut by a binary mask on its
+own pixel grid, everything outside exactly 0, as in skull-stripped or masked scans (a staircase edge from tissue to
+zero that resampled templates never show).
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ class TrainingCorpus:
             pixel size (4: a draw of 64 pixels spans 256 source pixels, e.g. a whole head at 4 mm, as in small
             clinical images).
         acquisition_noise: largest standard deviation of the synthetic noise added to half of the draws (0: none).
+        hard_mask: fraction of the draws cut by a binary foreground mask on their own pixel grid, everything
+            outside set to exactly 0, as skull-stripped brains (BET, ``ch2bet``-style) and masked scans are: a
+            staircase edge from tissue straight to zero that no resampled template has (0: none).
     """
 
     def __init__(
@@ -127,6 +132,7 @@ class TrainingCorpus:
         dataset_dir: str | None = None,
         zoom_range: Sequence[float] = DEFAULT_ZOOM_RANGE,
         acquisition_noise: float = 0.0,
+        hard_mask: float = 0.0,
     ):
         unknown = set(sources) - set(SOURCES)
         if unknown:
@@ -136,7 +142,10 @@ class TrainingCorpus:
             raise ValueError(f"zoom_range must be (low, high) with 0 < low <= high, got {zoom_range}.")
         if not 0 <= float(acquisition_noise) < 1:
             raise ValueError(f"acquisition_noise must be in [0, 1), got {acquisition_noise}.")
+        if not 0 <= float(hard_mask) <= 1:
+            raise ValueError(f"hard_mask must be a fraction in [0, 1], got {hard_mask}.")
         self.zoom_range, self.acquisition_noise = zoom_range, float(acquisition_noise)
+        self.hard_mask = float(hard_mask)
         self.notes: list[str] = []
         self.volumes: dict[str, list] = {}
         if "mni152_t1" in sources or "tissue_contrast" in sources:
@@ -256,6 +265,8 @@ class TrainingCorpus:
         for _ in range(10):
             source = self.sources[int(R.choice(len(self.sources), p=self.probabilities))]
             img = _augment(self._render(source, R), R, size, self.zoom_range, self.acquisition_noise)
+            if self.hard_mask > 0 and R.uniform() < self.hard_mask:
+                img = _cut_by_mask(img, R)
             if float(img.std()) > 0.03:
                 return img
         return img
@@ -272,6 +283,23 @@ def _gauss(t: torch.Tensor, sigma: float) -> torch.Tensor:
     c = t.shape[1]
     t = F.conv2d(F.pad(t, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(F.pad(t, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def _cut_by_mask(img: np.ndarray, R: np.random.RandomState) -> np.ndarray:
+    """``img`` outside a binary mask set to exactly 0, the mask on the pixel grid of ``img``, so the cut is a
+    staircase edge from tissue to zero as in skull-stripped scans.  The mask is where a blurred copy of the image
+    exceeds a random quantile (a brain extraction keeps tissue, drops the dark surroundings) or, for half of the
+    draws, where a smooth random field does (a mask that cuts through bright tissue, as a brain mask cuts CSF and
+    cortex)."""
+    t = torch.as_tensor(img)[None, None]
+    if R.uniform() < 0.5:
+        smooth = _gauss(t, float(R.uniform(0.7, 3.0)))
+    else:
+        coarse = torch.as_tensor(R.standard_normal((1, 1, 4, 4)), dtype=torch.float32)
+        smooth = F.interpolate(coarse, size=t.shape[2:], mode="bicubic", align_corners=False)
+    level = float(torch.quantile(smooth.flatten(), float(R.uniform(0.1, 0.6))))
+    keep = (smooth > level).to(t)
+    return (t * keep)[0, 0].numpy().astype(np.float32)
 
 
 def _augment(
