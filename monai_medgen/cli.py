@@ -228,14 +228,23 @@ def describe_os_error(error: OSError) -> str:
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int, expected: str):
+    """An argparse type: an integer >= ``minimum``, else the error "expected <expected>"."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _factor(text: str) -> float | list[float]:
@@ -631,6 +640,9 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
     device, compile_backend = _check_restore_options(args)
     bundle = load_bundle(args.bundle, device, "restoration", "restore")
     task = bundle.task
+    adapt_steps = getattr(args, "adapt_steps", None)
+    if adapt_steps and (task != "denoise" or not hasattr(bundle.inferer, "adapt_steps")):
+        raise CLIError(f"--adapt-steps applies to the blind denoising bundles; {bundle.name} restores {task!r}.")
     factor = _restore_factor(args, bundle, task, bundle.spatial_dims)
     image, mask, input_shape = _read_restore_inputs(args, task, bundle.spatial_dims, shown, input_arg)
     check_output_size(image, factor, bundle.spatial_dims, shown, input_shape)
@@ -646,6 +658,7 @@ def _restore_local(args, source=None, server=None, store: bool = False) -> int:
         channels_last=bool(getattr(args, "channels_last", False)),
         autocast=getattr(args, "autocast", None),
         compile=compile_backend or False,
+        adapt_steps=adapt_steps,
     ).with_defaults(bundle)
     print(
         f"{PROG} restore: {bundle.name} ({task}) {shown} -> {server.url + ' (STOW-RS)' if store else output} "
@@ -1067,6 +1080,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--uncertainty", metavar="U", help="output for the standard deviation map (needs --samples >= 2)")
     r.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (same seed, same result)")
+    r.add_argument(
+        "--adapt-steps",
+        type=_non_negative_int,
+        default=None,
+        metavar="K",
+        help="denoising: steps adapting the network to the input by its Stein's unbiased risk estimate before "
+        "restoring (default: the bundle's; 0: off, fastest)",
+    )
     r.add_argument("--sampler", choices=SAMPLERS, default=None, help="sampler (default: the bundle's)")
     r.add_argument(
         "--steps", type=_positive_int, default=None, metavar="K", help="sampling steps (default: the bundle's)"

@@ -926,6 +926,12 @@ def restore_file(
         extra={
             "num_samples": int(num_samples),
             "factor": factor if np.isscalar(factor) else [float(f) for f in factor],
+            # a denoising model's test-time adaptation (ResidualDiffusionInferer.adapt_steps)
+            **(
+                {"adapt_steps": int(inferer.adapt_steps)}
+                if task == "denoise" and hasattr(inferer, "adapt_steps")
+                else {}
+            ),
         },
     )
     out = io.write_image(restored, output_path, provenance=provenance, overwrite=overwrite, inputs=inputs)

@@ -44,6 +44,12 @@ def main(argv=None) -> int:
         default="bundle",
         help="the mean of several samples drawn in flipped / transposed frames (default: the bundle's setting)",
     )
+    p.add_argument(
+        "--adapt-steps",
+        type=int,
+        default=None,
+        help="denoising: SURE adaptation steps per image (default: the bundle's adapt_steps; 0: off)",
+    )
     p.add_argument("--output", default=None, help="also write the markdown tables here")
     p.add_argument("--json", default=None, help="write every row as JSON here")
     args = p.parse_args(argv)
@@ -55,6 +61,8 @@ def main(argv=None) -> int:
         bundle = load_restoration_bundle(folder, weights)
         if args.self_ensemble != "bundle":
             bundle.inferer.self_ensemble = args.self_ensemble == "on"
+        if args.adapt_steps is not None and family == "denoise":
+            bundle.inferer.adapt_steps = args.adapt_steps
         text, rows, _ = evaluate_panel(
             {family: (bundle.network, bundle.inferer)},
             [s for s in args.scenarios if SCENARIOS[s] == family],

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
     not os.path.isfile(COLIN), reason="Colin27 template (mricron-data: ch2bet.nii.gz) not installed"
 )
-FAST = ["--steps", "2", "--device", "cpu"]
+FAST = ["--steps", "2", "--device", "cpu", "--adapt-steps", "0"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,6 +146,8 @@ def test_restore_nifti_keeps_geometry_and_records_provenance(bundles, files, tmp
             "--sampler",
             "ddim",
             *FAST,
+            "--adapt-steps",  # test-time adaptation (the bundle's default is longer), recorded in the provenance
+            "2",
         ]
     )
     assert rc == 0
@@ -156,7 +158,7 @@ def test_restore_nifti_keeps_geometry_and_records_provenance(bundles, files, tmp
     assert io.is_synthetic(out) and not io.is_synthetic(files["nifti"])
     prov = io.read_provenance(out)
     assert prov.model == "cddpm_denoising_2d" and prov.task == "denoise" and prov.synthetic
-    assert prov.sampler == "ddim" and prov.steps == 2 and prov.seed == 3
+    assert prov.sampler == "ddim" and prov.steps == 2 and prov.seed == 3 and prov.extra["adapt_steps"] == 2
     meta = json.loads((REPO / "bundles" / "cddpm_denoising_2d" / "configs" / "metadata.json").read_text())
     assert prov.bundle_version == meta["version"]
     assert len(prov.input_checksum) == 64 and int(prov.input_checksum, 16) >= 0

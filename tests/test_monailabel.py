@@ -31,6 +31,7 @@ from MedGenLib import medgen_client  # noqa: E402  (the Slicer module's helper p
 
 CLASS_BUNDLE = REPO / "bundles" / "cddpm_class_conditional_2d"
 FAST = {"sampler": "dpm++", "steps": 5, "seed": 0}
+DENOISE_FAST = {**FAST, "adapt_steps": 0}  # the denoising model's test-time adaptation off (its default: 40 steps)
 
 
 def psnr(a, b) -> float:
@@ -133,7 +134,8 @@ def test_super_resolution_2d_beats_interpolation(client, data, tmp_path):
 
 
 def test_denoising_with_uncertainty(client, data, tmp_path):
-    result = client.infer("cddpm_denoising_2d", data["slices_noisy"], {**FAST, "num_samples": 2})
+    # with 2 steps of test-time adaptation (the option only the denoising model offers), recorded in the provenance
+    result = client.infer("cddpm_denoising_2d", data["slices_noisy"], {**FAST, "num_samples": 2, "adapt_steps": 2})
     path, std_path = result.save(str(tmp_path), "denoise")
     noisy_img, noisy = load(data["slices_noisy"])
     out = check_output(path, noisy.shape, noisy_img.affine)
@@ -143,6 +145,7 @@ def test_denoising_with_uncertainty(client, data, tmp_path):
     assert std.min() >= 0 and 0 < std.mean() < 0.2
     assert result.medgen["uncertainty"]["mean"] == pytest.approx(float(std.mean()), rel=1e-3)
     assert result.medgen["provenance"]["extra"]["num_samples"] == 2
+    assert result.medgen["provenance"]["extra"]["adapt_steps"] == 2
 
 
 def test_inpainting_with_uploaded_mask(client, data, tmp_path):
@@ -275,13 +278,21 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(client, data
         {"steps": 5000},
     )
     _bad(client, 400, "steps must be an integer", "cddpm_denoising_2d", data["slices_noisy"], {"steps": 0})
+    _bad(
+        client,
+        400,
+        "adapt_steps must be an integer in [0, 100]",
+        "cddpm_denoising_2d",
+        data["slices_noisy"],
+        {"adapt_steps": 500},
+    )
     _bad(client, 400, "guidance", generative, image_id="colin27_slices", params={"guidance": 50, "steps": 2})
     _bad(client, 400, "sampler must be one of", "cddpm_denoising_2d", data["slices_noisy"], {"sampler": "euler"})
     _bad(client, 400, "not a gzipped NIfTI", "cddpm_denoising_2d", str(garbage), FAST)  # refused on its first bytes
     _bad(client, 404, "is not served", "no_such_model", data["slices_noisy"], FAST)
     _bad(client, 404, "no image 'missing'", "cddpm_denoising_2d", image_id="missing", params=FAST)
 
-    result = client.infer("cddpm_denoising_2d", data["slices_noisy"], {**FAST, "steps": 2})  # still serving
+    result = client.infer("cddpm_denoising_2d", data["slices_noisy"], {**DENOISE_FAST, "steps": 2})  # still serving
     path, _ = result.save(str(tmp_path), "after")
     check_output(path, slices.shape, slices_img.affine)
 

@@ -587,3 +587,67 @@ def test_evaluate_panel_rows_and_verdicts():
     )
     again = {r["method"]: r for r in rows2 if r["image"] == "mr_small"}
     assert again["model (1 sample)"]["psnr"] == methods["model (1 sample)"]["psnr"]
+
+
+def _denoising_bundle():
+    from pathlib import Path
+
+    from monai_medgen.tasks.loading import load_restoration_bundle
+
+    return load_restoration_bundle(Path(__file__).resolve().parents[1] / "bundles" / "cddpm_denoising_2d")
+
+
+def test_sure_estimates_the_true_error_of_a_sample(mni_slice):
+    """Monte-Carlo SURE of one sample of the committed denoiser on noisy MRI slices (Gaussian 0.1 + 5% impulses,
+    which SURE leaves out) matches its true squared error, which needs the clean image: SURE - MSE is the noise's
+    own energy fluctuation (known here) plus a term of mean zero: within 20% of the error over two noise draws (three
+    divergence probes each; a probe's own spread is about 3% of the divergence term, which is 8x the error here)."""
+    from monai_medgen.tasks.adaptation import _risk
+
+    bundle = _denoising_bundle()
+    truth = mni_slice
+    restorer = ResidualRestorer(bundle.inferer, bundle.network, "denoise", num_steps=2, adapt_steps=0)
+    g = torch.Generator().manual_seed(0)
+    gaps, errors = [], []
+    for k in range(2):
+        y = Noise(0.1, "gaussian", 0.05).degrade(truth, torch.Generator().manual_seed(3 + k))
+        gaussian = ((y != 0) & (y != 1)).float()
+        n = gaussian.sum()
+        with torch.no_grad():
+            out = restorer._sample(y, None, None, torch.Generator().manual_seed(5), False, None)
+            true = float(((out - truth) ** 2 * gaussian).sum() / n)
+            probes = [torch.randn(y.shape, generator=g) * gaussian for _ in range(3)]
+            risk = sum(float(_risk(restorer, y, b, gaussian, torch.tensor([0.1]), 5, 1e-3, None)) for b in probes) / 3
+        energy = float(((y - truth) ** 2 * gaussian).sum() / n) - 0.01
+        gaps.append(risk - energy - true)
+        errors.append(true)
+    assert abs(sum(gaps)) < 0.2 * sum(errors), (gaps, errors)
+
+
+def test_sure_adapt_tunes_a_copy_of_the_normalisation_layers(mni_slice):
+    """The adapted restorer has its own network in which only the normalisation layers' scales and shifts moved; the
+    bundle's network is untouched; an image without noise is left unadapted; bad arguments are refused by name."""
+    from monai_medgen.tasks.adaptation import adaptable_parameters, sure_adapt
+
+    bundle = _denoising_bundle()
+    before = {k: v.clone() for k, v in bundle.network.state_dict().items()}
+    truth = mni_slice[..., :48, :40]
+    y = Noise(0.1, "gaussian").degrade(truth, torch.Generator().manual_seed(1))
+    restorer = ResidualRestorer(bundle.inferer, bundle.network, "denoise", num_steps=2, adapt_steps=2, adapt_crop=32)
+    adapted = restorer.adapted(y, (0.0, 1.0))
+    assert adapted.network is not bundle.network and adapted.adapt_steps == 0 and restorer.adapt_steps == 2
+    assert all(torch.equal(v, before[k]) for k, v in bundle.network.state_dict().items())
+    tuned = {id(p) for p in adaptable_parameters(adapted.network)}
+    changed = [
+        (id(p), not torch.equal(p, q)) for p, q in zip(adapted.network.parameters(), bundle.network.parameters())
+    ]
+    assert any(c for _, c in changed) and all(i in tuned for i, c in changed if c)
+    out, _ = restorer(y, generator=torch.Generator().manual_seed(0))  # __call__ adapts first, then samples
+    assert out.shape == y.shape and torch.isfinite(out).all()
+    assert sure_adapt(restorer, truth * 0 + 0.5, steps=2).network is bundle.network  # no noise: nothing to adapt
+    with pytest.raises(ValueError, match="adapt_steps"):
+        ResidualRestorer(bundle.inferer, bundle.network, "denoise", adapt_steps=-1)
+    with pytest.raises(ValueError, match="denoising only"):
+        ResidualDiffusionInferer(family="sr", adapt_steps=3)
+    with pytest.raises(ValueError, match="measured"):
+        sure_adapt(restorer, y[0], steps=1)

@@ -21,6 +21,7 @@ By default a :class:`ScoreUNet` is driven by gamma and any other network by time
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -325,6 +326,12 @@ class ConditionalDiffusionInferer(Inferer):
         """The shape of ``sample``'s ``input_noise`` for images of ``image_shape`` (B, C, *spatial): the same."""
         return tuple(int(s) for s in image_shape)
 
+    def sample_with_grad(self, *args, **kwargs):
+        """:meth:`sample` with autograd on: gradients reach the network's parameters through every step (test-time
+        adaptation, :func:`monai_medgen.tasks.adaptation.sure_adapt`).  Same arguments and result."""
+        with torch.enable_grad():
+            return inspect.unwrap(type(self).sample)(self, *args, **kwargs)
+
     @torch.no_grad()
     def sample(
         self,
@@ -395,6 +402,8 @@ class ConditionalDiffusionInferer(Inferer):
         per_batch = num_samples if o.samples_per_batch is None else min(o.samples_per_batch, num_samples)
         impose_known = mask is not None and (condition is None or repaint is not None)
 
+        # sample_with_grad: the same loop with autograd on (gradients reach the network's parameters)
+        loop = inspect.unwrap(sample_loop) if torch.is_grad_enabled() else sample_loop
         samples, intermediates = [], []
         for start in range(0, num_samples, per_batch):
             n = min(per_batch, num_samples - start)
@@ -428,7 +437,7 @@ class ConditionalDiffusionInferer(Inferer):
                         noisy_known = noisy_known + _bc(sigma, z_s) * noise
                     return torch.where(mask_n, z_s, noisy_known)
 
-            out = sample_loop(
+            out = loop(
                 eps_fn,
                 z,
                 self.schedule,

@@ -40,6 +40,9 @@ class RestoreOptions:
             model); default the bundle's ``factor``, 1 for the other tasks.
         channels_last, autocast, compile: speed options of the network call (off by default; see
             :func:`monai_medgen.samplers.accelerated`).
+        adapt_steps: denoising bundles: steps of test-time adaptation to the image by its Stein's unbiased risk
+            estimate before restoring (:func:`monai_medgen.tasks.adaptation.sure_adapt`); 0: off; default: the
+            bundle's inferer setting.
     """
 
     sampler: str | None = None
@@ -50,6 +53,7 @@ class RestoreOptions:
     channels_last: bool = False
     autocast: str | None = None
     compile: bool | str = False
+    adapt_steps: int | None = None
 
     def with_defaults(self, bundle: LoadedBundle) -> RestoreOptions:
         """These options with every None replaced by the bundle's default."""
@@ -109,6 +113,10 @@ def restore(
         img = check_image(image)
         if int(o.num_samples) < 1:
             raise ValueError(f"num_samples must be >= 1, got {o.num_samples}.")
+        if o.adapt_steps and bundle.task != "denoise":
+            raise ValueError(
+                f"adapt_steps applies to denoising bundles only; bundle {bundle.name} does {TASK_NAMES[bundle.task]}."
+            )
         if bundle.inferer.family != bundle.task:
             raise ValueError(
                 f"task {bundle.task!r} does not match the model, which restores {bundle.inferer.family!r}."
@@ -127,7 +135,10 @@ def restore(
             verbose=verbose,
             speed={"channels_last": o.channels_last, "autocast": o.autocast, "compile": o.compile},
             progress=progress,
+            adapt_steps=o.adapt_steps,
         )
+    if o.adapt_steps:
+        raise ValueError(f"adapt_steps applies to the blind denoising bundles only, not to {bundle.name}.")
     return restore_image(
         bundle.network,
         bundle.inferer,
@@ -153,7 +164,7 @@ def restoration_provenance(
     bundle: LoadedBundle, options: RestoreOptions, input_checksum: str = "", extra: dict | None = None
 ) -> io.Provenance:
     """The provenance of :func:`restore`'s result (model, bundle version, task, sampler, steps, seed, input
-    checksum; ``num_samples`` and ``factor`` and any ``extra`` entries)."""
+    checksum; ``num_samples``, ``factor``, a denoising bundle's ``adapt_steps`` and any ``extra`` entries)."""
     o = options.with_defaults(bundle)
     factor = o.factor if np.isscalar(o.factor) else [float(f) for f in o.factor]
     return io.Provenance(
@@ -164,5 +175,12 @@ def restoration_provenance(
         steps=int(o.num_steps),
         seed=int(o.seed),
         input_checksum=input_checksum,
-        extra={"num_samples": int(o.num_samples), "factor": factor, **(extra or {})},
+        extra={"num_samples": int(o.num_samples), "factor": factor, **_adaptation(bundle, o), **(extra or {})},
     )
+
+
+def _adaptation(bundle: LoadedBundle, o: RestoreOptions) -> dict:
+    """``{"adapt_steps": K}`` for a denoising bundle (the steps of test-time adaptation it ran), else nothing."""
+    if bundle.task != "denoise" or not hasattr(bundle.inferer, "adapt_steps"):
+        return {}
+    return {"adapt_steps": int(bundle.inferer.adapt_steps if o.adapt_steps is None else o.adapt_steps)}

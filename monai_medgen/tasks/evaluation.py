@@ -114,6 +114,17 @@ def _score(scenario, method, out, secs, nfe, truth, measured, extra, name) -> di
     }
 
 
+def _adapted(restorer, measured, seed: int):
+    """The restorer adapted to ``measured`` when it adapts (``adapt_steps``), else itself."""
+    return restorer.adapted(measured, (0.0, 1.0), seed=seed) if restorer.adapt_steps else restorer
+
+
+def _nfe(restorer, calls: int) -> int:
+    """Network calls of a restoration: its sampler's, plus an adaptation's (two samples per step, each with a
+    backward pass)."""
+    return calls + 2 * restorer.adapt_steps * restorer.num_steps
+
+
 def evaluate_panel(
     models: dict,
     scenarios=tuple(SCENARIOS),
@@ -137,10 +148,14 @@ def evaluate_panel(
             continue
         network, inferer = models[family]
         restorer = ResidualRestorer(inferer, network, family, num_steps=num_steps, start_time=start_time)
-        regression_restorer = ResidualRestorer(inferer, network, family, num_steps=1, start_time=start_time)
+        # the network's own regression estimate, as trained (not adapted to the image)
+        regression_restorer = ResidualRestorer(
+            inferer, network, family, num_steps=1, start_time=start_time, adapt_steps=0
+        )
         tune_measured, tune_extra = degrade(scenario, tune_truth, seed=7)
         params = {}
-        lines += [f"\n### {scenario}: {num_steps} network calls per sample, start time {start_time}\n"]
+        adapting = f", SURE adaptation to each image: {restorer.adapt_steps} steps" if restorer.adapt_steps else ""
+        lines += [f"\n### {scenario}: {num_steps} network calls per sample, start time {start_time}{adapting}\n"]
         if family == "denoise":  # tuned once per scenario on the MNI152 slice
             params = denoising_parameters(tune_extra["sigma"], tune_extra["sp"], (tune_measured, tune_truth))
             lines.append(f"Classical parameters tuned on an MNI152 slice: {params}\n")
@@ -165,14 +180,21 @@ def evaluate_panel(
                 measured, project=project, mask=mask, value_range=(0.0, 1.0), generator=torch.Generator().manual_seed(i)
             )
             results[REGRESSION_ROW] = (regression.clamp(0, 1), time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()  # an adaptation to the image (adapt_steps) serves the one sample and the mean
+            model = _adapted(restorer, measured, i)
+            adapt_secs = time.perf_counter() - t0
             t0 = time.perf_counter()
-            one, _ = restorer(
+            one, _ = model(
                 measured, project=project, mask=mask, generator=torch.Generator().manual_seed(i), value_range=(0.0, 1.0)
             )
-            results["model (1 sample)"] = (one.clamp(0, 1), time.perf_counter() - t0, num_steps)
+            results["model (1 sample)"] = (
+                one.clamp(0, 1),
+                time.perf_counter() - t0 + adapt_secs,
+                _nfe(restorer, num_steps),
+            )
             if num_samples > 1:
                 t0 = time.perf_counter()
-                mean, _ = restorer(
+                mean, _ = model(
                     measured,
                     project=project,
                     mask=mask,
@@ -181,7 +203,11 @@ def evaluate_panel(
                     value_range=(0.0, 1.0),
                 )
                 label = f"model (mean of {num_samples}{', self-ensemble' if restorer.self_ensemble else ''})"
-                results[label] = (mean.clamp(0, 1), time.perf_counter() - t0, num_steps * num_samples)
+                results[label] = (
+                    mean.clamp(0, 1),
+                    time.perf_counter() - t0 + adapt_secs,
+                    _nfe(restorer, num_steps * num_samples),
+                )
             scored = {
                 m: _score(scenario, m, out, s, n, truth, measured, extra, name) for m, (out, s, n) in results.items()
             }

@@ -48,6 +48,10 @@ class ResidualDiffusionInferer(ConditionalDiffusionInferer):
             through their planes), whatever the network's own ``spatial_dims``.
         self_ensemble: draw the samples of a multi-sample restoration in flipped / transposed frames and map them
             back before averaging (:class:`~monai_medgen.tasks.ResidualRestorer`); one sample is unchanged.
+        adapt_steps: denoising: steps of test-time adaptation of the network to the input, by its Stein's unbiased
+            risk estimate (:func:`~monai_medgen.tasks.adaptation.sure_adapt`; once per input, on random crops of all
+            its slices); 0: off.
+        adapt_lr: the adaptation's learning rate.
         Other arguments: as :class:`ConditionalDiffusionInferer`.
     """
 
@@ -59,9 +63,18 @@ class ResidualDiffusionInferer(ConditionalDiffusionInferer):
         tile_above: int = 512,
         data_dims: int = 2,
         self_ensemble: bool = False,
+        adapt_steps: int = 0,
+        adapt_lr: float = 3e-3,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if isinstance(adapt_steps, bool) or not isinstance(adapt_steps, int) or adapt_steps < 0:
+            raise ValueError(f"adapt_steps must be an integer >= 0, got {adapt_steps!r}.")
+        if adapt_steps and family != "denoise":
+            raise ValueError(f"adapt_steps (SURE adaptation) applies to denoising only, got family={family!r}.")
+        if not (isinstance(adapt_lr, (int, float)) and math.isfinite(adapt_lr) and adapt_lr > 0):
+            raise ValueError(f"adapt_lr must be a positive number, got {adapt_lr!r}.")
+        self.adapt_steps, self.adapt_lr = int(adapt_steps), float(adapt_lr)
         if data_dims not in (2, 3):
             raise ValueError(f"data_dims must be 2 or 3, got {data_dims!r}.")
         self.data_dims = int(data_dims)
@@ -171,6 +184,7 @@ def restore_residual(
     planes: str = "both",
     speed: dict | None = None,
     progress: Callable[[int, int], None] | None = None,
+    adapt_steps: int | None = None,
 ) -> tuple[MetaTensor, MetaTensor | None]:
     """Restore ``image`` (1, H, W) or (1, H, W, D) ``MetaTensor`` in any units; returns ``(restored, std or None)``
     on the output grid (the input's, or the finer one for super-resolution) with its affine, in the input's units.
@@ -185,6 +199,8 @@ def restore_residual(
         verbose: one progress bar over the whole volume (slices done / total; thick slices: the planes of both
             stacks).
         progress: ``progress(done, total)`` after every batch of slices, the same count as the bar.
+        adapt_steps: denoising: steps of test-time adaptation to the input (once, on crops of all its slices;
+            :func:`~monai_medgen.tasks.adaptation.sure_adapt`); None: the inferer's ``adapt_steps``; 0: off.
     """
     family = inferer.family
     img = image if isinstance(image, MetaTensor) else MetaTensor(torch.as_tensor(image))
@@ -213,6 +229,7 @@ def restore_residual(
         speed=speed,
         # salt-and-pepper sits at the ends of what was measured (dead and hot pixels, saturation)
         impulse_values=(float(y.min()), float(y.max())),
+        adapt_steps=adapt_steps,
     )
     network.eval()
     m = None
@@ -225,6 +242,8 @@ def restore_residual(
     thick = len(spatial) == 3 and f[2] != 1
     if thick and (f[0] != 1 or f[1] != 1):
         raise ValueError(f"a volume takes in-plane factors or a factor along its third axis, not both; got {factor!r}.")
+    if restorer.adapt_steps:  # once per input, on crops of all its slices (then every batch of slices uses it)
+        restorer = restorer.adapted(y.permute(3, 0, 1, 2) if y.ndim == 4 else y[None], value_range, seed=seed)
     if thick:  # planes through the slice axis: W of them at fixed W, then H at fixed H
         total = spatial[1] + (spatial[0] if planes == "both" else 0)
     else:

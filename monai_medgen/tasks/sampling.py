@@ -78,6 +78,11 @@ class ResidualRestorer:
             None: the inferer's ``self_ensemble`` attribute (a bundle setting), else off.
         impulse_values: denoising: the values salt-and-pepper impulses take in the measurement's units (the ends of
             its intensity range; 0 and 1 for images in [0, 1]); see :func:`~monai_medgen.tasks.make_condition`.
+        adapt_steps: denoising: adapt the network to each call's images first, by this many steps of
+            :func:`~monai_medgen.tasks.adaptation.sure_adapt` (0: off); None: the inferer's ``adapt_steps`` attribute
+            (a bundle setting), else 0.
+        adapt_lr: the adaptation's learning rate; None: the inferer's ``adapt_lr`` attribute, else 3e-3.
+        adapt_crop: the side of the adaptation's random crops.
     """
 
     def __init__(
@@ -93,6 +98,9 @@ class ResidualRestorer:
         speed: dict | None = None,
         self_ensemble: bool | None = None,
         impulse_values: Sequence[float] = (0.0, 1.0),
+        adapt_steps: int | None = None,
+        adapt_lr: float | None = None,
+        adapt_crop: int = 128,
     ):
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
@@ -105,6 +113,34 @@ class ResidualRestorer:
         self.speed = dict(speed or {})
         self.self_ensemble = bool(getattr(inferer, "self_ensemble", False) if self_ensemble is None else self_ensemble)
         self.impulse_values = tuple(float(v) for v in impulse_values)
+        steps = getattr(inferer, "adapt_steps", 0) if adapt_steps is None else adapt_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"adapt_steps must be an integer >= 0, got {steps!r}.")
+        if steps and family != "denoise":
+            raise ValueError(f"adapt_steps (SURE adaptation) applies to denoising only, got family={family!r}.")
+        lr = getattr(inferer, "adapt_lr", 3e-3) if adapt_lr is None else adapt_lr
+        self.adapt_steps, self.adapt_lr, self.adapt_crop = steps, float(lr), int(adapt_crop)
+
+    def adapted(
+        self,
+        measured: torch.Tensor,
+        value_range: tuple[float | None, float | None] | None = None,
+        seed: int = 0,
+    ) -> ResidualRestorer:
+        """A copy of this restorer whose network is adapted to ``measured`` (S, 1, *spatial) by ``adapt_steps``
+        steps of :func:`~monai_medgen.tasks.adaptation.sure_adapt` (this restorer unchanged; the copy does not
+        adapt again)."""
+        from monai_medgen.tasks.adaptation import sure_adapt
+
+        return sure_adapt(
+            self,
+            measured,
+            steps=self.adapt_steps,
+            lr=self.adapt_lr,
+            crop=self.adapt_crop,
+            value_range=value_range,
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
 
     def _options(self, spatial: tuple[int, ...], verbose: bool) -> ConditionalSamplingOptions:
         """The inferer's sampling options of one chain: the short time list from ``num_steps`` and ``start_time``,
@@ -161,6 +197,11 @@ class ResidualRestorer:
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+        if self.adapt_steps:
+            first = generator[0] if isinstance(generator, (list, tuple)) else generator
+            seed = first.initial_seed() if isinstance(first, torch.Generator) else 0
+            restorer = self.adapted(measured, value_range, seed=seed)
+            return restorer(measured, project, mask, num_samples, generator, verbose, value_range)
         self.inferer.schedule.to(measured.device)
         samples = []
         for i in range(num_samples):
@@ -181,8 +222,9 @@ class ResidualRestorer:
             mean, std = torch.where(known, measured, mean), torch.where(known, torch.zeros_like(std), std)
         return mean, std
 
-    def _sample(self, measured, project, mask, generator, verbose, value_range) -> torch.Tensor:
-        """One sample (B, 1, *spatial) in [0, 1] units, in the frame of ``measured``."""
+    def _sample(self, measured, project, mask, generator, verbose, value_range, grad: bool = False) -> torch.Tensor:
+        """One sample (B, 1, *spatial) in [0, 1] units, in the frame of ``measured`` (``grad``: with autograd, for
+        :func:`~monai_medgen.tasks.adaptation.sure_adapt`)."""
         device = measured.device
         spatial = tuple(measured.shape[2:])
         multiple = size_multiple(self.network, default=8)
@@ -216,7 +258,7 @@ class ResidualRestorer:
             return out
 
         z = batched_randn(measured.shape, generator, device=device, dtype=measured.dtype)
-        residual = self.inferer.sample(
+        residual = (self.inferer.sample_with_grad if grad else self.inferer.sample)(
             z,
             self.network,
             condition=cond,

@@ -71,6 +71,7 @@ MAX_STEPS = 1000
 LIMITS = {
     "seed": (0, 2**31 - 1),
     "num_samples": (1, 16),
+    "adapt_steps": (0, 100),
     "guidance": (0.0, 20.0),
     "factor": (1.0, 8.0),
     "num_slices": (1, 64),
@@ -196,6 +197,11 @@ class ServedModel:
     def generative(self) -> bool:
         return self.task == "generate"
 
+    @property
+    def adapts(self) -> bool:
+        """A blind denoising bundle: it takes ``adapt_steps`` (test-time adaptation to the image)."""
+        return self.task == "denoise" and hasattr(self.inferer, "adapt_steps")
+
     # ---- /info/ ----------------------------------------------------------------------------
     def config(self) -> dict:
         """Options published in ``/info/`` (``config`` of the model) with their defaults; a list offers choices,
@@ -213,6 +219,8 @@ class ServedModel:
                 cfg["guidance"] = float(self.guidance_scale)
         else:
             cfg["num_samples"] = 1
+            if self.adapts:
+                cfg["adapt_steps"] = int(self.inferer.adapt_steps)
             if self.task == "sr":
                 f = self.factor
                 cfg["factor"] = ",".join(f"{float(v):g}" for v in f) if isinstance(f, (list, tuple)) else float(f)
@@ -228,6 +236,8 @@ class ServedModel:
                 limits["guidance"] = list(LIMITS["guidance"])
         else:
             limits["num_samples"] = list(LIMITS["num_samples"])
+            if self.adapts:
+                limits["adapt_steps"] = list(LIMITS["adapt_steps"])
             if self.task == "sr":
                 limits["factor"] = list(LIMITS["factor"])
         return {
@@ -280,6 +290,13 @@ class ServedModel:
                     )
             return out
         out["num_samples"] = _integer(request.get("num_samples", 1), "num_samples", *LIMITS["num_samples"])
+        if self.adapts:
+            default = int(self.inferer.adapt_steps)
+            out["adapt_steps"] = _integer(request.get("adapt_steps", default), "adapt_steps", *LIMITS["adapt_steps"])
+        elif request.get("adapt_steps") not in (None, "", 0, "0"):
+            raise RequestError(
+                f"adapt_steps: model {self.name} does {TASK_NAMES[self.task]}; it adapts to denoise only."
+            )
         if self.task == "sr":
             out["factor"] = self._factor(request.get("factor", self.factor))
         return out
@@ -440,6 +457,7 @@ class ServedModel:
             num_samples=options["num_samples"],
             seed=options["seed"],
             factor=factor,
+            adapt_steps=options.get("adapt_steps"),
         )
         try:
             mean, std = restore(self.bundle, image, mask, chosen)
