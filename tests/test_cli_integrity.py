@@ -103,19 +103,7 @@ def test_derived_series_folder_is_replaceable_only_when_pure(work):
 def test_overwrite_replaces_earlier_outputs_but_never_a_scan(work, tmp_path, capsys):
     root, names = work
     out = tmp_path / "o.nii.gz"
-    base = [
-        "restore",
-        "--bundle",
-        names["den"],
-        "--input",
-        names["nifti"],
-        "--steps",
-        "1",
-        "--device",
-        "cpu",
-        "--adapt-steps",
-        "0",
-    ]
+    base = ["restore", "--bundle", names["den"], "--input", names["nifti"], "--steps", "1", "--device", "cpu"]
     assert cli.main([*base, "--output", str(out)]) == 0
     assert io.read_provenance(out).seed == 0
     assert cli.main([*base, "--output", str(out), "--seed", "3"]) == 2
@@ -272,19 +260,7 @@ def test_os_errors_are_one_line_exit_2(work, tmp_path, monkeypatch, capsys):
     """A read-only folder refused before sampling, a full disk while writing: one line, exit 2, nothing left (by
     simulation, so that it runs without root; scripts/bad_inputs.py does it on real read-only and full tmpfs)."""
     root, names = work
-    base = [
-        "restore",
-        "--bundle",
-        names["den"],
-        "--input",
-        names["nifti"],
-        "--steps",
-        "1",
-        "--device",
-        "cpu",
-        "--adapt-steps",
-        "0",
-    ]
+    base = ["restore", "--bundle", names["den"], "--input", names["nifti"], "--steps", "1", "--device", "cpu"]
 
     def read_only(folder, what="output"):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))

@@ -162,8 +162,6 @@ def test_command_line_restore_shows_one_bar_over_the_volume(tmp_path, capfd):
             "1",
             "--device",
             "cpu",
-            "--adapt-steps",
-            "0",
         ]
     )
     assert rc == 0 and nib.load(str(out)).shape == (32, 32, 6)
