@@ -594,9 +594,9 @@ def test_restoration_inference_on_demo_and_user_file(trained_restoration, nifti_
     bundle, root, _ = trained_restoration
     task = RESTORATION[bundle.name]
     out = tmp_path / "demo"
-    # adapt_steps: the denoising bundle's test-time adaptation, 2 steps (its default is longer; the others ignore it)
+    # adapt_steps: the denoising bundle's test-time adaptation, 1 step (its default is longer; the others ignore it)
     proc = run_bundle(
-        "inference.yaml", tmp_path, root, bundle=bundle, output_dir=str(out), num_steps=2, num_samples=2, adapt_steps=2
+        "inference.yaml", tmp_path, root, bundle=bundle, output_dir=str(out), num_steps=2, num_samples=2, adapt_steps=1
     )
     assert f"demo ({task}): PSNR input" in proc.stdout
     result = nib.load(out / f"demo_input_{task}_synthetic.nii.gz")
@@ -606,7 +606,7 @@ def test_restoration_inference_on_demo_and_user_file(trained_restoration, nifti_
     assert result.header["descrip"].item().decode().startswith("SYNTHETIC")
     assert (out / f"demo_input_{task}_std.nii.gz").is_file()
     prov = read_provenance(out / f"demo_input_{task}_synthetic.nii.gz")
-    assert prov.steps == 2 and prov.extra.get("adapt_steps") == (2 if task == "denoise" else None)
+    assert prov.steps == 2 and prov.extra.get("adapt_steps") == (1 if task == "denoise" else None)
     if task != "sr":
         return
     # a user's low-resolution NIfTI volume: 4x finer in-plane, the same field of view
@@ -641,7 +641,7 @@ def test_restoration_evaluate_prints_table(trained_restoration, tmp_path):
             bundle_root=str(root),
             num_samples=2,
             num_steps=2,
-            adapt_steps=2,
+            adapt_steps=1,
             panel_images="['mr_small']",
         )
         baseline = {
