@@ -136,6 +136,9 @@ def sure_adapt(
     for p in params:
         p.requires_grad_(True)
     adapted.network = network
+    logger.info(
+        "SURE adaptation: %d steps on %d x %s crops, estimated noise sigma %.3g.", steps, batch_size, crop, level
+    )
     opt = torch.optim.Adam(params, lr=float(lr))
     for step in range(steps):
         y = _crops(measured, crop, batch_size, g)
