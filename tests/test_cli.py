@@ -471,9 +471,9 @@ ERRORS = {
 }
 
 
-#: cases run as a real ``python -m monai_medgen.cli`` process (its exit status and stderr as a shell sees them); the
-#: others call ``cli.main`` in this process (the same parser and handlers, without a fresh interpreter's start-up)
-IN_A_PROCESS = {"nan", "unknown_class"}
+#: cases run as a separate ``python -m monai_medgen.cli`` process (exit status and stderr as a shell sees them); the
+#: others call ``cli.main`` inside the test process (the same parser and handlers, without an interpreter's start-up)
+SEPARATE_PROCESS = {"nan", "unknown_class"}
 
 
 def _main_in_this_process(args: list[str], capsys) -> tuple[int, str]:
@@ -500,7 +500,7 @@ def test_errors_exit_2_with_one_line(case, bundles, files, tmp_path, capsys):
     }
     before = Path(files["nifti"]).read_bytes()
     argv = [*[a.format(**names) for a in args], "--device", "cpu"]
-    if case in IN_A_PROCESS:
+    if case in SEPARATE_PROCESS:
         res = _run(*argv)
         code, stderr = res.returncode, res.stderr
     else:

@@ -137,7 +137,7 @@ def sure_adapt(
         p.requires_grad_(True)
     adapted.network = network
     logger.info(
-        "SURE adaptation: %d steps on %d x %s crops, estimated noise sigma %.3g.", steps, batch_size, crop, level
+        "SURE adaptation: %d steps on %d x %d crops, estimated noise sigma %.3g.", steps, batch_size, crop, level
     )
     opt = torch.optim.Adam(params, lr=float(lr))
     for step in range(steps):
