@@ -586,6 +586,26 @@ def test_denoising_masked_stage_fine_tunes_the_weights(trained_restoration, tmp_
     assert read_model_info(root / "models" / "model.pt")["iteration"] == 4
 
 
+def test_denoising_zoom_variant_config_resolves():
+    """configs/train_zoom.yaml (a fine-tuning recorded as tried and not adopted) still merges after train.yaml: it
+    starts from the bundle's model.pt and its corpus options are ones the training corpus accepts."""
+    from monai.bundle import ConfigParser
+
+    from monai_medgen.tasks import TrainingCorpus
+
+    bundle = BUNDLES / "cddpm_denoising_2d"
+    files = train_run_args(bundle, extra=["train_zoom.yaml"])
+    assert files["config_file"][-1] == str(bundle / "configs" / "train_zoom.yaml")
+    parser = ConfigParser()
+    parser.read_config(files["config_file"])
+    parser["bundle_root"] = str(bundle)
+    assert parser.get_parsed_content("init_from") == str(bundle / "models" / "model.pt")
+    options = parser.get_parsed_content("corpus_options")
+    assert options == {"hard_mask": 0.3, "zoom_range": [0.6, 4.0]}
+    corpus = TrainingCorpus(sources=("photographs",), **options)
+    assert corpus.zoom_range == (0.6, 4.0) and corpus.hard_mask == 0.3
+
+
 def test_restoration_inference_on_demo_and_user_file(trained_restoration, nifti_folder, tmp_path):
     import nibabel as nib
 
