@@ -317,11 +317,12 @@ def test_s2_infer_never_reads_a_server_path(server, sandbox, models):
     existing, missing = str(sandbox["victim"]), str(sandbox["outside"] / "no_such_file.nii.gz")
     answers = [call(server, "POST", models.path(), {"image": p}, fields=params) for p in (existing, missing)]
     details = [refused(a, 400, "image must be a name", NEVER_A_PATH) for a in answers]
-    # the same status and message for a path that exists and one that does not: nothing leaks (the value it echoes
-    # is cut to 80 characters, so the messages are compared up to it)
-    heads = [d.rsplit("; got ", 1) for d in details]
-    assert heads[0][0] == heads[1][0] and all(len(h) == 2 for h in heads)
-    assert heads[0][1].startswith(repr(existing)[:40]) and heads[1][1].startswith(repr(missing)[:40])
+    # the same status and message for a path that exists and one that does not: nothing leaks; each ends with the
+    # value it was given, echoed and cut to 80 characters (77 and "..."), and nothing else
+    parts = [d.rsplit("; got ", 1) for d in details]
+    assert all(len(p) == 2 for p in parts) and parts[0][0] == parts[1][0]
+    for (_, echo), value in zip(parts, (existing, missing)):
+        assert echo == repr(value if len(value) <= 80 else value[:77] + "...") + "."
     refused(call(server, "POST", models.path(), {"image": "../outside/victim"}, fields=params), 400, NEVER_A_PATH)
     # a path in params (image, label, ...) is no option
     target = models.inpaint or models.main
