@@ -179,8 +179,13 @@ def test_super_resolution_3d_patch_path(client, data, tmp_path):
     truth_img, truth = load(data["volume"])
     out = check_output(path, truth.shape, truth_img.affine)  # 4 mm slices back onto the 1 mm grid
     assert result.medgen["provenance"]["extra"]["factor"] == [1.0, 1.0, 4.0]
-    # the committed 3D weights are not yet better than interpolation (bundle README); the output is this brain
-    assert np.corrcoef(out.ravel(), truth.ravel())[0, 1] > 0.7
+    # better than trilinear interpolation of the same slices (2026-12-06 through the command line with these
+    # settings: 27.39 against 25.92 dB)
+    _, thick = load(data["volume_thick"])
+    trilinear = torch.nn.functional.interpolate(
+        torch.as_tensor(thick, dtype=torch.float64)[None, None], size=truth.shape, mode="trilinear"
+    )[0, 0].numpy()
+    assert psnr(out, truth) > psnr(trilinear, truth) + 0.5
 
 
 def _reference_geometry_checks(out_affine, shape, reference_img):
